@@ -5,15 +5,22 @@
 # %% ../nbs/99_cli.ipynb #78975898
 from __future__ import annotations
 import argparse, json, sys, time
+
+import numpy as np
+from PIL import Image
 from dataclasses import fields
 from pathlib import Path
 
-from .core import WoodInputError, write_json
-from .data import validate, validate_ood
+from .core import WoodInputError, atomic_path, read_classes, write_json
+from .data import VOCDataset, eval_transforms, validate, validate_ood
 from .synth import SynthConfig, generate, plot_benchmark
+from .model import load_classifier
+from .train import TrainConfig, init_distributed, is_main, train_classifier
+from .cam import DEFAULT_SCALES, compute_cams, plot_cams
+from .metrics import eval_cam_dir
 
 # %% auto #0
-__all__ = ['run_validate', 'run_demo', 'build_parser', 'main']
+__all__ = ['run_validate', 'run_eval_cam', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -52,31 +59,76 @@ def _synth_config(a)->SynthConfig:
     "A `SynthConfig` from parsed options (unset options keep their defaults)."
     return SynthConfig(**{f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None})
 
-# %% ../nbs/99_cli.ipynb #9e3283a0
+# %% ../nbs/99_cli.ipynb #72823210
+def _add_train_options(p:argparse.ArgumentParser):
+    "One typed option for every `TrainConfig` field (default: the preset's value)."
+    for f in fields(TrainConfig):
+        v, opt = getattr(TrainConfig(), f.name), '--' + f.name.replace('_', '-')
+        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help='default: the preset\'s')
+        elif isinstance(v, tuple): p.add_argument(opt, nargs=len(v), type=type(v[0]), default=None, metavar='N', help='default: the preset\'s')
+        else: p.add_argument(opt, type=type(v), default=None, help='default: the preset\'s')
+
+def _train_config(a)->TrainConfig:
+    "The preset's `TrainConfig` with the options given."
+    return TrainConfig.preset(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
+
+def _model_kw(a)->dict:
+    return {k: v for k, v in (('backbone', a.backbone), ('pretrained', a.pretrained), ('output_stride', a.output_stride)) if v is not None}
+
+# %% ../nbs/99_cli.ipynb #32ca7ec7
+def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
+    "Evaluate CAM records, print the result and return the `metrics.json` block."
+    classes = read_classes(root)
+    r = eval_cam_dir(root, split, cam_dir); s = r.summary(classes)
+    block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold']}
+    if r.has_cues: block['cue_activation'] = round(s['cue_activation'], 4)
+    out = out or sys.stdout
+    print(f"seed mIoU {block['seed_miou']:.2f} at background threshold {block['seed_threshold']:.2f}" +
+          (f", cue activation {block['cue_activation']:.3f}" if 'cue_activation' in block else ''), file=out)
+    iou = r.best_iou
+    print('per-class IoU: ' + ', '.join(f'{n} {100*v:.1f}' for n, v in zip(['background'] + classes, iou) if v == v), file=out)
+    return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2)) for n, v in zip(['background'] + classes, iou)}}
+
+# %% ../nbs/99_cli.ipynb #d08ace41
 def run_demo(out, # the run folder
-             seed:int=0, cfg:SynthConfig|None=None, workers:int=2, log=None)->dict:
-    "Generate, validate and draw the embedded benchmark in `out`; returns a summary."
+             seed:int=0, cfg:SynthConfig|None=None, train_cfg:TrainConfig|None=None, workers:int=2,
+             scales=DEFAULT_SCALES, log=None)->dict:
+    "The embedded benchmark end to end (so far: data, baseline classifier, CAMs, evaluation); returns metrics."
     import matplotlib; matplotlib.use('Agg')
     from dataclasses import asdict
-    log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'; t0 = time.perf_counter()
+    log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'; times = {}
+    t = time.perf_counter()
     meta = json.loads((data/'synth.json').read_text()) if (data/'synth.json').exists() else None
     if meta and meta['seed'] == seed and meta['config'] == json.loads(json.dumps(asdict(cfg))):
         print(f'benchmark: {data} exists with the same seed and knobs; reusing it', file=log)
     else:
         print(f'benchmark: generating into {data} (seed {seed}) ...', file=log)
         generate(data, seed=seed, cfg=cfg, overwrite=meta is not None, workers=workers)
-    t1 = time.perf_counter()
+    times['synth'] = time.perf_counter() - t; t = time.perf_counter()
     n = run_validate(data, out=log)
     if n: raise WoodInputError(data, f'the generated benchmark has {n} problem(s).', 'report this as a bug; delete the folder and rerun.')
-    fig = plot_benchmark(data); png = out/'benchmark.png'
-    from wood_nb.core import atomic_path
-    with atomic_path(png) as t: fig.savefig(t, format='png', dpi=90)
-    summary = {'data': str(data), 'picture': str(png), 'timings_s': {'synth': round(t1 - t0, 2), 'validate_and_plot': round(time.perf_counter() - t1, 2)}}
-    write_json(out/'demo.json', summary)
-    print(f'picture: {png}', file=log)
-    return summary
+    with atomic_path(out/'benchmark.png') as f: plot_benchmark(data).savefig(f, format='png', dpi=90)
+    times['validate'] = time.perf_counter() - t; t = time.perf_counter()
+    voc = data/'voc'
+    print('baseline classifier: training (or loading) in', out/'cls', file=log)
+    model = train_classifier(voc, out/'cls', 'synthetic', 'train', cfg=train_cfg or TrainConfig.preset('synthetic', seed=seed))
+    times['train_cls'] = time.perf_counter() - t; t = time.perf_counter()
+    ds = VOCDataset(voc, 'train', transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
+    compute_cams(model, ds, out/'cam'/'baseline', scales=scales, batch_size=32)
+    times['cam'] = time.perf_counter() - t; t = time.perf_counter()
+    print('baseline CAM seeds on the training split:', file=log)
+    block = run_eval_cam(voc, 'train', out/'cam'/'baseline', out=log)
+    cue_ids = [i for i in ds.ids if len(np.unique(np.asarray(Image.open(voc/'SegmentationCue'/f'{i}.png')))) > 1][:6]
+    with atomic_path(out/'baseline_cams.png') as f:
+        plot_cams(voc, out/'cam'/'baseline', cue_ids, title='baseline CAMs on cue-bearing training images').savefig(f, format='png', dpi=90)
+    times['eval'] = time.perf_counter() - t
+    metrics = {'baseline': block, 'timings_s': {k: round(v, 1) for k, v in times.items()}}
+    write_json(out/'metrics.json', metrics)
+    print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, {out/'baseline_cams.png'}", file=log)
+    return metrics
+## The command
 
-# %% ../nbs/99_cli.ipynb #0947ba80
+# %% ../nbs/99_cli.ipynb #8b240875
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -92,6 +144,23 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--workers', type=int, default=2, help='processes to render with (default: 2)')
     s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False, help='replace an existing non-empty OUT')
     _add_synth_options(s)
+    t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
+    t.add_argument('root', type=Path); t.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
+    t.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic'); t.add_argument('--split', default='train')
+    t.add_argument('--backbone', default=None, help='timm model name (default: the preset\'s)')
+    t.add_argument('--pretrained', default=None, help="ImageNet weights: a local file, or 'efficientnet_lite0_pkg'")
+    t.add_argument('--output-stride', type=int, default=None, choices=[8, 16, 32])
+    t.add_argument('--device', default='auto')
+    _add_train_options(t)
+    c = sub.add_parser('cam', help='write multi-scale CAM records for a split')
+    c.add_argument('root', type=Path); c.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
+    c.add_argument('--out', type=Path, required=True, help='folder for <id>.npz records'); c.add_argument('--split', default='train')
+    c.add_argument('--scales', type=float, nargs='+', default=list(DEFAULT_SCALES)); c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
+    c.add_argument('--keys', choices=['label', 'all'], default='label', help="classes to keep: the image's labels, or all")
+    c.add_argument('--batch-size', type=int, default=16); c.add_argument('--device', default='auto')
+    e = sub.add_parser('eval-cam', help='seed mIoU (and cue activation) of CAM records against the masks')
+    e.add_argument('root', type=Path); e.add_argument('--cams', type=Path, required=True); e.add_argument('--split', default='train')
+    e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0)
@@ -109,6 +178,23 @@ def main(argv:list|None=None)->int:
             t = time.perf_counter()
             out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
             print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
+        if a.cmd == 'train-cls':
+            if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
+            cfg = _train_config(a); device = init_distributed(a.device)
+            train_classifier(a.root, a.out, a.preset, a.split, cfg=cfg, model_kw=_model_kw(a), device=device)
+            if is_main(): print(f"classifier: {a.out/'model.pt'}")
+            return 0
+        if a.cmd == 'cam':
+            device = init_distributed(a.device)
+            classes = read_classes(a.root)
+            model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
+            ds = VOCDataset(a.root, a.split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
+            n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device)
+            print(f'cams: wrote {n} record(s) into {a.out}'); return 0
+        if a.cmd == 'eval-cam':
+            block = run_eval_cam(a.root, a.split, a.cams)
+            if a.json: write_json(a.json, block)
+            return 0
         if a.cmd == 'demo':
             run_demo(a.out, seed=a.seed, workers=a.workers); return 0
     except WoodInputError as e:

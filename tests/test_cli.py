@@ -1,0 +1,77 @@
+"The `wood` command end to end on tiny data: exit codes, messages, and the classifier -> CAM -> evaluation chain."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from wood_nb.cli import main, run_demo
+from wood_nb.synth import SynthConfig
+from wood_nb.train import TrainConfig
+
+WOOD = [sys.executable, '-c', 'import sys; from wood_nb.cli import main; sys.exit(main())']
+TINY = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '6', '--workers', '1']
+
+
+def wood(*args, cwd=None):
+    return subprocess.run([*WOOD, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg'}, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def bench(tmp_path_factory):
+    out = tmp_path_factory.mktemp('cli')/'bench'
+    r = wood('synth', out, '--seed', 1, *TINY)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_validate_ok_and_broken(bench, tmp_path):
+    r = wood('validate', bench)
+    assert r.returncode == 0 and 'problem' not in r.stdout, r.stdout + r.stderr
+    import shutil
+    broken = tmp_path/'broken'; shutil.copytree(bench/'voc', broken)
+    (broken/'JPEGImages'/'train_00003.jpg').write_bytes(b'not a jpeg')
+    (broken/'ImageSets/Segmentation/val.txt').write_text('val_00000\nval_09999\n')
+    r = wood('validate', broken)
+    assert r.returncode == 1
+    assert 'train_00003.jpg' in r.stdout and 'val_09999' in r.stdout and 'Fix:' in r.stdout
+    r = wood('validate', tmp_path/'missing')
+    assert r.returncode == 2 and 'does not exist' in r.stderr
+
+
+def test_bad_options_are_refused_before_work(bench, tmp_path):
+    r = wood('synth', tmp_path/'x', '--cue-rate', '1.5')
+    assert r.returncode == 2 and 'SynthConfig.cue_rate' in r.stderr and not (tmp_path/'x').exists()
+    r = wood('train-cls', tmp_path/'nowhere', '--out', tmp_path/'cls')
+    assert r.returncode == 2 and 'does not exist' in r.stderr
+    r = wood('train-cls', bench/'voc', '--out', tmp_path/'cls', '--split', 'nosuch')
+    assert r.returncode == 2 and 'nosuch' in r.stderr and not (tmp_path/'cls'/'model.pt').exists()
+
+
+def test_classifier_cam_eval_chain(bench, tmp_path):
+    voc = bench/'voc'
+    r = wood('train-cls', voc, '--out', tmp_path/'cls', '--epochs', 1, '--batch-size', 8, '--crop', 48, '--long-side', 40, 56, '--no-progress')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path/'cls'/'model.pt').exists()
+    r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'cams', '--scales', 1.0, 0.5)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.stem for p in (tmp_path/'cams').glob('*.npz')) == (voc/'ImageSets/Segmentation/train.txt').read_text().split()
+    r = wood('eval-cam', voc, '--cams', tmp_path/'cams', '--json', tmp_path/'e.json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    block = json.loads((tmp_path/'e.json').read_text())
+    assert 0 <= block['seed_miou'] <= 100 and 0.05 <= block['seed_threshold'] <= 0.95 and 0 <= block['cue_activation'] <= 1
+    assert f"seed mIoU {block['seed_miou']:.2f}" in r.stdout
+    r = wood('eval-cam', voc, '--cams', tmp_path/'cams', '--split', 'val')
+    assert r.returncode == 2 and 'no CAM record' in r.stderr
+
+
+def test_demo_small(tmp_path):
+    cfg = SynthConfig(image_size=48, n_train=16, n_val=4, n_ood=6)
+    tcfg = TrainConfig.preset('synthetic', epochs=1, batch_size=8, crop=48, long_side=(40, 56), progress=False)
+    m = run_demo(tmp_path/'run', seed=0, cfg=cfg, train_cfg=tcfg, workers=1, scales=(1.0,))
+    on_disk = json.loads((tmp_path/'run'/'metrics.json').read_text())
+    assert on_disk == json.loads(json.dumps(m))
+    assert set(on_disk['baseline']) >= {'seed_miou', 'seed_threshold', 'cue_activation'}
+    for f in ('benchmark.png', 'baseline_cams.png', 'cls/model.pt'): assert (tmp_path/'run'/f).exists(), f
+    again = run_demo(tmp_path/'run', seed=0, cfg=cfg, train_cfg=tcfg, workers=1, scales=(1.0,))
+    assert again['baseline'] == m['baseline']                # a rerun reuses every finished step
