@@ -16,8 +16,8 @@ from .core import WoodInputError, load_npz, save_npz
 from .train import dist_info, barrier, unwrap
 
 # %% auto #0
-__all__ = ['DEFAULT_SCALES', 'strided_size', 'multiscale_cams', 'normalize_cams', 'save_cam_record', 'load_cam_record',
-           'compute_cams', 'cam_overlay', 'plot_cams']
+__all__ = ['DEFAULT_SCALES', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
+           'load_cam_record', 'compute_cams', 'cam_overlay', 'plot_cams']
 
 # %% ../nbs/05_cam.ipynb #6cdae42f
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -47,14 +47,29 @@ def multiscale_cams(model:nn.Module, # has `cams(x) -> (B, C, h, w)` raw ReLU'd 
         low, high = (l, h) if low is None else (low + l, high + h)
     return low, high
 
-# %% ../nbs/05_cam.ipynb #cddc4b02
+# %% ../nbs/05_cam.ipynb #54db4d2d
+def target_cams(maps:torch.Tensor, # `(B, C, H, W)` CAMs of every class
+                targets:list, # one list of class indices (0-based, as in the maps) per image
+               )->list[torch.Tensor]: # per image, its `(K_i, H, W)` maps
+    "Select each image's target classes from a batch of CAMs; one target list per image, checked."
+    if len(targets) != len(maps):
+        raise ValueError(f'{len(targets)} target lists for a batch of {len(maps)} images: give exactly one list per image')
+    C = maps.shape[1]
+    out = []
+    for i, t in enumerate(targets):
+        t = [int(k) for k in (t if isinstance(t, (list, tuple)) else [t])]
+        if any(k < 0 or k >= C for k in t): raise ValueError(f'image {i}: target classes {t} outside 0..{C-1}')
+        out.append(maps[i, t])
+    return out
+
+# %% ../nbs/05_cam.ipynb #fc9ef3f4
 def normalize_cams(cams, # `(..., K, H, W)` raw CAMs (tensor or array)
                    eps:float=1e-5):
     "Divide each class map by its own maximum (+`eps`), as IRN does: values in [0, 1)."
     if isinstance(cams, np.ndarray): return cams / (cams.max(axis=(-2, -1), keepdims=True) + eps)
     return cams / (cams.amax(dim=(-2, -1), keepdim=True) + eps)
 
-# %% ../nbs/05_cam.ipynb #c74d8739
+# %% ../nbs/05_cam.ipynb #96cb43a1
 def save_cam_record(path, keys, cam, high_res)->Path:
     "Write one image's CAM record atomically."
     keys = np.asarray(keys, np.int64)
@@ -69,7 +84,7 @@ def load_cam_record(path)->dict:
     if missing: raise WoodInputError(path, f'is not a CAM record (missing {sorted(missing)}).', 'rerun `wood cam` to write it.')
     return {'keys': r['keys'], 'cam': r['cam'].astype(np.float32), 'high_res': r['high_res'].astype(np.float32)}
 
-# %% ../nbs/05_cam.ipynb #a77eae88
+# %% ../nbs/05_cam.ipynb #e2120cc6
 def _list_collate(items): return items
 
 def _keys_of(item, num_classes:int, keys:str)->np.ndarray:
@@ -114,7 +129,7 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
     barrier()
     return n
 
-# %% ../nbs/05_cam.ipynb #46ef563b
+# %% ../nbs/05_cam.ipynb #6476817a
 def cam_overlay(image, # `(H, W, 3)` uint8 image
                 cam, # `(H, W)` map in [0, 1]
                 alpha:float=0.5, # weight of the heat map
@@ -124,7 +139,7 @@ def cam_overlay(image, # `(H, W, 3)` uint8 image
     heat = matplotlib.colormaps[cmap](np.clip(np.asarray(cam, np.float32), 0, 1))[..., :3]*255
     return (np.asarray(image, np.float32)*(1 - alpha) + heat*alpha).clip(0, 255).astype(np.uint8)
 
-# %% ../nbs/05_cam.ipynb #2e171198
+# %% ../nbs/05_cam.ipynb #1019122a
 def plot_cams(root, # VOC-layout root
               cam_dir, # folder of CAM records
               ids:list, # the images to show
