@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import WoodInputError, load_npz, save_npz
+from .core import WoodInputError, load_mask, load_npz, save_npz
 from .train import dist_info, barrier, unwrap
 
 # %% auto #0
