@@ -263,7 +263,10 @@ def test_presets():
         m = make_classifier('voc', 20)
     assert (m.backbone_name, m.output_stride, m.dilate, m.freeze_bn, m.feat_dim) == ('resnet50', 16, False, 'stats', 2048)
     assert not m.backbone.layer2[0].conv1.weight.requires_grad and m.backbone.layer3[0].conv1.weight.requires_grad
-    assert PRESETS['voc']['lr'] == 0.1 and PRESETS['voc']['head_mult'] == 10.0 and PRESETS['voc']['weight_decay'] == 1e-4
+    from wood_nb.train import TrainConfig                      # the optimiser side of the recipe (IRN as run)
+    v = TrainConfig.preset('voc')
+    assert (v.lr, v.head_mult, v.weight_decay, v.momentum, v.crop, v.long_side) == (0.1, 10.0, 1e-4, 1e-4, 512, (320, 640))
+    assert 'lr' not in PRESETS['voc']                             # model presets hold model settings only
     s = make_classifier('synthetic', 2, pretrained=None, classes=['a', 'b']) if not HAS_PKG else make_classifier('synthetic', 2, classes=['a', 'b'])
     assert s.backbone_name == 'tf_efficientnet_lite0' and s.classes == ['a', 'b'] and s.output_stride == PRESETS['synthetic']['output_stride']
     with pytest.raises(WoodInputError, match='unknown'):
