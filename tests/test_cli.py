@@ -75,3 +75,24 @@ def test_demo_small(tmp_path):
     for f in ('benchmark.png', 'baseline_cams.png', 'cls/model.pt'): assert (tmp_path/'run'/f).exists(), f
     again = run_demo(tmp_path/'run', seed=0, cfg=cfg, train_cfg=tcfg, workers=1, scales=(1.0,))
     assert again['baseline'] == m['baseline']                # a rerun reuses every finished step
+
+
+def test_mine_and_prototypes_commands(bench, tmp_path):
+    voc, pool = bench/'voc', bench/'ood'
+    r = wood('train-cls', voc, '--out', tmp_path/'cls', '--epochs', 1, '--batch-size', 8, '--crop', 48, '--long-side', 40, 56, '--no-progress')
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = wood('mine', pool, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'mining', '--threshold', 0.0)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads((tmp_path/'mining'/'mining.json').read_text())
+    kept = (tmp_path/'mining'/'ood_list.txt').read_text().split()
+    meta = {l.split(',')[0]: l.split(',')[1] for l in (pool/'ood_meta.csv').read_text().splitlines()[1:]}
+    assert kept and all(meta[p] == '0' for p in kept)             # the simulated annotator removed every contaminated image
+    assert len(kept) == len([p for p, f in meta.items() if f == '0'])   # threshold 0: every clean candidate kept
+    r = wood('prototypes', voc, '--weights', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+             '--out', tmp_path/'protos', '--k', 2, '--iters', 3)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from wood_nb.prototypes import load_prototypes
+    p = load_prototypes(tmp_path/'protos'/'prototypes.npz')
+    assert tuple(p['class_protos'].shape)[0] == 6 and tuple(p['ood_protos'].shape)[0] == 2
+    r = wood('mine', pool, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'m2', '--threshold', 1.5)
+    assert r.returncode == 2 and 'threshold' in r.stderr

@@ -18,6 +18,8 @@ from .model import load_classifier
 from .train import TrainConfig, init_distributed, is_main, train_classifier
 from .cam import DEFAULT_SCALES, compute_cams, plot_cams
 from .metrics import eval_cam_dir
+from .mining import CURATION_MODES, mine
+from .prototypes import compute_prototypes
 
 # %% auto #0
 __all__ = ['run_validate', 'run_eval_cam', 'run_demo', 'build_parser', 'main']
@@ -161,6 +163,22 @@ def build_parser()->argparse.ArgumentParser:
     e = sub.add_parser('eval-cam', help='seed mIoU (and cue activation) of CAM records against the masks')
     e.add_argument('root', type=Path); e.add_argument('--cams', type=Path, required=True); e.add_argument('--split', default='train')
     e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
+    m = sub.add_parser('mine', help='score an OoD candidate pool with the baseline, rank, curate, write ood_list.txt')
+    m.add_argument('pool', type=Path); m.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
+    m.add_argument('--out', type=Path, required=True, help='folder for scores.csv, ranked.csv, ood_list.txt, mining.json')
+    m.add_argument('--threshold', type=float, default=0.5, help='keep candidates whose top class probability exceeds it (default 0.5)')
+    m.add_argument('--top-k', type=int, default=None, help='keep at most this many of the best')
+    m.add_argument('--curation', choices=list(CURATION_MODES), default='meta', help="'list': a person's list; 'meta': the pool's ood_meta.csv; 'none'")
+    m.add_argument('--curated-list', type=Path, default=None, help='with --curation list: the file of kept paths')
+    m.add_argument('--list-file', default='ood_list.txt'); m.add_argument('--batch-size', type=int, default=32); m.add_argument('--device', default='auto')
+    pr = sub.add_parser('prototypes', help='class prototypes and k-means OoD prototypes with the frozen baseline')
+    pr.add_argument('root', type=Path, help='VOC-layout root'); pr.add_argument('--weights', type=Path, required=True)
+    pr.add_argument('--pool', type=Path, required=True, help='the OoD pool folder'); pr.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
+    pr.add_argument('--out', type=Path, required=True); pr.add_argument('--split', default='train')
+    pr.add_argument('--k', type=int, default=50); pr.add_argument('--iters', type=int, default=10)
+    pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++'); pr.add_argument('--seed', type=int, default=0)
+    pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False, help='fewer OoD images than k: use k = N')
+    pr.add_argument('--batch-size', type=int, default=32); pr.add_argument('--device', default='auto')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0)
@@ -195,6 +213,16 @@ def main(argv:list|None=None)->int:
             block = run_eval_cam(a.root, a.split, a.cams)
             if a.json: write_json(a.json, block)
             return 0
+        if a.cmd in ('mine', 'prototypes'):
+            device = init_distributed(a.device)
+            model = load_classifier(a.weights)
+            if a.cmd == 'mine':
+                info = mine(model.to(device), a.pool, a.out, threshold=a.threshold, top_k=a.top_k, curation=a.curation,
+                            curated_list=a.curated_list, list_file=a.list_file, batch_size=a.batch_size, device=device)
+                print(json.dumps(info, indent=1)); return 0
+            f = compute_prototypes(model.to(device), a.root, a.split, a.pool, a.ood_list, a.out, k=a.k, iters=a.iters,
+                                   init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
+            print(f'prototypes: {f}'); return 0
         if a.cmd == 'demo':
             run_demo(a.out, seed=a.seed, workers=a.workers); return 0
     except WoodInputError as e:
