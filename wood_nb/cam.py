@@ -17,7 +17,7 @@ from .train import dist_info, barrier, unwrap
 
 # %% auto #0
 __all__ = ['DEFAULT_SCALES', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
-           'load_cam_record', 'compute_cams', 'cam_overlay', 'plot_cams']
+           'load_cam_record', 'compute_cams', 'cam_overlay', 'plot_cams', 'cue_bearing_ids']
 
 # %% ../nbs/05_cam.ipynb #6cdae42f
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -167,3 +167,14 @@ def plot_cams(root, # VOC-layout root
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/05_cam.ipynb #87c7c880
+def cue_bearing_ids(root, # VOC-layout root with `SegmentationCue/`
+                    ids, # candidate image ids, in order
+                    n:int=6)->list[str]: # at most `n` ids whose cue mask is not empty
+    "The first `n` ids whose cue mask holds a cue."
+    out = []
+    for i in ids:
+        if len(out) == n: break
+        if (load_mask(Path(root)/'SegmentationCue'/f'{i}.png') > 0).any(): out.append(i)
+    return out

@@ -5,9 +5,6 @@
 # %% ../nbs/99_cli.ipynb #78975898
 from __future__ import annotations
 import argparse, json, sys, time
-
-import numpy as np
-from PIL import Image
 from dataclasses import fields
 from pathlib import Path
 
@@ -16,7 +13,7 @@ from .data import VOCDataset, eval_transforms, validate, validate_ood
 from .synth import SynthConfig, generate, plot_benchmark
 from .model import load_classifier
 from .train import TrainConfig, init_distributed, is_main, train_classifier
-from .cam import DEFAULT_SCALES, compute_cams, plot_cams
+from .cam import DEFAULT_SCALES, compute_cams, cue_bearing_ids, plot_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
@@ -120,7 +117,7 @@ def run_demo(out, # the run folder
     times['cam'] = time.perf_counter() - t; t = time.perf_counter()
     print('baseline CAM seeds on the training split:', file=log)
     block = run_eval_cam(voc, 'train', out/'cam'/'baseline', out=log)
-    cue_ids = [i for i in ds.ids if len(np.unique(np.asarray(Image.open(voc/'SegmentationCue'/f'{i}.png')))) > 1][:6]
+    cue_ids = cue_bearing_ids(voc, ds.ids)
     with atomic_path(out/'baseline_cams.png') as f:
         plot_cams(voc, out/'cam'/'baseline', cue_ids, title='baseline CAMs on cue-bearing training images').savefig(f, format='png', dpi=90)
     times['eval'] = time.perf_counter() - t
