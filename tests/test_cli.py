@@ -1,5 +1,5 @@
 "The `wood` command end to end on tiny data: exit codes, messages, and the classifier -> CAM -> evaluation chain."
-import json, os, subprocess, sys
+import io, json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
@@ -66,15 +66,24 @@ def test_classifier_cam_eval_chain(bench, tmp_path):
 
 
 def test_demo_small(tmp_path):
-    cfg = SynthConfig(image_size=48, n_train=16, n_val=4, n_ood=6)
+    cfg = SynthConfig(image_size=48, n_train=16, n_val=4, n_ood=40)
     tcfg = TrainConfig.preset('synthetic', epochs=1, batch_size=8, crop=48, long_side=(40, 56), progress=False)
-    m = run_demo(tmp_path/'run', seed=0, cfg=cfg, train_cfg=tcfg, workers=1, scales=(1.0,))
+    kw = dict(seed=0, cfg=cfg, train_cfg=tcfg, wood_train_cfg=tcfg, workers=1, scales=(1.0,), k=4, threshold=0.0)
+    log = io.StringIO()
+    m = run_demo(tmp_path/'run', log=log, **kw)
     on_disk = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert on_disk == json.loads(json.dumps(m))
-    assert set(on_disk['baseline']) >= {'seed_miou', 'seed_threshold', 'cue_activation'}
-    for f in ('benchmark.png', 'baseline_cams.png', 'cls/model.pt'): assert (tmp_path/'run'/f).exists(), f
-    again = run_demo(tmp_path/'run', seed=0, cfg=cfg, train_cfg=tcfg, workers=1, scales=(1.0,))
-    assert again['baseline'] == m['baseline']                # a rerun reuses every finished step
+    for block in ('baseline', 'wood'):
+        assert set(on_disk[block]) >= {'seed_miou', 'seed_threshold', 'cue_activation', 'per_class_iou'}
+        assert 0 <= on_disk[block]['seed_miou'] <= 100
+    assert on_disk['mining']['kept'] >= 8 and on_disk['mining']['foreground_share_kept'] == 0   # the annotator removed the contaminated
+    assert {'train_cls', 'mine', 'train_wood', 'eval_wood'} <= set(on_disk['timings_s'])
+    for f in ('benchmark.png', 'figures/cams.png', 'figures/wood_history.png', 'cls/model.pt', 'wood/model.pt',
+              'mining/ood_list.txt', 'prototypes/mined/prototypes.npz'):
+        assert (tmp_path/'run'/f).exists(), f
+    assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:10.1f}" in log.getvalue()
+    again = run_demo(tmp_path/'run', log=io.StringIO(), **kw)
+    assert again['baseline'] == m['baseline'] and again['wood'] == m['wood']   # a rerun reuses every finished step
 
 
 def test_mine_and_prototypes_commands(bench, tmp_path):
@@ -96,3 +105,18 @@ def test_mine_and_prototypes_commands(bench, tmp_path):
     assert tuple(p['class_protos'].shape)[0] == 6 and tuple(p['ood_protos'].shape)[0] == 2
     r = wood('mine', pool, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'m2', '--threshold', 1.5)
     assert r.returncode == 2 and 'threshold' in r.stderr
+    r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+             '--prototypes', tmp_path/'protos'/'prototypes.npz', '--out', tmp_path/'wood', '--epochs', 1, '--batch-size', 2,
+             '--crop', 48, '--long-side', 40, 56, '--no-progress', '--lam', 0.2, '--normalize')
+    assert r.returncode == 0, r.stderr[-3000:]
+    from wood_nb.model import load_classifier
+    meta = load_classifier(tmp_path/'wood'/'model.pt').meta
+    assert meta['wood_config']['lam'] == 0.2 and meta['wood_config']['normalize'] is True and meta['wood_config']['gamma'] == 0.25
+    assert meta['train_config']['epochs'] == 1 and meta['train_config']['lr'] == TrainConfig.preset('synthetic').lr   # the baseline's preset
+    assert 'W-OoD classifier' in r.stdout
+    r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+             '--prototypes', tmp_path/'nope.npz', '--out', tmp_path/'w2')
+    assert r.returncode == 2 and 'nope.npz' in r.stderr and 'prototypes.npz' in r.stderr
+    r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+             '--prototypes', tmp_path/'protos'/'prototypes.npz', '--out', tmp_path/'w3', '--tau', 1.5)
+    assert r.returncode == 2 and 'tau' in r.stderr and not (tmp_path/'w3').exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wood_nb.core import save_npz
+from wood_nb.prototypes import save_prototypes
 from wood_nb.model import CAMClassifier, load_classifier, save_classifier
 from wood_nb.synth import SynthConfig, generate
 from wood_nb.train import TrainConfig
@@ -223,8 +223,7 @@ def tiny(tmp_path_factory):
     torch.manual_seed(0)
     base = CAMClassifier('resnet10t', len(classes), output_stride=16, freeze_bn='stats', classes=classes)
     save_classifier(base, d/'cls.pt', meta={'preset': 'synthetic'})
-    save_npz(d/'prototypes.npz', class_protos=torch.randn(len(classes), base.feat_dim).numpy(),
-             ood_protos=torch.randn(8, base.feat_dim).numpy())
+    save_prototypes(d/'prototypes.npz', torch.randn(len(classes), base.feat_dim), torch.randn(8, base.feat_dim))
     tc = TrainConfig(epochs=1, batch_size=8, lr=0.01, momentum=0.9, crop=48, long_side=(40, 56), progress=False)
     return d, bench, tc
 

@@ -141,20 +141,21 @@ def cam_overlay(image, # `(H, W, 3)` uint8 image
 
 # %% ../nbs/05_cam.ipynb #1019122a
 def plot_cams(root, # VOC-layout root
-              cam_dir, # folder of CAM records
+              cam_dir, # folder of CAM records, or `{name: folder}` to compare models side by side
               ids:list, # the images to show
               title:str|None=None, alpha:float=0.5):
-    "A figure of images, ground truth, cue masks and normalised CAM overlays, one row an image."
+    "A figure of images, ground truth, cue masks and normalised CAM overlays (per class, per model), one row an image."
     import matplotlib.pyplot as plt
     from PIL import Image
     from wood_nb.core import read_classes, voc_palette
-    root, cam_dir = Path(root), Path(cam_dir); pal = voc_palette(); classes = read_classes(root)
+    dirs = {k: Path(v) for k, v in cam_dir.items()} if isinstance(cam_dir, dict) else {'': Path(cam_dir)}
+    root = Path(root); pal = voc_palette(); classes = read_classes(root)
     cue_dir = root/'SegmentationCue'
-    recs = [load_cam_record(cam_dir/f'{i}.npz') for i in ids]
-    ncol = 2 + cue_dir.is_dir() + max(1, max(len(r['keys']) for r in recs))
+    recs = [{name: load_cam_record(d/f'{i}.npz') for name, d in dirs.items()} for i in ids]
+    ncol = 2 + cue_dir.is_dir() + len(dirs) * max(1, max(len(r['keys']) for rr in recs for r in rr.values()))
     fig, axs = plt.subplots(len(ids), ncol, figsize=(1.9*ncol, 1.9*len(ids)), squeeze=False)
     for a in axs.flat: a.axis('off')
-    for row, (i, r) in zip(axs, zip(ids, recs)):
+    for row, (i, rr) in zip(axs, zip(ids, recs)):
         img = np.asarray(Image.open(root/'JPEGImages'/f'{i}.jpg').convert('RGB'))
         row[0].imshow(img); row[0].set_title(i, fontsize=7)
         row[1].imshow(pal[np.asarray(Image.open(root/'SegmentationClass'/f'{i}.png'))]); row[1].set_title('ground truth', fontsize=7)
@@ -162,8 +163,11 @@ def plot_cams(root, # VOC-layout root
         if cue_dir.is_dir():
             cue = np.asarray(Image.open(cue_dir/f'{i}.png'))
             row[2].imshow(pal[cue]); row[2].set_title('cue: ' + (', '.join(classes[k-1] for k in np.unique(cue) if k) or '-'), fontsize=7); j = 3
-        for k, cam in zip(r['keys'], normalize_cams(r['high_res'])):
-            row[j].imshow(cam_overlay(img, cam, alpha)); row[j].set_title(f'CAM {classes[k-1]}', fontsize=7); j += 1
+        maps = {name: dict(zip(r['keys'].tolist(), normalize_cams(r['high_res']))) for name, r in rr.items()}
+        for k in sorted(set().union(*maps.values())):
+            for name, m in maps.items():
+                if k in m: row[j].imshow(cam_overlay(img, m[k], alpha)); row[j].set_title(f'{name + " " if name else "CAM "}{classes[k-1]}', fontsize=7)
+                j += 1
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

@@ -17,6 +17,7 @@ from .cam import DEFAULT_SCALES, compute_cams, cue_bearing_ids, plot_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
+from .wood import METRIC_FORMS, Arm, WoodConfig, chain_figures, run_wood_chain, train_wood
 
 # %% auto #0
 __all__ = ['run_validate', 'run_eval_cam', 'run_demo', 'build_parser', 'main']
@@ -74,7 +75,24 @@ def _train_config(a)->TrainConfig:
 def _model_kw(a)->dict:
     return {k: v for k, v in (('backbone', a.backbone), ('pretrained', a.pretrained), ('output_stride', a.output_stride)) if v is not None}
 
-# %% ../nbs/99_cli.ipynb #32ca7ec7
+# %% ../nbs/99_cli.ipynb #705e57e2
+_WOOD_TYPES = {'push_margin': float, 'drop_ood_top_class': int}
+
+def _add_wood_options(p:argparse.ArgumentParser):
+    "One typed option for every `WoodConfig` field (default: the official value)."
+    d = WoodConfig()
+    for f in fields(WoodConfig):
+        v, opt = getattr(d, f.name), '--' + f.name.replace('_', '-')
+        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=f'default: {v}')
+        elif f.name == 'metric': p.add_argument(opt, choices=list(METRIC_FORMS), default=None, help=f'default: {v}')
+        elif f.name == 'anti_adv_norm': p.add_argument(opt, choices=['batch', 'image'], default=None, help=f'default: {v}')
+        else: p.add_argument(opt, type=_WOOD_TYPES.get(f.name, type(v)), default=None, help=f'default: {v}')
+
+def _wood_config(a)->WoodConfig:
+    "A `WoodConfig` from parsed options (unset options keep the official values)."
+    return WoodConfig(**{f.name: getattr(a, f.name) for f in fields(WoodConfig) if getattr(a, f.name, None) is not None})
+
+# %% ../nbs/99_cli.ipynb #d008b5f1
 def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     "Evaluate CAM records, print the result and return the `metrics.json` block."
     classes = read_classes(root)
@@ -88,11 +106,18 @@ def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     print('per-class IoU: ' + ', '.join(f'{n} {100*v:.1f}' for n, v in zip(['background'] + classes, iou) if v == v), file=out)
     return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2)) for n, v in zip(['background'] + classes, iou)}}
 
-# %% ../nbs/99_cli.ipynb #d08ace41
+# %% ../nbs/99_cli.ipynb #72ad038c
+def _metrics_block(b:dict)->dict:
+    "The `metrics.json` keys of an evaluation block (plus per-class IoU, percent)."
+    out = {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
+    out['per_class_iou'] = {n: (None if v is None else round(v, 2)) for n, v in b['per_class_iou'].items()}
+    return out
+
 def run_demo(out, # the run folder
              seed:int=0, cfg:SynthConfig|None=None, train_cfg:TrainConfig|None=None, workers:int=2,
-             scales=DEFAULT_SCALES, log=None)->dict:
-    "The embedded benchmark end to end (so far: data, baseline classifier, CAMs, evaluation); returns metrics."
+             scales=DEFAULT_SCALES, wood_cfg:WoodConfig|None=None, wood_train_cfg:TrainConfig|None=None,
+             k:int=50, threshold:float=0.5, log=None)->dict:
+    "The embedded benchmark end to end: data, baseline, seeds, mining, prototypes, W-OoD, seeds, figures; returns metrics."
     import matplotlib; matplotlib.use('Agg')
     from dataclasses import asdict
     log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'; times = {}
@@ -107,27 +132,25 @@ def run_demo(out, # the run folder
     n = run_validate(data, out=log)
     if n: raise WoodInputError(data, f'the generated benchmark has {n} problem(s).', 'report this as a bug; delete the folder and rerun.')
     with atomic_path(out/'benchmark.png') as f: plot_benchmark(data).savefig(f, format='png', dpi=90)
-    times['validate'] = time.perf_counter() - t; t = time.perf_counter()
-    voc = data/'voc'
-    print('baseline classifier: training (or loading) in', out/'cls', file=log)
-    model = train_classifier(voc, out/'cls', 'synthetic', 'train', cfg=train_cfg or TrainConfig.preset('synthetic', seed=seed))
-    times['train_cls'] = time.perf_counter() - t; t = time.perf_counter()
-    ds = VOCDataset(voc, 'train', transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-    compute_cams(model, ds, out/'cam'/'baseline', scales=scales, batch_size=32)
-    times['cam'] = time.perf_counter() - t; t = time.perf_counter()
-    print('baseline CAM seeds on the training split:', file=log)
-    block = run_eval_cam(voc, 'train', out/'cam'/'baseline', out=log)
-    cue_ids = cue_bearing_ids(voc, ds.ids)
-    with atomic_path(out/'baseline_cams.png') as f:
-        plot_cams(voc, out/'cam'/'baseline', cue_ids, title='baseline CAMs on cue-bearing training images').savefig(f, format='png', dpi=90)
-    times['eval'] = time.perf_counter() - t
-    metrics = {'baseline': block, 'timings_s': {k: round(v, 1) for k, v in times.items()}}
+    times['validate'] = time.perf_counter() - t
+    res = run_wood_chain(data/'voc', data/'ood', out, [Arm('wood', 'W-OoD')], wcfg=wood_cfg, tcfg=wood_train_cfg,
+                         baseline_tcfg=train_cfg or TrainConfig.preset('synthetic', seed=seed), k=k, threshold=threshold,
+                         scales=scales, log=log)
+    times.update(res['timings_s']); t = time.perf_counter()
+    figs = chain_figures(data/'voc', data/'ood', out, arm='wood')
+    times['figures'] = time.perf_counter() - t
+    prev = json.loads((out/'metrics.json').read_text()).get('timings_s', {}) if (out/'metrics.json').exists() else {}
+    b, w = res['baseline'], res['arms']['wood']
+    metrics = {'baseline': _metrics_block(b), 'wood': _metrics_block(w), 'mining': res['mining'],
+               'timings_s': {**prev, **{k: round(v, 1) for k, v in times.items()}}}
     write_json(out/'metrics.json', metrics)
-    print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, {out/'baseline_cams.png'}", file=log)
+    print(f"{'':10s} {'seed mIoU':>10s} {'cue activation':>15s}", file=log)
+    for name, blk in (('baseline', b), ('W-OoD', w)):
+        print(f"{name:10s} {blk['seed_miou']:10.1f} {blk.get('cue_activation', float('nan')):15.3f}", file=log)
+    print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, " + ', '.join(str(f) for f in figs.values()), file=log)
     return metrics
-## The command
 
-# %% ../nbs/99_cli.ipynb #8b240875
+# %% ../nbs/99_cli.ipynb #fa173d79
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -176,6 +199,17 @@ def build_parser()->argparse.ArgumentParser:
     pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++'); pr.add_argument('--seed', type=int, default=0)
     pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False, help='fewer OoD images than k: use k = N')
     pr.add_argument('--batch-size', type=int, default=32); pr.add_argument('--device', default='auto')
+    w = sub.add_parser('train-wood', help='fine-tune a baseline with the W-OoD loss (mined OoD images + prototypes)')
+    w.add_argument('root', type=Path, help='VOC-layout root'); w.add_argument('--baseline', type=Path, required=True, help='model.pt from train-cls')
+    w.add_argument('--pool', type=Path, required=True, help='the OoD pool folder')
+    w.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
+    w.add_argument('--prototypes', type=Path, required=True, help='prototypes.npz from wood prototypes')
+    w.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
+    w.add_argument('--split', default='train'); w.add_argument('--preset', choices=['synthetic', 'voc'], default=None, help="default: the baseline's")
+    w.add_argument('--select-by-gt-miou', action=argparse.BooleanOptionalAction, default=False,
+                   help='keep the epoch with the best CAM mIoU against ground truth (the official choice; looks at the labels)')
+    w.add_argument('--select-split', default='train'); w.add_argument('--device', default='auto')
+    _add_wood_options(w); _add_train_options(w)
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0)
@@ -220,6 +254,16 @@ def main(argv:list|None=None)->int:
             f = compute_prototypes(model.to(device), a.root, a.split, a.pool, a.ood_list, a.out, k=a.k, iters=a.iters,
                                    init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
             print(f'prototypes: {f}'); return 0
+        if a.cmd == 'train-wood':
+            for f, what in ((a.root, 'a VOC-layout root'), (a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):
+                if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
+            wcfg = _wood_config(a); device = init_distributed(a.device)
+            preset = a.preset or load_classifier(a.baseline).meta.get('preset') or 'synthetic'
+            tcfg = _train_config(argparse.Namespace(**{**vars(a), 'preset': preset}))
+            train_wood(a.baseline, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
+                       device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
+            if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
+            return 0
         if a.cmd == 'demo':
             run_demo(a.out, seed=a.seed, workers=a.workers); return 0
     except WoodInputError as e:
