@@ -78,11 +78,12 @@ def test_cue_inspector_clusters_and_similarity(tiny):
     assert [j for j, _, _ in near] == sorted(range(3), key=lambda j: float(s.analysis()['dist'][j]))
     sim = s.similarity(near[0][0])
     assert sim.shape == s.image().shape[:2] and 0 <= sim.min() <= sim.max() <= 1
-    # the map is the cosine similarity of the pixel features to the centre: check one pixel at feature resolution
+    # the map is the cosine similarity of the pixel features to the centre, min-max scaled: check it at feature resolution
     fmap = s.analysis()['fmap']; q = s.centres[near[0][0]]
-    cos = torch.nn.functional.cosine_similarity(fmap[:, 0, 0], q, dim=0).clamp_min(0).item()
-    small = torch.nn.functional.cosine_similarity(fmap, q[:, None, None], dim=0).clamp_min(0)
-    assert abs(small[0, 0].item() - cos) < 1e-6
+    cos = torch.nn.functional.cosine_similarity(fmap, q[:, None, None], dim=0)
+    scaled = (cos - cos.min()) / (cos.max() - cos.min())
+    up = torch.nn.functional.interpolate(scaled[None, None], size=sim.shape, mode='bilinear', align_corners=False)[0, 0].numpy()
+    assert np.abs(up - sim).max() < 1e-5 and sim.max() > 0.9 and sim.min() < 0.1
     pic = from_png(v.image.value)
     v.cluster.value = near[1][0]
     assert s.cluster == near[1][0] and not np.array_equal(from_png(v.image.value), pic)

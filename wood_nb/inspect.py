@@ -248,10 +248,11 @@ class CueInspector:
         d = self.analysis()['dist']; order = d.argsort()[: self.n_near].tolist()
         return [(j, float(d[j]), int((self.assign == j).sum())) for j in order]
     def similarity(self, j:int|None=None)->np.ndarray:
-        "Cosine similarity (clipped at 0) of each pixel's feature to OoD centre `j`, at image size, in [0, 1]."
+        "Where the image looks like OoD centre `j`: per-pixel cosine similarity, min-max scaled within the image, at image size."
         j = self.cluster if j is None else int(j)
         fmap = self.analysis()['fmap']
-        s = F.cosine_similarity(fmap, self.centres[j][:, None, None], dim=0).clamp_min(0)
+        s = F.cosine_similarity(fmap, self.centres[j][:, None, None], dim=0)
+        s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-8)
         H, W = self.image().shape[:2]
         return F.interpolate(s[None, None], size=(H, W), mode='bilinear', align_corners=False)[0, 0].numpy()
     def exemplars(self, j:int|None=None)->list[str]:
