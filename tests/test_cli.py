@@ -120,3 +120,18 @@ def test_mine_and_prototypes_commands(bench, tmp_path):
     r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
              '--prototypes', tmp_path/'protos'/'prototypes.npz', '--out', tmp_path/'w3', '--tau', 1.5)
     assert r.returncode == 2 and 'tau' in r.stderr and not (tmp_path/'w3').exists()
+
+
+def test_train_seg_and_eval_seg_commands(bench, tmp_path):
+    voc = bench/'voc'
+    r = wood('train-seg', voc, '--masks', 'SegmentationClass', '--out', tmp_path/'seg', '--epochs', 1, '--batch-size', 4,
+             '--crop', 48, '--long-side', 40, 56, '--no-progress', '--balanced')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path/'seg'/'model.pt').exists() and 'segmenter' in r.stdout
+    r = wood('eval-seg', voc, '--weights', tmp_path/'seg'/'model.pt', '--out', tmp_path/'pred', '--split', 'val', '--json', tmp_path/'s.json')
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path/'s.json').read_text())
+    assert 0 <= res['miou'] <= 100 and res['images'] == 4 and f"seg mIoU {res['miou']:.2f}" in r.stdout
+    assert len(list((tmp_path/'pred').glob('*.png'))) == 4
+    r = wood('train-seg', voc, '--masks', tmp_path/'nowhere', '--out', tmp_path/'seg2')
+    assert r.returncode == 2 and 'mask folder does not exist' in r.stderr and not (tmp_path/'seg2'/'model.pt').exists()

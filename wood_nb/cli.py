@@ -17,10 +17,11 @@ from .cam import DEFAULT_SCALES, compute_cams, cue_bearing_ids, plot_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
+from .segment import SEG_TEST_SCALES, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
 from .wood import METRIC_FORMS, Arm, WoodConfig, chain_figures, run_wood_chain, train_wood
 
 # %% auto #0
-__all__ = ['run_validate', 'run_eval_cam', 'run_demo', 'build_parser', 'main']
+__all__ = ['run_validate', 'run_eval_cam', 'run_eval_seg', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -106,7 +107,22 @@ def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     print('per-class IoU: ' + ', '.join(f'{n} {100*v:.1f}' for n, v in zip(['background'] + classes, iou) if v == v), file=out)
     return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2)) for n, v in zip(['background'] + classes, iou)}}
 
-# %% ../nbs/99_cli.ipynb #72ad038c
+# %% ../nbs/99_cli.ipynb #a47283c5
+def _seg_train_config(a)->TrainConfig:
+    "The preset's segmentation `TrainConfig` with the options given."
+    return seg_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
+
+def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, device=None, log=None)->dict:
+    "Predict `split` with a saved segmenter into `out`, score it, print and return the result."
+    classes = read_classes(root)
+    model = load_segmenter(weights, num_classes=len(classes), classes=classes)
+    device = device or next(model.parameters()).device
+    predict_split(model.to(device), root, split, out, scales=tuple(scales), flip=flip, device=device, progress=False)
+    r = eval_seg_dir(root, split, out)
+    print(f"seg mIoU {r['miou']:.2f} on {split} ({r['images']} images)" + (f", cue activation {r['cue_activation']:.3f}" if r.get('cue_activation') is not None else ''), file=log or sys.stdout)
+    return r
+
+# %% ../nbs/99_cli.ipynb #2334e014
 def _metrics_block(b:dict)->dict:
     "The `metrics.json` keys of an evaluation block (plus per-class IoU, percent)."
     out = {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
@@ -150,7 +166,7 @@ def run_demo(out, # the run folder
     print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, " + ', '.join(str(f) for f in figs.values()), file=log)
     return metrics
 
-# %% ../nbs/99_cli.ipynb #fa173d79
+# %% ../nbs/99_cli.ipynb #48fbb6af
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -210,6 +226,20 @@ def build_parser()->argparse.ArgumentParser:
                    help='keep the epoch with the best CAM mIoU against ground truth (the official choice; looks at the labels)')
     w.add_argument('--select-split', default='train'); w.add_argument('--device', default='auto')
     _add_wood_options(w); _add_train_options(w)
+    sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
+    sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
+    sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
+    sg.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic')
+    sg.add_argument('--balanced', action=argparse.BooleanOptionalAction, default=False, help='class-balanced cross-entropy')
+    sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg'")
+    sg.add_argument('--backbone', default=None); sg.add_argument('--device', default='auto')
+    _add_train_options(sg)
+    es = sub.add_parser('eval-seg', help='predict a split with a trained segmenter and score it against the masks')
+    es.add_argument('root', type=Path); es.add_argument('--weights', type=Path, required=True, help='model.pt from train-seg')
+    es.add_argument('--out', type=Path, required=True, help='folder for the predicted <id>.png'); es.add_argument('--split', default='val')
+    es.add_argument('--scales', type=float, nargs='+', default=[1.0], help=f'test scales (multi-scale: {" ".join(map(str, SEG_TEST_SCALES))})')
+    es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True); es.add_argument('--json', type=Path, default=None)
+    es.add_argument('--device', default='auto')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0)
@@ -263,6 +293,19 @@ def main(argv:list|None=None)->int:
             train_wood(a.baseline, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
                        device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
             if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
+            return 0
+        if a.cmd == 'train-seg':
+            if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
+            cfg = _seg_train_config(a); device = init_distributed(a.device)
+            kw = {k: v for k, v in (('pretrained', a.pretrained), ('backbone', a.backbone)) if v is not None}
+            train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)
+            if is_main(): print(f"segmenter: {a.out/'model.pt'}")
+            return 0
+        if a.cmd == 'eval-seg':
+            if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
+            device = init_distributed(a.device)
+            r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, device)
+            if a.json and is_main(): write_json(a.json, r)
             return 0
         if a.cmd == 'demo':
             run_demo(a.out, seed=a.seed, workers=a.workers); return 0
