@@ -17,7 +17,7 @@ from .core import WoodInputError, load_weights, save_weights
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'PRESETS', 'measure_stride', 'create_backbone', 'lite0_package_path',
            'lite0_to_timm', 'load_backbone_weights', 'CAMClassifier', 'classifier_config', 'save_classifier',
-           'load_classifier', 'make_classifier', 'time_train_step']
+           'load_classifier', 'preset_kwargs', 'make_classifier', 'time_train_step']
 
 # %% ../nbs/03_model.ipynb #c065972e
 def _strided_first(block:nn.Module)->list[tuple[nn.Module, str, nn.Module]]:
@@ -345,18 +345,27 @@ PRESETS = {  # model settings only; the optimiser and data settings of each reci
 }
 _MODEL_KEYS = ('backbone', 'output_stride', 'pretrained', 'freeze_stages', 'freeze_bn', 'dilate', 'classes')
 
+def preset_kwargs(presets:dict, # name -> settings (a `needs_pretrained` flag may be among them)
+                  keys:tuple, # the constructor arguments a preset may set
+                  preset:str, # the preset asked for
+                  overrides:dict, # arguments that replace the preset's
+                  where:str='preset', # the function named in errors
+                 )->dict: # constructor arguments
+    "A preset's constructor arguments with overrides, checked; warns when a preset that expects ImageNet weights gets none."
+    if preset not in presets: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(presets)}.')
+    bad = [k for k in overrides if k not in keys]
+    if bad: raise WoodInputError(where, f'unknown option(s) {bad}.', f'use {list(keys)}.')
+    cfg = {**presets[preset], **overrides}
+    if cfg['pretrained'] is None and cfg.get('needs_pretrained'):
+        warnings.warn(f"preset {preset!r} expects ImageNet weights but got pretrained=None: training from scratch.")
+    return {k: cfg[k] for k in keys if k in cfg}
+
 def make_classifier(preset:str, # a key of PRESETS
                     num_classes:int, # foreground classes C
                     **overrides, # constructor arguments that replace the preset's
                    )->CAMClassifier:
     "Build the `CAMClassifier` of a preset, with `overrides` applied."
-    if preset not in PRESETS: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(PRESETS)}.')
-    bad = [k for k in overrides if k not in _MODEL_KEYS]
-    if bad: raise WoodInputError('make_classifier', f'unknown option(s) {bad}.', f'use {list(_MODEL_KEYS)}.')
-    cfg = {**PRESETS[preset], **overrides}
-    if cfg['pretrained'] is None and cfg.get('needs_pretrained'):
-        warnings.warn(f"preset {preset!r} expects ImageNet weights but got pretrained=None: training from scratch.")
-    return CAMClassifier(num_classes=num_classes, **{k: cfg[k] for k in _MODEL_KEYS if k in cfg})
+    return CAMClassifier(num_classes=num_classes, **preset_kwargs(PRESETS, _MODEL_KEYS, preset, overrides, 'make_classifier'))
 
 # %% ../nbs/03_model.ipynb #dee28664
 def time_train_step(model:CAMClassifier, batch_size:int=16, size:int=128, steps:int=3, threads:int|None=None)->float:

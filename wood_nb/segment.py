@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .core import IGNORE_INDEX, WoodInputError, load_mask, load_weights, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import PACKAGE_WEIGHTS, _check_input, _check_meta, create_backbone, load_backbone_weights, load_classifier
+from .model import PACKAGE_WEIGHTS, _check_input, _check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, unwrap
 from .cam import _list_collate
 from .metrics import ConfusionMatrix, CueActivation
@@ -147,13 +147,7 @@ def make_segmenter(preset:str, # a key of SEG_PRESETS
                    **overrides, # constructor arguments that replace the preset's
                   )->DeepLabV2:
     "Build the `DeepLabV2` of a preset, with `overrides` applied."
-    if preset not in SEG_PRESETS: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(SEG_PRESETS)}.')
-    bad = [k for k in overrides if k not in _SEG_KEYS]
-    if bad: raise WoodInputError('make_segmenter', f'unknown option(s) {bad}.', f'use {list(_SEG_KEYS)}.')
-    cfg = {**SEG_PRESETS[preset], **overrides}
-    if cfg['pretrained'] is None and cfg.get('needs_pretrained'):
-        warnings.warn(f"preset {preset!r} expects ImageNet weights but got pretrained=None: training from scratch.")
-    model = DeepLabV2(num_classes=num_classes, **{k: cfg[k] for k in _SEG_KEYS if k in cfg})
+    model = DeepLabV2(num_classes=num_classes, **preset_kwargs(SEG_PRESETS, _SEG_KEYS, preset, overrides, 'make_segmenter'))
     model.preset = preset
     return model
 
