@@ -289,14 +289,13 @@ class CueInspector:
         "A bar chart of the per-class cue activation of each model (an empty array without evaluations)."
         table = self.cue_activation()
         if not table: return np.zeros((0, 0, 3), np.uint8)
-        import matplotlib; import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure                   # no pyplot: nothing global, nothing displayed
         names = list(self.evals); cls_ = list(table); x = np.arange(len(cls_)); w = 0.8 / len(names)
-        with plt.ioff():
-            fig, ax = plt.subplots(figsize=(width, 2.2))
-            for i, n in enumerate(names): ax.bar(x + i * w, [table[c].get(n, np.nan) for c in cls_], w, label=n)
-            ax.set_xticks(x + w * (len(names) - 1) / 2, cls_, fontsize=7); ax.set_ylabel('cue activation', fontsize=7)
-            ax.tick_params(labelsize=7); ax.legend(fontsize=7); fig.tight_layout()
-            buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80); plt.close(fig)
+        fig = Figure(figsize=(width, 2.2)); ax = fig.subplots()
+        for i, n in enumerate(names): ax.bar(x + i * w, [table[c].get(n, np.nan) for c in cls_], w, label=n)
+        ax.set_xticks(x + w * (len(names) - 1) / 2, cls_, fontsize=7); ax.set_ylabel('cue activation', fontsize=7)
+        ax.tick_params(labelsize=7); ax.legend(fontsize=7); fig.tight_layout()
+        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80)
         return from_png(buf.getvalue())
 
 # %% ../nbs/12_inspect.ipynb #de6a794f
