@@ -135,3 +135,20 @@ def test_train_seg_and_eval_seg_commands(bench, tmp_path):
     assert len(list((tmp_path/'pred').glob('*.png'))) == 4
     r = wood('train-seg', voc, '--masks', tmp_path/'nowhere', '--out', tmp_path/'seg2')
     assert r.returncode == 2 and 'mask folder does not exist' in r.stderr and not (tmp_path/'seg2'/'model.pt').exists()
+
+
+def test_refine_command(bench, tmp_path):
+    voc = bench/'voc'
+    r = wood('train-cls', voc, '--out', tmp_path/'cls', '--epochs', 1, '--batch-size', 8, '--crop', 48, '--long-side', 40, 56, '--no-progress')
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'cams', '--scales', 1.0)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = wood('refine', voc, '--cams', tmp_path/'cams', '--out', tmp_path/'refine', '--epochs', 1, '--batch-size', 4,
+             '--crop', 48, '--long-side', 40, 56, '--no-progress', '--radius', 3, '--logt', 4)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path/'refine'/'masks.json').read_text())
+    n = len((voc/'ImageSets'/'Segmentation'/'train.txt').read_text().split())
+    assert len(list((tmp_path/'refine'/'masks').glob('*.png'))) == n and 0 <= res['miou'] <= 100
+    assert f"mask mIoU {res['miou']:.2f}" in r.stdout and (tmp_path/'refine'/'model.pt').exists()
+    r = wood('refine', voc, '--cams', tmp_path/'nocams', '--out', tmp_path/'r2')
+    assert r.returncode == 2 and 'nocams' in r.stderr

@@ -17,11 +17,12 @@ from .cam import DEFAULT_SCALES, compute_cams, cue_bearing_ids, plot_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
+from .refine import BOUNDARY_PRESETS, boundary_train_config, eval_mask_dir, make_pseudo_masks, train_boundary
 from .segment import SEG_TEST_SCALES, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
 from .wood import METRIC_FORMS, Arm, WoodConfig, chain_figures, run_wood_chain, train_wood
 
 # %% auto #0
-__all__ = ['run_validate', 'run_eval_cam', 'run_eval_seg', 'run_demo', 'build_parser', 'main']
+__all__ = ['run_validate', 'run_eval_cam', 'run_refine', 'run_eval_seg', 'run_demo', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -107,7 +108,28 @@ def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     print('per-class IoU: ' + ', '.join(f'{n} {100*v:.1f}' for n, v in zip(['background'] + classes, iou) if v == v), file=out)
     return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2)) for n, v in zip(['background'] + classes, iou)}}
 
-# %% ../nbs/99_cli.ipynb #a47283c5
+# %% ../nbs/99_cli.ipynb #0c8b0732
+def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:TrainConfig|None=None, radius:int|None=None,
+               crf:bool=False, beta:float=10.0, logt:int=8, bg_plane:float=0.22, device=None, log=None)->dict|None:
+    "Boundary network, random walk and pseudo-masks from CAM records; prints and returns the mask evaluation (None without masks)."
+    root, out = Path(root), Path(out)
+    net = train_boundary(root, split, cams, out, cfg=cfg, preset=preset, radius=radius, crf=crf, device=device, progress=False)
+    r = int(radius or BOUNDARY_PRESETS[preset]['radius'])
+    make_pseudo_masks(net, root, split, cams, out/'masks', radius=r, beta=beta, logt=logt, bg_plane=bg_plane, device=device, progress=False)
+    from wood_nb.data import read_split
+    if not all((root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(root, split)):
+        print(f"pseudo-masks: {out/'masks'} (no ground truth for every image of {split!r}: not scored)", file=log or sys.stdout); return None
+    res = eval_mask_dir(root, split, out/'masks')
+    if is_main(): write_json(out/'masks.json', res)
+    print(f"mask mIoU {res['miou']:.2f} on {split}" + (f", cue activation {res['cue_activation']:.3f}" if res.get('cue_activation') is not None else '')
+          + f"; pseudo-masks: {out/'masks'}", file=log or sys.stdout)
+    return res
+
+def _boundary_train_config(a)->TrainConfig:
+    "The boundary preset's `TrainConfig` with the options given."
+    return boundary_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
+
+# %% ../nbs/99_cli.ipynb #02f87f87
 def _seg_train_config(a)->TrainConfig:
     "The preset's segmentation `TrainConfig` with the options given."
     return seg_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
@@ -122,7 +144,7 @@ def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=T
     print(f"seg mIoU {r['miou']:.2f} on {split} ({r['images']} images)" + (f", cue activation {r['cue_activation']:.3f}" if r.get('cue_activation') is not None else ''), file=log or sys.stdout)
     return r
 
-# %% ../nbs/99_cli.ipynb #2334e014
+# %% ../nbs/99_cli.ipynb #2d995614
 def _metrics_block(b:dict)->dict:
     "The `metrics.json` keys of an evaluation block (plus per-class IoU, percent)."
     out = {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
@@ -166,7 +188,7 @@ def run_demo(out, # the run folder
     print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, " + ', '.join(str(f) for f in figs.values()), file=log)
     return metrics
 
-# %% ../nbs/99_cli.ipynb #48fbb6af
+# %% ../nbs/99_cli.ipynb #4a2a2502
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -226,6 +248,15 @@ def build_parser()->argparse.ArgumentParser:
                    help='keep the epoch with the best CAM mIoU against ground truth (the official choice; looks at the labels)')
     w.add_argument('--select-split', default='train'); w.add_argument('--device', default='auto')
     _add_wood_options(w); _add_train_options(w)
+    rf = sub.add_parser('refine', help='pseudo-masks from CAM records: confident labels, boundary network, random walk')
+    rf.add_argument('root', type=Path, help='VOC-layout root'); rf.add_argument('--cams', type=Path, required=True, help='CAM records (wood cam)')
+    rf.add_argument('--out', type=Path, required=True, help='folder for labels/, the boundary net, masks/ and masks.json')
+    rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic')
+    rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the confident labels (needs the crf extra)')
+    rf.add_argument('--radius', type=int, default=None, help="pair radius on the stride-4 grid (default: the preset's, 5 synthetic / 10 VOC)")
+    rf.add_argument('--beta', type=float, default=10.0); rf.add_argument('--logt', type=int, default=8, help='random-walk steps: 2^logt')
+    rf.add_argument('--bg-plane', type=float, default=0.22); rf.add_argument('--device', default='auto')
+    _add_train_options(rf)
     sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
     sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
     sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
@@ -293,6 +324,12 @@ def main(argv:list|None=None)->int:
             train_wood(a.baseline, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
                        device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
             if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
+            return 0
+        if a.cmd == 'refine':
+            for f, what in ((a.root, 'a VOC-layout root'), (a.cams, 'the CAM records of wood cam')):
+                if not f.is_dir(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
+            cfg = _boundary_train_config(a); device = init_distributed(a.device)
+            run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.radius, a.crf, a.beta, a.logt, a.bg_plane, device)
             return 0
         if a.cmd == 'train-seg':
             if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
