@@ -170,6 +170,10 @@ def test_transition_rows_sum_to_one():
     A_beta = T / T.diagonal()[:, None]                                      # self-affinity is 1, so T_ii = 1 / row sum
     torch.testing.assert_close(A_beta, A_beta.T)                             # the affinities behind T are symmetric
     with pytest.raises(WoodInputError, match='over max_pixels'): transition_matrix(torch.zeros(20, 20), max_pixels=100)
+    Ts = transition_matrix(b, radius=4, beta=10, sparse=True)
+    assert Ts.layout == torch.sparse_csr
+    torch.testing.assert_close(Ts.to_dense(), T)
+    assert transition_matrix(torch.zeros(20, 20), max_pixels=100, sparse=True).shape == (400, 400)   # no limit when sparse
 
 
 def test_walk_fills_left_region_but_not_across_the_wall():
@@ -179,6 +183,7 @@ def test_walk_fills_left_region_but_not_across_the_wall():
     T = transition_matrix(wall, radius=3)
     torch.testing.assert_close(T.sum(1), torch.ones(h * w))
     mask = random_walk(seed, T, keys=[5], boundary=wall)
+    np.testing.assert_array_equal(random_walk(seed, transition_matrix(wall, radius=3, sparse=True), keys=[5], boundary=wall), mask)
     assert (seed_from_cams(seed.numpy(), [5], 0.22)[:, :8] == 5).mean() < 0.2
     assert (mask[:, :8] == 5).all() and (mask[:, 8:] == 0).all()
     scores = propagate(seed, T, boundary=wall)[0]
@@ -199,6 +204,9 @@ def test_beta_cuts_weak_walls_and_methods_agree():
     assert share[10] < 0.1 < share[1]
     T = transition_matrix(weak, radius=3)
     torch.testing.assert_close(propagate(seed, T, method='square'), propagate(seed, T, method='iterate'), atol=1e-5, rtol=1e-4)
+    Ts = transition_matrix(weak, radius=3, sparse=True)
+    torch.testing.assert_close(propagate(seed, Ts), propagate(seed, T, method='iterate'), atol=1e-5, rtol=1e-4)
+    with pytest.raises(WoodInputError, match='needs a dense matrix'): propagate(seed, Ts, method='square')
 
 
 def test_normalize_class_keeps_a_weak_class():

@@ -396,11 +396,13 @@ class ConfidentLabelDataset(torch.utils.data.Dataset):
         return {'id': id, 'image': s['image'], 'mask': s['mask']}
 
 # %% ../nbs/10_refine.ipynb #fe646349
-BOUNDARY_PRESETS = {  # network, pair radius and training settings of each recipe
+BOUNDARY_PRESETS = {  # network, pair radius, training settings and random-walk settings of each recipe
     'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
-                train=dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(250, 750))),
+                train=dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(250, 750)),
+                walk=dict(radius=5, logt=8)),
     'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5, needs_pretrained=True,
-                      train=dict(epochs=3, batch_size=16, lr=0.01, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128, long_side=(64, 192))),
+                      train=dict(epochs=3, batch_size=16, lr=0.01, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128, long_side=(64, 192)),
+                      walk=dict(radius=3, logt=6)),
 }
 _NET_KEYS = ('backbone', 'pretrained', 'freeze_backbone', 'levels', 'width')
 
@@ -462,7 +464,8 @@ def train_boundary(voc_root, # VOC-layout root
 def transition_matrix(boundary, # `(h, w)` boundary probabilities in [0, 1] (tensor or array)
                       radius:int=5, # pairs within this radius (stride-4 cells) are connected
                       beta:float=10.0, # affinities are raised to this power
-                      max_pixels:int=16384, # refuse larger grids (the matrix is dense: 4 n^2 bytes)
+                      max_pixels:int=16384, # dense only: refuse larger grids (the matrix takes 4 n^2 bytes)
+                      sparse:bool=False, # return a sparse (CSR) matrix: no size limit; `propagate` then iterates
                      )->torch.Tensor: # `(n, n)` float32, n = h*w, rows sum to 1
     "Row-normalised random-walk transition matrix from boundary-derived affinities raised to `beta`."
     b = torch.as_tensor(boundary).float()
@@ -470,22 +473,27 @@ def transition_matrix(boundary, # `(h, w)` boundary probabilities in [0, 1] (ten
     if b.numel() and (b.min() < 0 or b.max() > 1): raise WoodInputError('boundary', f'values span [{b.min():.3g}, {b.max():.3g}], not [0, 1].', 'pass probabilities (BoundaryNet.boundary).')
     if beta <= 0: raise WoodInputError('beta', f'{beta!r} is not positive.', 'use e.g. 10 (IRN).')
     h, w = b.shape; n = h * w
-    if n > max_pixels:
+    if n > max_pixels and not sparse:
         raise WoodInputError('boundary', f'a {h}x{w} grid has {n} cells; its dense transition matrix would take {4 * n * n / 2**30:.1f} GiB '
-                             f'(and three times that to square), over max_pixels={max_pixels}.', 'downscale the image, or raise max_pixels where the memory is there.')
+                             f'(and three times that to square), over max_pixels={max_pixels}.',
+                             'use sparse=True, downscale the image, or raise max_pixels where the memory is there.')
     aff = pair_affinities(b[None], radius)[0]                          # (P, h, w)
     idx = torch.arange(n, device=b.device).view(h, w)
-    src, dst, val = [], [], []
+    src, dst, val = [idx.reshape(-1)], [idx.reshape(-1)], [torch.ones(n, device=b.device)]   # self-affinity 1
     for j, (dy, dx) in enumerate(pair_offsets(radius)):
         x0, x1 = max(0, -dx), min(w, w - dx)
         if dy >= h or x1 <= x0: continue
-        src.append(idx[:h - dy, x0:x1].reshape(-1)); dst.append(idx[dy:, x0 + dx:x1 + dx].reshape(-1)); val.append(aff[j, :h - dy, x0:x1].reshape(-1))
-    A = torch.eye(n, device=b.device)
-    if src:
-        s, d, v = torch.cat(src), torch.cat(dst), torch.cat(val)
-        A[s, d] = v; A[d, s] = v
-    A = A.pow(beta)
-    return A / A.sum(1, keepdim=True)
+        s_, d_, v_ = idx[:h - dy, x0:x1].reshape(-1), idx[dy:, x0 + dx:x1 + dx].reshape(-1), aff[j, :h - dy, x0:x1].reshape(-1)
+        src += [s_, d_]; dst += [d_, s_]; val += [v_, v_]                 # both directions: affinities are symmetric
+    s, d, v = torch.cat(src), torch.cat(dst), torch.cat(val).pow(beta)
+    v = v / torch.zeros(n, device=b.device).index_add_(0, s, v)[s]     # divide by the row sums
+    if sparse:
+        with warnings.catch_warnings():                            # torch calls its CSR support 'beta'; products with it are what we need
+            warnings.simplefilter('ignore', UserWarning)
+            return torch.sparse_coo_tensor(torch.stack([s, d]), v, (n, n), check_invariants=False).coalesce().to_sparse_csr()
+    T = torch.zeros(n, n, device=b.device)
+    T[s, d] = v
+    return T
 
 # %% ../nbs/10_refine.ipynb #63af4867
 def propagate(cams, # `(K, h, w)` max-normalised stride-4 CAMs (tensor or array)
@@ -493,7 +501,7 @@ def propagate(cams, # `(K, h, w)` max-normalised stride-4 CAMs (tensor or array)
               logt:int=8, # 2^logt random-walk steps
               power:float=1.5, # seeds are CAM^power
               boundary=None, # `(h, w)` boundary probabilities: seeds are damped by (1 - boundary) (IRN)
-              method:str='auto', # 'square' (T^(2^logt) by squaring), 'iterate' (apply T 2^logt times) or 'auto'
+              method:str='auto', # 'square' (T^(2^logt) by squaring), 'iterate' (apply T 2^logt times) or 'auto' (sparse T: iterate)
              )->torch.Tensor: # `(K, h, w)` propagated scores
     "Spread the seeds `CAM^power` with `2^logt` steps of the random walk `T`."
     c = torch.as_tensor(cams).float().to(trans.device)
@@ -506,15 +514,22 @@ def propagate(cams, # `(K, h, w)` max-normalised stride-4 CAMs (tensor or array)
     v = c.clamp_min(0).pow(power)
     if boundary is not None: v = v * (1 - torch.as_tensor(boundary).float().to(v.device))
     v = v.reshape(K, n)
-    if method == 'auto': method = 'square' if logt * n < (2 ** logt) * max(K, 1) else 'iterate'
+    sparse = trans.layout != torch.strided
+    if sparse and method == 'square':
+        raise WoodInputError('method', "'square' needs a dense matrix (the powers of a sparse T fill in).", "use method='iterate' with a sparse T.")
+    if method == 'auto': method = 'square' if not sparse and logt * n < (2 ** logt) * max(K, 1) else 'iterate'
     if method == 'square':
         Tt = trans
         for _ in range(logt): Tt = Tt @ Tt
         v = v @ Tt.T
+    elif sparse:
+        v = v.T.contiguous()                                   # (n, K): T @ v keeps the sparse matrix on the left
+        for _ in range(2 ** logt): v = trans @ v
+        v = v.T
     else:
         Tn = trans.T
         for _ in range(2 ** logt): v = v @ Tn
-    return v.view(K, h, w)
+    return v.reshape(K, h, w)
 
 def random_walk(cams, # `(K, h, w)` max-normalised stride-4 CAMs of the image's classes
                 trans:torch.Tensor, # `(n, n)` transition matrix of the image (`transition_matrix`)
@@ -550,7 +565,8 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
                       normalize:str='global', # 'global' (IRN) or 'class'
                       flip:bool=True, # flip-averaged boundary maps (IRN)
                       device=None, # default: the model's device
-                      max_pixels:int=16384, # largest stride-4 grid for the dense transition matrix
+                      sparse:bool=True, # sparse transition matrices (any size, fastest); False: dense, as IRN
+                      max_pixels:int=16384, # dense only: largest stride-4 grid
                       skip_existing:bool=True, progress:bool=True)->int: # masks this process wrote
     "Write the random-walk pseudo-mask of every image of `split` as an indexed PNG (atomically, resumably, sharded under torchrun)."
     from tqdm.auto import tqdm
@@ -572,7 +588,7 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
         if tuple(r['cam'].shape[1:]) != tuple(b.shape):
             raise WoodInputError(rec_path, f'holds stride-4 CAMs of {r["cam"].shape[1]}x{r["cam"].shape[2]}, but the {H}x{W} image has a '
                                  f'{b.shape[0]}x{b.shape[1]} grid.', 'recompute the CAM records of these images with wood_nb.cam.compute_cams.')
-        T = transition_matrix(b, radius, beta, max_pixels)
+        T = transition_matrix(b, radius, beta, max_pixels, sparse=sparse)
         mask = random_walk(normalize_cams(torch.from_numpy(r['cam'])).to(device), T, r['keys'], logt, power, bg_plane, b, (H, W), normalize)
         save_mask(mask, out/f'{i}.png'); n += 1
     barrier()
