@@ -7,6 +7,8 @@ import pytest
 from wood_nb.cli import main, run_demo
 from wood_nb.synth import SynthConfig
 from wood_nb.train import TrainConfig
+from wood_nb.refine import boundary_train_config
+from wood_nb.segment import seg_train_config
 
 WOOD = [sys.executable, '-c', 'import sys; from wood_nb.cli import main; sys.exit(main())']
 TINY = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '6', '--workers', '1']
@@ -68,20 +70,29 @@ def test_classifier_cam_eval_chain(bench, tmp_path):
 def test_demo_small(tmp_path):
     cfg = SynthConfig(image_size=48, n_train=16, n_val=4, n_ood=40)
     tcfg = TrainConfig.preset('synthetic', epochs=1, batch_size=8, crop=48, long_side=(40, 56), progress=False)
-    kw = dict(seed=0, cfg=cfg, train_cfg=tcfg, wood_train_cfg=tcfg, workers=1, scales=(1.0,), k=4, threshold=0.0)
+    small = dict(epochs=1, batch_size=4, crop=48, long_side=(40, 56), progress=False)
+    kw = dict(seed=0, cfg=cfg, train_cfg=tcfg, wood_train_cfg=tcfg, workers=1, scales=(1.0,), k=4, threshold=0.0,
+              boundary_cfg=boundary_train_config('synthetic', **small), seg_cfg=seg_train_config('synthetic', **small))
     log = io.StringIO()
     m = run_demo(tmp_path/'run', log=log, **kw)
     on_disk = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert on_disk == json.loads(json.dumps(m))
     for block in ('baseline', 'wood'):
-        assert set(on_disk[block]) >= {'seed_miou', 'seed_threshold', 'cue_activation', 'per_class_iou'}
-        assert 0 <= on_disk[block]['seed_miou'] <= 100
+        assert set(on_disk[block]) >= {'seed_miou', 'seed_threshold', 'cue_activation', 'per_class_iou', 'mask_miou', 'seg_miou'}
+        for k in ('seed_miou', 'mask_miou', 'seg_miou'): assert 0 <= on_disk[block][k] <= 100
+        name = 'baseline' if block == 'baseline' else 'wood'
+        masks = json.loads((tmp_path/'run'/'refine'/name/'masks.json').read_text())
+        seg = json.loads((tmp_path/'run'/'seg'/name/'eval.json').read_text())
+        assert on_disk[block]['mask_miou'] == round(masks['miou'], 2) and on_disk[block]['seg_miou'] == round(seg['miou'], 2)
+        assert masks['planes']['mode'] == 'seed' and masks['planes']['fg_thresh'] == on_disk[block]['seed_threshold']
+        assert len(list((tmp_path/'run'/'seg'/name/'pred').glob('*.png'))) == 4
     assert on_disk['mining']['kept'] >= 8 and on_disk['mining']['foreground_share_kept'] == 0   # the annotator removed the contaminated
     assert {'train_cls', 'mine', 'train_wood', 'eval_wood'} <= set(on_disk['timings_s'])
     for f in ('benchmark.png', 'figures/cams.png', 'figures/wood_history.png', 'cls/model.pt', 'wood/model.pt',
-              'mining/ood_list.txt', 'prototypes/mined/prototypes.npz'):
+              'mining/ood_list.txt', 'prototypes/mined/prototypes.npz', 'figures/chain.png', 'figures/class_change_masks.png',
+              'figures/class_change_seg.png', 'refine/wood/model.pt', 'seg/baseline/model.pt'):
         assert (tmp_path/'run'/f).exists(), f
-    assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:10.1f}" in log.getvalue()
+    assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:15.1f}" in log.getvalue() and f"{m['wood']['seg_miou']:15.1f}" in log.getvalue()
     again = run_demo(tmp_path/'run', log=io.StringIO(), **kw)
     assert again['baseline'] == m['baseline'] and again['wood'] == m['wood']   # a rerun reuses every finished step
 
@@ -143,6 +154,14 @@ def test_refine_command(bench, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'cams', '--scales', 1.0)
     assert r.returncode == 0, r.stderr[-3000:]
+    r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'adv', '--scales', 1.0, '--seeds', 'advcam', '--adv-steps', 2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    from wood_nb.cam import load_cam_record
+    recs = sorted((tmp_path/'cams').glob('*.npz'))
+    assert len(recs) == len(list((tmp_path/'adv').glob('*.npz'))) > 0
+    plain, adv = load_cam_record(recs[0]), load_cam_record(tmp_path/'adv'/recs[0].name)
+    assert (plain['keys'] == adv['keys']).all() and plain['cam'].shape == adv['cam'].shape
+    assert abs(adv['cam'].sum() - plain['cam'].sum()) > 1e-3 * abs(plain['cam'].sum())   # three accumulated maps, not one
     r = wood('refine', voc, '--cams', tmp_path/'cams', '--out', tmp_path/'refine', '--epochs', 1, '--batch-size', 4,
              '--crop', 48, '--long-side', 40, 56, '--no-progress', '--radius', 3, '--logt', 4)
     assert r.returncode == 0, r.stderr[-3000:]

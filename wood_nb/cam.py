@@ -16,8 +16,9 @@ from .core import WoodInputError, load_mask, load_npz, save_npz
 from .train import dist_info, barrier, unwrap
 
 # %% auto #0
-__all__ = ['DEFAULT_SCALES', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
-           'load_cam_record', 'compute_cams', 'cam_overlay', 'plot_cams', 'cue_bearing_ids']
+__all__ = ['DEFAULT_SCALES', 'ADV_OPTIONS', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
+           'load_cam_record', 'anti_adversarial_climb', 'advcam_maps', 'compute_cams', 'cam_overlay', 'plot_cams',
+           'cue_bearing_ids']
 
 # %% ../nbs/05_cam.ipynb #6cdae42f
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -47,20 +48,24 @@ def multiscale_cams(model:nn.Module, # has `cams(x) -> (B, C, h, w)` raw ReLU'd 
         low, high = (l, h) if low is None else (low + l, high + h)
     return low, high
 
-# %% ../nbs/05_cam.ipynb #54db4d2d
+# %% ../nbs/05_cam.ipynb #aedd8cf1
+def _check_targets(targets:list, n:int, C:int)->list[list[int]]:
+    "One list of 0-based class indices per image, each inside 0..C-1."
+    if len(targets) != n:
+        raise ValueError(f'{len(targets)} target lists for a batch of {n} images: give exactly one list per image')
+    out = []
+    for i, t in enumerate(targets):
+        t = [int(k) for k in (t if isinstance(t, (list, tuple)) else np.atleast_1d(np.asarray(t)))]
+        if any(k < 0 or k >= C for k in t): raise ValueError(f'image {i}: target classes {t} outside 0..{C-1}')
+        out.append(t)
+    return out
+
+
 def target_cams(maps:torch.Tensor, # `(B, C, H, W)` CAMs of every class
                 targets:list, # one list of class indices (0-based, as in the maps) per image
                )->list[torch.Tensor]: # per image, its `(K_i, H, W)` maps
     "Select each image's target classes from a batch of CAMs; one target list per image, checked."
-    if len(targets) != len(maps):
-        raise ValueError(f'{len(targets)} target lists for a batch of {len(maps)} images: give exactly one list per image')
-    C = maps.shape[1]
-    out = []
-    for i, t in enumerate(targets):
-        t = [int(k) for k in (t if isinstance(t, (list, tuple)) else [t])]
-        if any(k < 0 or k >= C for k in t): raise ValueError(f'image {i}: target classes {t} outside 0..{C-1}')
-        out.append(maps[i, t])
-    return out
+    return [maps[i, t] for i, t in enumerate(_check_targets(targets, len(maps), maps.shape[1]))]
 
 # %% ../nbs/05_cam.ipynb #fc9ef3f4
 def normalize_cams(cams, # `(..., K, H, W)` raw CAMs (tensor or array)
@@ -75,7 +80,10 @@ def save_cam_record(path, keys, cam, high_res)->Path:
     keys = np.asarray(keys, np.int64)
     if len(keys) != len(cam) or len(keys) != len(high_res):
         raise ValueError(f'{len(keys)} keys for {len(cam)} strided and {len(high_res)} full-resolution maps')
-    return save_npz(path, keys=keys, cam=np.asarray(cam, np.float16), high_res=np.asarray(high_res, np.float16))
+    def small(a):
+        a = np.asarray(a, np.float32)
+        return a.astype(np.float16) if not a.size or np.abs(a).max() <= np.finfo(np.float16).max else a
+    return save_npz(path, keys=keys, cam=small(cam), high_res=small(high_res))
 
 def load_cam_record(path)->dict:
     "Read a CAM record: `keys` (K,), `cam` (K, h, w) and `high_res` (K, H, W) as float32."
@@ -84,7 +92,89 @@ def load_cam_record(path)->dict:
     if missing: raise WoodInputError(path, f'is not a CAM record (missing {sorted(missing)}).', 'rerun `wood cam` to write it.')
     return {'keys': r['keys'], 'cam': r['cam'].astype(np.float32), 'high_res': r['high_res'].astype(np.float32)}
 
-# %% ../nbs/05_cam.ipynb #e2120cc6
+# %% ../nbs/05_cam.ipynb #d1629b79
+def _check_climb_model(model):
+    if not (hasattr(model, 'forward_all') and hasattr(model, 'fmap_to_cams') and hasattr(model, 'num_classes')):
+        raise WoodInputError('model', f'{type(model).__name__} has no `forward_all`, `fmap_to_cams` and `num_classes`, which AdvCAM needs.',
+                             'use a wood_nb.model.CAMClassifier (or a module with the same three members).')
+
+def anti_adversarial_climb(model:nn.Module, # has `forward_all(x) -> {'logits', 'fmap'}` and `fmap_to_cams(fmap)`, in eval mode
+                           x:torch.Tensor, # `(N, 3, h, w)` normalised images, one per (image, class) pair
+                           classes, # `(N,)` the class (0-based) each image climbs
+                           flip:bool=True, # climb each image together with its horizontal flip
+                           steps:int=27, # climbing steps T (T + 1 maps are summed)
+                           step_size:float=0.08, # xi: the step, relative to the largest gradient entry
+                           weight:float=7.0, # lambda: weight of the mask regulariser
+                           mask_thresh:float=0.5, # a pixel joins the mask when its map exceeds this fraction of the max
+                          )->dict: # `maps` (N, h', w') summed CAMs; `first`, `last`, `mask` (N, h', w'); `score` (T+1, N) logit of c (summed over the pair); `images` the climbed pairs
+    "Anti-adversarial climbing of each image towards its class: the ReLU'd CAMs of that class summed over the steps."
+    N, P = len(x), 1 + bool(flip)
+    cls = torch.as_tensor(classes, dtype=torch.long, device=x.device).reshape(N)
+    rows = torch.arange(N, device=x.device)
+    xp = (torch.stack([x, x.flip(-1)], 1) if flip else x[:, None]).detach().clone()   # (N, P, 3, h, w)
+    total = first = mask = None; score = []
+    for t in range(steps + 1):
+        with torch.set_grad_enabled(t < steps):
+            xp.requires_grad_(t < steps)
+            out = model.forward_all(xp.flatten(0, 1))
+            y = out['logits'].float().view(N, P, -1).sum(1)                           # (N, C), summed over the pair
+            cam = model.fmap_to_cams(out['fmap']).float()
+            cam = cam.view(N, P, *cam.shape[1:])[rows, :, cls]                        # (N, P, h', w'): class c of each sample
+            A = cam[:, 0] + cam[:, 1].flip(-1) if flip else cam[:, 0]
+            a = A.detach()
+            if t == 0: total, first, mask = a.clone(), a, torch.zeros_like(a)
+            else: total += a
+            score.append(y[rows, cls].detach())
+            mask = torch.where(a / a.amax((-2, -1), keepdim=True).clamp_min(1e-12) > mask_thresh, torch.ones_like(mask), mask)
+            if t == steps: break
+            loss = 2*y[rows, cls] - y.sum(1) - weight*(mask*(A - first).abs()).sum((-2, -1))
+            g, = torch.autograd.grad(loss.sum(), xp)
+        dims = tuple(range(1, xp.ndim))
+        lo, hi = xp.detach().amin(dims, keepdim=True), xp.detach().amax(dims, keepdim=True)
+        xp = torch.minimum(torch.maximum(xp.detach() + step_size*g/(g.abs().amax(dims, keepdim=True) + 1e-12), lo), hi)
+    return dict(maps=total, first=first, last=a, mask=mask, score=torch.stack(score), images=xp.detach())
+
+# %% ../nbs/05_cam.ipynb #52b8846c
+def advcam_maps(model:nn.Module, # has `forward_all`, `fmap_to_cams` and `num_classes` (a `CAMClassifier`)
+                images:torch.Tensor, # `(B, 3, H, W)` normalised images of one size
+                targets:list, # one list of class indices (0-based) per image
+                scales=DEFAULT_SCALES, # resize factors
+                flip:bool=True, # climb each image with its horizontal flip
+                steps:int=27, # climbing steps (official: 27)
+                step_size:float=0.08, # official: 0.08
+                weight:float=7.0, # mask regulariser weight (official: 7)
+                mask_thresh:float=0.5, # official: 0.5
+                stride:int=4, # the low-resolution map's stride
+                max_pairs:int=16, # (image, class) pairs climbing in one batch (bounds memory)
+               )->tuple[list, list]: # per image: `(K_i, h, w)` maps at `stride` and `(K_i, H, W)` at full resolution
+    "AdvCAM maps of each image's target classes, raw, summed over climbing steps, scales and flips."
+    if images.ndim != 4: raise WoodInputError('images', f'expected (B, 3, H, W), got {tuple(images.shape)}.', 'batch images of one size.')
+    _check_climb_model(model)
+    if not isinstance(steps, (int, np.integer)) or steps < 0: raise WoodInputError('steps', f'{steps!r} is not a non-negative integer.', 'use 27 (official) or 0 for plain CAMs.')
+    if not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1: raise WoodInputError('max_pairs', f'{max_pairs!r} is not a positive integer.', 'use e.g. 16.')
+    B, _, H, W = images.shape
+    tl = _check_targets(targets, B, int(model.num_classes))
+    pairs = [(i, c) for i, t in enumerate(tl) for c in t]
+    low = images.new_zeros((len(pairs),) + strided_size(H, W, stride), dtype=torch.float32)
+    high = images.new_zeros((len(pairs), H, W), dtype=torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        for s in scales:
+            x = images if s == 1 else F.interpolate(images, size=(max(1, round(H*s)), max(1, round(W*s))), mode='bilinear', align_corners=False)
+            for j in range(0, len(pairs), max_pairs):
+                chunk = pairs[j:j + max_pairs]
+                idx = torch.tensor([i for i, _ in chunk], device=images.device)
+                m = anti_adversarial_climb(model, x[idx], [c for _, c in chunk], flip, steps, step_size, weight, mask_thresh)['maps'][:, None]
+                low[j:j + len(chunk)] += F.interpolate(m, size=low.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+                high[j:j + len(chunk)] += F.interpolate(m, size=(H, W), mode='bilinear', align_corners=False)[:, 0]
+    finally: model.train(was_training)
+    sizes = [len(t) for t in tl]
+    return list(low.split(sizes)), list(high.split(sizes))
+
+# %% ../nbs/05_cam.ipynb #139ba10b
+ADV_OPTIONS = ('steps', 'step_size', 'weight', 'mask_thresh', 'max_pairs')   # the `adv` settings of `compute_cams`
+
 def _list_collate(items): return items
 
 def _keys_of(item, num_classes:int, keys:str)->np.ndarray:
@@ -103,33 +193,46 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
                  batch_size:int=16, # images a batch (of any sizes; grouped by size)
                  device=None, num_workers:int=0,
                  skip_existing:bool=True, # resume: keep records already written
-                 progress:bool=True)->int: # number of records this process wrote
+                 progress:bool=True, # show a progress bar
+                 method:str='cam', # 'cam': plain multi-scale CAMs; 'advcam': AdvCAM (`advcam_maps`, slow)
+                 adv:dict|None=None)->int: # `advcam_maps` settings for 'advcam' (`steps`, `step_size`, `weight`, `mask_thresh`, `max_pairs`)
     "Write a CAM record for every image of `ds` (this process's share of it under `torchrun`)."
     from tqdm.auto import tqdm
     if keys not in ('label', 'all'): raise WoodInputError('keys', f'{keys!r} is not a choice.', "use 'label' or 'all'.")
+    if method not in ('cam', 'advcam'): raise WoodInputError('method', f'{method!r} is not a choice.', "use 'cam' or 'advcam'.")
+    adv = dict(adv or {})
+    if adv and method != 'advcam': raise WoodInputError('adv', f'AdvCAM settings {sorted(adv)} given with method={method!r}.', "use method='advcam' or drop them.")
+    bad = set(adv) - set(ADV_OPTIONS)
+    if bad: raise WoodInputError('adv', f'unknown AdvCAM settings {sorted(bad)}.', f'use some of {list(ADV_OPTIONS)}.')
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
     rank, world, _ = dist_info()
     device = torch.device(device) if device is not None else next(unwrap(model).parameters()).device
     model = unwrap(model).to(device).eval()
+    if method == 'advcam': _check_climb_model(model)
     C = model.num_classes
     mine = list(range(rank, len(ds), world))
     ids = getattr(ds, 'ids', None)
     if skip_existing and ids is not None: mine = [i for i in mine if not (out/f'{ids[i]}.npz').exists()]
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=_list_collate)
     n = 0
-    for items in tqdm(loader, desc=f'cams{f" rank {rank}" if world > 1 else ""}', disable=not progress, leave=False):
+    for items in tqdm(loader, desc=f'{method}s{f" rank {rank}" if world > 1 else ""}', disable=not progress, leave=False):
         groups = {}
         for it in items: groups.setdefault(tuple(it['image'].shape), []).append(it)
         for group in groups.values():
             x = torch.stack([torch.as_tensor(it['image']) for it in group]).float().to(device)
-            low, high = multiscale_cams(model, x, scales, flip)
-            for it, l, h in zip(group, low.cpu().numpy(), high.cpu().numpy()):
-                k = _keys_of(it, C, keys)
-                save_cam_record(out/f"{it['id']}.npz", k, l[k - 1], h[k - 1]); n += 1
+            ks = [_keys_of(it, C, keys) for it in group]
+            if method == 'advcam':
+                lows, highs = advcam_maps(model, x, [k - 1 for k in ks], scales, flip, **adv)
+                maps = [(l.cpu().numpy(), h.cpu().numpy()) for l, h in zip(lows, highs)]
+            else:
+                low, high = multiscale_cams(model, x, scales, flip)
+                maps = [(l[k - 1], h[k - 1]) for l, h, k in zip(low.cpu().numpy(), high.cpu().numpy(), ks)]
+            for it, k, (l, h) in zip(group, ks, maps):
+                save_cam_record(out/f"{it['id']}.npz", k, l, h); n += 1
     barrier()
     return n
 
-# %% ../nbs/05_cam.ipynb #6476817a
+# %% ../nbs/05_cam.ipynb #d7f40f6a
 def cam_overlay(image, # `(H, W, 3)` uint8 image
                 cam, # `(H, W)` map in [0, 1]
                 alpha:float=0.5, # weight of the heat map
@@ -139,7 +242,7 @@ def cam_overlay(image, # `(H, W, 3)` uint8 image
     heat = matplotlib.colormaps[cmap](np.clip(np.asarray(cam, np.float32), 0, 1))[..., :3]*255
     return (np.asarray(image, np.float32)*(1 - alpha) + heat*alpha).clip(0, 255).astype(np.uint8)
 
-# %% ../nbs/05_cam.ipynb #1019122a
+# %% ../nbs/05_cam.ipynb #d9602876
 def plot_cams(root, # VOC-layout root
               cam_dir, # folder of CAM records, or `{name: folder}` to compare models side by side
               ids:list, # the images to show
@@ -172,7 +275,7 @@ def plot_cams(root, # VOC-layout root
     fig.tight_layout()
     return fig
 
-# %% ../nbs/05_cam.ipynb #87c7c880
+# %% ../nbs/05_cam.ipynb #6bfd4764
 def cue_bearing_ids(root, # VOC-layout root with `SegmentationCue/`
                     ids, # candidate image ids, in order
                     n:int=6)->list[str]: # at most `n` ids whose cue mask is not empty

@@ -18,7 +18,8 @@ from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
 from .refine import BOUNDARY_PRESETS, boundary_train_config, eval_mask_dir, make_pseudo_masks, train_boundary
-from .segment import SEG_TEST_SCALES, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
+from .segment import SEG_TEST_SCALES, crf_postprocess, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
+from .pipeline import PLANE_MODES, chain_panels, plot_iou_change, refine_and_segment, refine_step
 from .wood import METRIC_FORMS, Arm, WoodConfig, chain_figures, run_wood_chain, train_wood
 
 # %% auto #0
@@ -109,20 +110,16 @@ def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2)) for n, v in zip(['background'] + classes, iou)}}
 
 # %% ../nbs/99_cli.ipynb #0c8b0732
-def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:TrainConfig|None=None, radius:int|None=None,
-               crf:bool=False, beta:float=10.0, logt:int=8, bg_plane:float=0.22, device=None, log=None)->dict|None:
-    "Boundary network, random walk and pseudo-masks from CAM records; prints and returns the mask evaluation (None without masks)."
-    root, out = Path(root), Path(out)
-    net = train_boundary(root, split, cams, out, cfg=cfg, preset=preset, radius=radius, crf=crf, device=device, progress=False)
-    r = int(radius or BOUNDARY_PRESETS[preset]['radius'])
-    make_pseudo_masks(net, root, split, cams, out/'masks', radius=r, beta=beta, logt=logt, bg_plane=bg_plane, device=device, progress=False)
-    from wood_nb.data import read_split
-    if not all((root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(root, split)):
-        print(f"pseudo-masks: {out/'masks'} (no ground truth for every image of {split!r}: not scored)", file=log or sys.stdout); return None
-    res = eval_mask_dir(root, split, out/'masks')
-    if is_main(): write_json(out/'masks.json', res)
+def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:TrainConfig|None=None, planes:str='auto',
+               seed_threshold:float|None=None, radius:int|None=None, walk_radius:int|None=None, logt:int|None=None,
+               bg_plane:float|None=None, crf:bool=False, beta:float=10.0, device=None, log=None)->dict|None:
+    "Boundary network, random walk and pseudo-masks from CAM records (`pipeline.refine_step`); prints and returns the mask evaluation."
+    walk = {k: v for k, v in (('radius', walk_radius), ('logt', logt)) if v is not None}
+    res = refine_step(root, cams, out, split, preset, planes, seed_threshold, cfg, walk, beta, crf, radius, bg_plane, device, log)
+    if res is None: return None
     print(f"mask mIoU {res['miou']:.2f} on {split}" + (f", cue activation {res['cue_activation']:.3f}" if res.get('cue_activation') is not None else '')
-          + f"; pseudo-masks: {out/'masks'}", file=log or sys.stdout)
+          + f" ({res['planes']['mode']} planes: fg {res['planes']['fg_thresh']:.2f}, bg {res['planes']['bg_thresh']:.2f}, walk {res['planes']['bg_plane']:.2f})"
+          + f"; pseudo-masks: {Path(out)/'masks'}", file=log or sys.stdout)
     return res
 
 def _boundary_train_config(a)->TrainConfig:
@@ -134,31 +131,42 @@ def _seg_train_config(a)->TrainConfig:
     "The preset's segmentation `TrainConfig` with the options given."
     return seg_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
 
-def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, device=None, log=None)->dict:
-    "Predict `split` with a saved segmenter into `out`, score it, print and return the result."
+def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, crf:bool=False, device=None, log=None)->dict:
+    "Predict `split` with a saved segmenter into `out` (dense CRF on the probabilities with `crf`), score it, print and return the result."
+    post = crf_postprocess() if crf else None
     classes = read_classes(root)
     model = load_segmenter(weights, num_classes=len(classes), classes=classes)
     device = device or next(model.parameters()).device
-    predict_split(model.to(device), root, split, out, scales=tuple(scales), flip=flip, device=device, progress=False)
+    predict_split(model.to(device), root, split, out, scales=tuple(scales), flip=flip, postprocess=post, device=device, progress=False)
     r = eval_seg_dir(root, split, out)
     print(f"seg mIoU {r['miou']:.2f} on {split} ({r['images']} images)" + (f", cue activation {r['cue_activation']:.3f}" if r.get('cue_activation') is not None else ''), file=log or sys.stdout)
     return r
 
-# %% ../nbs/99_cli.ipynb #2d995614
-def _metrics_block(b:dict)->dict:
-    "The `metrics.json` keys of an evaluation block (plus per-class IoU, percent)."
+# %% ../nbs/99_cli.ipynb #4bf192fb
+def _metrics_block(b:dict, r:dict|None=None)->dict:
+    "The `metrics.json` keys of a seed evaluation block (plus per-class IoU, percent), with the mask and segmentation scores of `r`."
     out = {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
     out['per_class_iou'] = {n: (None if v is None else round(v, 2)) for n, v in b['per_class_iou'].items()}
+    for k in ('mask_miou', 'mask_cue_activation', 'seg_miou', 'seg_cue_activation'):
+        if r and r.get(k) is not None: out[k] = round(r[k], 4) if 'cue' in k else r[k]
+    for k in ('mask_iou', 'seg_iou'):
+        if r and k in r: out[f'per_class_{k}'] = {n: (None if v is None else round(v, 2)) for n, v in r[k].items()}
     return out
 
 def run_demo(out, # the run folder
              seed:int=0, cfg:SynthConfig|None=None, train_cfg:TrainConfig|None=None, workers:int=2,
              scales=DEFAULT_SCALES, wood_cfg:WoodConfig|None=None, wood_train_cfg:TrainConfig|None=None,
-             k:int=50, threshold:float=0.5, log=None)->dict:
-    "The embedded benchmark end to end: data, baseline, seeds, mining, prototypes, W-OoD, seeds, figures; returns metrics."
+             k:int=50, threshold:float=0.5,
+             segment:bool=True, # also refine both models' seeds and train a segmentation network on each
+             boundary_cfg:TrainConfig|None=None, seg_cfg:TrainConfig|None=None, # refinement and segmentation training (default: the presets')
+             num_workers:int|None=None, # DataLoader workers of every default training config
+             device=None, log=None)->dict:
+    "The embedded benchmark end to end: data, baseline, seeds, mining, prototypes, W-OoD, seeds, pseudo-masks, segmentation, figures; returns metrics."
     import matplotlib; matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
     from dataclasses import asdict
     log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'; times = {}
+    nw = {} if num_workers is None else {'num_workers': int(num_workers)}
     t = time.perf_counter()
     meta = json.loads((data/'synth.json').read_text()) if (data/'synth.json').exists() else None
     if meta and meta['seed'] == seed and meta['config'] == json.loads(json.dumps(asdict(cfg))):
@@ -171,20 +179,38 @@ def run_demo(out, # the run folder
     if n: raise WoodInputError(data, f'the generated benchmark has {n} problem(s).', 'report this as a bug; delete the folder and rerun.')
     with atomic_path(out/'benchmark.png') as f: plot_benchmark(data).savefig(f, format='png', dpi=90)
     times['validate'] = time.perf_counter() - t
-    res = run_wood_chain(data/'voc', data/'ood', out, [Arm('wood', 'W-OoD')], wcfg=wood_cfg, tcfg=wood_train_cfg,
-                         baseline_tcfg=train_cfg or TrainConfig.preset('synthetic', seed=seed), k=k, threshold=threshold,
-                         scales=scales, log=log)
+    res = run_wood_chain(data/'voc', data/'ood', out, [Arm('wood', 'W-OoD')], wcfg=wood_cfg,
+                         tcfg=wood_train_cfg or (TrainConfig.preset('synthetic', **nw) if nw else None),
+                         baseline_tcfg=train_cfg or TrainConfig.preset('synthetic', seed=seed, **nw), k=k, threshold=threshold,
+                         scales=scales, device=device, log=log)
     times.update(res['timings_s']); t = time.perf_counter()
     figs = chain_figures(data/'voc', data/'ood', out, arm='wood')
     times['figures'] = time.perf_counter() - t
-    prev = json.loads((out/'metrics.json').read_text()).get('timings_s', {}) if (out/'metrics.json').exists() else {}
     b, w = res['baseline'], res['arms']['wood']
-    metrics = {'baseline': _metrics_block(b), 'wood': _metrics_block(w), 'mining': res['mining'],
+    rs = {}
+    if segment:
+        rs = refine_and_segment(out, data/'voc', ('baseline', 'wood'), boundary_cfg=boundary_cfg or boundary_train_config('synthetic', **nw),
+                                seg_cfg=seg_cfg or seg_train_config('synthetic', **nw), device=device, log=log)
+        times.update(rs['timings_s']); t = time.perf_counter()
+        from wood_nb.cam import cue_bearing_ids
+        from wood_nb.data import read_split
+        ids = cue_bearing_ids(data/'voc', read_split(data/'voc', 'train'), 3)
+        pics = {'chain': lambda: chain_panels(data/'voc', out, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
+                'class_change_masks': lambda: plot_iou_change(rs['baseline']['mask_iou'], rs['wood']['mask_iou'], 'pseudo-masks (train)'),
+                'class_change_seg': lambda: plot_iou_change(rs['baseline']['seg_iou'], rs['wood']['seg_iou'], 'segmentation (val)')}
+        for name, make in pics.items():
+            fig = make()
+            with atomic_path(out/'figures'/f'{name}.png') as f: fig.savefig(f, format='png', dpi=100)
+            plt.close(fig); figs[name] = out/'figures'/f'{name}.png'
+        times['figures'] += time.perf_counter() - t
+    prev = json.loads((out/'metrics.json').read_text()).get('timings_s', {}) if (out/'metrics.json').exists() else {}
+    metrics = {'baseline': _metrics_block(b, rs.get('baseline')), 'wood': _metrics_block(w, rs.get('wood')), 'mining': res['mining'],
                'timings_s': {**prev, **{k: round(v, 1) for k, v in times.items()}}}
     write_json(out/'metrics.json', metrics)
-    print(f"{'':10s} {'seed mIoU':>10s} {'cue activation':>15s}", file=log)
-    for name, blk in (('baseline', b), ('W-OoD', w)):
-        print(f"{name:10s} {blk['seed_miou']:10.1f} {blk.get('cue_activation', float('nan')):15.3f}", file=log)
+    cols = [('seed_miou', 'seed mIoU'), ('cue_activation', 'seed cue act.')] + ([('mask_miou', 'mask mIoU'), ('seg_miou', 'seg mIoU (val)')] if segment else [])
+    print(f"{'':10s}" + ''.join(f' {c:>15s}' for _, c in cols), file=log)
+    for name, blk in (('baseline', metrics['baseline']), ('W-OoD', metrics['wood'])):
+        print(f"{name:10s}" + ''.join(f" {blk.get(key, float('nan')):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log)
     print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, " + ', '.join(str(f) for f in figs.values()), file=log)
     return metrics
 
@@ -218,6 +244,12 @@ def build_parser()->argparse.ArgumentParser:
     c.add_argument('--scales', type=float, nargs='+', default=list(DEFAULT_SCALES)); c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
     c.add_argument('--keys', choices=['label', 'all'], default='label', help="classes to keep: the image's labels, or all")
     c.add_argument('--batch-size', type=int, default=16); c.add_argument('--device', default='auto')
+    c.add_argument('--seeds', choices=['cam', 'advcam'], default='cam',
+                   help='cam: plain CAMs; advcam: AdvCAM anti-adversarial climbing (slow: (steps+1) forward/backward passes per class, scale and flip)')
+    c.add_argument('--adv-steps', type=int, default=27, help='AdvCAM climbing steps (official: 27)')
+    c.add_argument('--adv-step-size', type=float, default=0.08, help='AdvCAM step size (official: 0.08)')
+    c.add_argument('--adv-weight', type=float, default=7.0, help='AdvCAM regularisation weight on already-high regions (official: 7)')
+    c.add_argument('--adv-mask-thresh', type=float, default=0.5, help='AdvCAM mask threshold of already-high regions (official: 0.5)')
     e = sub.add_parser('eval-cam', help='seed mIoU (and cue activation) of CAM records against the masks')
     e.add_argument('root', type=Path); e.add_argument('--cams', type=Path, required=True); e.add_argument('--split', default='train')
     e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
@@ -253,9 +285,13 @@ def build_parser()->argparse.ArgumentParser:
     rf.add_argument('--out', type=Path, required=True, help='folder for labels/, the boundary net, masks/ and masks.json')
     rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic')
     rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the confident labels (needs the crf extra)')
-    rf.add_argument('--radius', type=int, default=None, help="pair radius on the stride-4 grid (default: the preset's, 5 synthetic / 10 VOC)")
-    rf.add_argument('--beta', type=float, default=10.0); rf.add_argument('--logt', type=int, default=8, help='random-walk steps: 2^logt')
-    rf.add_argument('--bg-plane', type=float, default=0.22); rf.add_argument('--device', default='auto')
+    rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto', help="confident-label and walk planes: IRN's, or at the seed threshold (auto: the preset's)")
+    rf.add_argument('--seed-threshold', type=float, default=None, help="t for --planes seed (default: found on the split's ground truth)")
+    rf.add_argument('--radius', type=int, default=None, help="boundary training pair radius on the stride-4 grid (default: the preset's, 5 synthetic / 10 VOC)")
+    rf.add_argument('--walk-radius', type=int, default=None, help="random-walk radius (default: the preset's, 3 synthetic / 5 VOC)")
+    rf.add_argument('--logt', type=int, default=None, help="random-walk steps: 2^logt (default: the preset's, 6 synthetic / 8 VOC)")
+    rf.add_argument('--beta', type=float, default=10.0); rf.add_argument('--bg-plane', type=float, default=None, help="override the walk's background plane")
+    rf.add_argument('--device', default='auto')
     _add_train_options(rf)
     sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
     sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
@@ -270,11 +306,15 @@ def build_parser()->argparse.ArgumentParser:
     es.add_argument('--out', type=Path, required=True, help='folder for the predicted <id>.png'); es.add_argument('--split', default='val')
     es.add_argument('--scales', type=float, nargs='+', default=[1.0], help=f'test scales (multi-scale: {" ".join(map(str, SEG_TEST_SCALES))})')
     es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True); es.add_argument('--json', type=Path, default=None)
+    es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the predicted probabilities (needs the crf extra)')
     es.add_argument('--device', default='auto')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0)
-    d.add_argument('--workers', type=int, default=2)
+    d.add_argument('--workers', type=int, default=2, help='processes that generate the benchmark')
+    d.add_argument('--num-workers', type=int, default=None, help='DataLoader workers of every training step')
+    d.add_argument('--segment', action=argparse.BooleanOptionalAction, default=True, help='also refine the seeds and train the segmentation networks')
+    d.add_argument('--device', default='auto')
     return p
 
 def main(argv:list|None=None)->int:
@@ -299,7 +339,9 @@ def main(argv:list|None=None)->int:
             classes = read_classes(a.root)
             model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
             ds = VOCDataset(a.root, a.split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-            n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device)
+            adv = dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh) if a.seeds == 'advcam' else None
+            n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device,
+                             method=a.seeds, adv=adv)
             print(f'cams: wrote {n} record(s) into {a.out}'); return 0
         if a.cmd == 'eval-cam':
             block = run_eval_cam(a.root, a.split, a.cams)
@@ -329,7 +371,8 @@ def main(argv:list|None=None)->int:
             for f, what in ((a.root, 'a VOC-layout root'), (a.cams, 'the CAM records of wood cam')):
                 if not f.is_dir(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
             cfg = _boundary_train_config(a); device = init_distributed(a.device)
-            run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.radius, a.crf, a.beta, a.logt, a.bg_plane, device)
+            run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.planes, a.seed_threshold, a.radius, a.walk_radius, a.logt,
+                       a.bg_plane, a.crf, a.beta, device)
             return 0
         if a.cmd == 'train-seg':
             if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
@@ -341,10 +384,13 @@ def main(argv:list|None=None)->int:
         if a.cmd == 'eval-seg':
             if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
             device = init_distributed(a.device)
-            r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, device)
+            r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
             if a.json and is_main(): write_json(a.json, r)
             return 0
         if a.cmd == 'demo':
-            run_demo(a.out, seed=a.seed, workers=a.workers); return 0
+            run_demo(a.out, seed=a.seed, workers=a.workers, segment=a.segment, num_workers=a.num_workers, device=init_distributed(a.device)); return 0
     except WoodInputError as e:
         print(f'error: {e}', file=sys.stderr); return 2
+
+# %% ../nbs/99_cli.ipynb #48a013cb
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel

@@ -26,7 +26,8 @@ from .metrics import ConfusionMatrix, CueActivation
 # %% auto #0
 __all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'SEG_TEST_SCALES', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config',
            'save_segmenter', 'load_segmenter', 'seg_loss', 'seg_step', 'seg_train_config', 'resolve_mask_dir',
-           'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'eval_seg_dir', 'plot_segmentation']
+           'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'crf_postprocess', 'eval_seg_dir',
+           'plot_segmentation']
 
 # %% ../nbs/11_segment.ipynb #797d5011
 class ASPP(nn.Module):
@@ -231,7 +232,7 @@ def seg_step(balanced:bool=False, # class-balanced cross-entropy
 _SEG_TRAIN = {
     'voc': dict(epochs=28, batch_size=10, lr=2.5e-4, head_mult=10.0, momentum=0.9, weight_decay=5e-4, crop=321,
                 long_side=(250, 1000), poly_power=0.9),
-    'synthetic': dict(epochs=8, batch_size=16, lr=5e-3, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128,
+    'synthetic': dict(epochs=12, batch_size=16, lr=2e-3, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128,
                       long_side=(64, 256), poly_power=0.9),
 }
 
@@ -378,7 +379,17 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
     barrier()
     return n
 
-# %% ../nbs/11_segment.ipynb #0edc534b
+# %% ../nbs/11_segment.ipynb #f3a3cbd1
+def crf_postprocess(**kernels, # keyword settings of `wood_nb.refine.dense_crf` (iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)
+                   )->Callable: # `(image, probs) -> labels`, for `predict_split(postprocess=...)`
+    "A `predict_split` hook: dense CRF on the predicted probabilities, then the argmax (needs `pydensecrf2`)."
+    from wood_nb.refine import CRF_FIX, crf_available, dense_crf
+    if not crf_available():                                    # fail now, with the install command, not at the first image
+        raise WoodInputError('dense CRF', 'the optional package pydensecrf2 (imported as pydensecrf) is not installed.', CRF_FIX)
+    def post(image, probs): return dense_crf(image, probs, **kernels).argmax(0).astype(np.uint8)
+    return post
+
+# %% ../nbs/11_segment.ipynb #b07b754b
 def eval_seg_dir(voc_root, # VOC-layout root with `SegmentationClass/`
                  split:str, # the split to score (VOC reports val)
                  pred_dir, # folder of `<id>.png` predictions (`predict_split`)
@@ -408,7 +419,7 @@ def eval_seg_dir(voc_root, # VOC-layout root with `SegmentationClass/`
     if with_cue: res['cue_activation'] = cue.compute()['mean']
     return res
 
-# %% ../nbs/11_segment.ipynb #f9fd616d
+# %% ../nbs/11_segment.ipynb #db60eba2
 def plot_segmentation(root, # VOC-layout root
                       pred_dir, # folder of predictions, or `{name: folder}` to compare several
                       ids:list, # the images to show
