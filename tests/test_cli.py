@@ -7,8 +7,6 @@ import pytest
 from wood_nb.cli import main, run_demo
 from wood_nb.synth import SynthConfig
 from wood_nb.train import TrainConfig
-from wood_nb.refine import boundary_train_config
-from wood_nb.segment import seg_train_config
 
 WOOD = [sys.executable, '-c', 'import sys; from wood_nb.cli import main; sys.exit(main())']
 TINY = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '6', '--workers', '1']
@@ -67,34 +65,35 @@ def test_classifier_cam_eval_chain(bench, tmp_path):
     assert r.returncode == 2 and 'no CAM record' in r.stderr
 
 
+TINY_RUN = {'scales': [1.0], 'prototypes.k': 4, 'mining.threshold': 0.0,
+            **{f'{sec}.{k}': v for sec in ('cls', 'wood_train', 'boundary', 'seg_train')
+               for k, v in dict(epochs=1, batch_size=4, crop=48, long_side=[40, 56], progress=False).items()}}
+
+
 def test_demo_small(tmp_path):
     cfg = SynthConfig(image_size=48, n_train=16, n_val=4, n_ood=40)
-    tcfg = TrainConfig.preset('synthetic', epochs=1, batch_size=8, crop=48, long_side=(40, 56), progress=False)
-    small = dict(epochs=1, batch_size=4, crop=48, long_side=(40, 56), progress=False)
-    kw = dict(seed=0, cfg=cfg, train_cfg=tcfg, wood_train_cfg=tcfg, workers=1, scales=(1.0,), k=4, threshold=0.0,
-              boundary_cfg=boundary_train_config('synthetic', **small), seg_cfg=seg_train_config('synthetic', **small))
     log = io.StringIO()
-    m = run_demo(tmp_path/'run', log=log, **kw)
+    m = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN, workers=1, device='cpu', log=log)
     on_disk = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert on_disk == json.loads(json.dumps(m))
     for block in ('baseline', 'wood'):
         assert set(on_disk[block]) >= {'seed_miou', 'seed_threshold', 'cue_activation', 'per_class_iou', 'mask_miou', 'seg_miou'}
         for k in ('seed_miou', 'mask_miou', 'seg_miou'): assert 0 <= on_disk[block][k] <= 100
-        name = 'baseline' if block == 'baseline' else 'wood'
-        masks = json.loads((tmp_path/'run'/'refine'/name/'masks.json').read_text())
-        seg = json.loads((tmp_path/'run'/'seg'/name/'eval.json').read_text())
+        masks = json.loads((tmp_path/'run'/'refine'/block/'masks.json').read_text())
+        seg = json.loads((tmp_path/'run'/'seg'/block/'eval.json').read_text())
         assert on_disk[block]['mask_miou'] == round(masks['miou'], 2) and on_disk[block]['seg_miou'] == round(seg['miou'], 2)
         assert masks['planes']['mode'] == 'seed' and masks['planes']['fg_thresh'] == on_disk[block]['seed_threshold']
-        assert len(list((tmp_path/'run'/'seg'/name/'pred').glob('*.png'))) == 4
+        assert len(list((tmp_path/'run'/'seg'/block/'pred').glob('*.png'))) == 4
     assert on_disk['mining']['kept'] >= 8 and on_disk['mining']['foreground_share_kept'] == 0   # the annotator removed the contaminated
-    assert {'train_cls', 'mine', 'train_wood', 'eval_wood'} <= set(on_disk['timings_s'])
-    for f in ('benchmark.png', 'figures/cams.png', 'figures/wood_history.png', 'cls/model.pt', 'wood/model.pt',
+    assert {'baseline', 'mining', 'wood', 'refine', 'segment'} <= set(on_disk['timings_s'])
+    for f in ('benchmark.png', 'config.json', 'report.md', 'figures/cams.png', 'figures/wood_history.png', 'cls/model.pt', 'wood/model.pt',
               'mining/ood_list.txt', 'prototypes/mined/prototypes.npz', 'figures/chain.png', 'figures/class_change_masks.png',
               'figures/class_change_seg.png', 'refine/wood/model.pt', 'seg/baseline/model.pt'):
         assert (tmp_path/'run'/f).exists(), f
+    assert json.loads((tmp_path/'run'/'config.json').read_text())['cls']['seed'] == 0
     assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:15.1f}" in log.getvalue() and f"{m['wood']['seg_miou']:15.1f}" in log.getvalue()
-    again = run_demo(tmp_path/'run', log=io.StringIO(), **kw)
-    assert again['baseline'] == m['baseline'] and again['wood'] == m['wood']   # a rerun reuses every finished step
+    again = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN, workers=1, device='cpu', log=io.StringIO())
+    assert again == m                                                          # a rerun reuses every finished step
 
 
 def test_mine_and_prototypes_commands(bench, tmp_path):

@@ -13,17 +13,18 @@ from .data import VOCDataset, eval_transforms, validate, validate_ood
 from .synth import SynthConfig, generate, plot_benchmark
 from .model import load_classifier
 from .train import TrainConfig, init_distributed, is_main, train_classifier
-from .cam import DEFAULT_SCALES, compute_cams, cue_bearing_ids, plot_cams
+from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
-from .refine import BOUNDARY_PRESETS, boundary_train_config, eval_mask_dir, make_pseudo_masks, train_boundary
+from .refine import boundary_train_config
 from .segment import SEG_TEST_SCALES, crf_postprocess, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
-from .pipeline import PLANE_MODES, chain_panels, plot_iou_change, refine_and_segment, refine_step
-from .wood import METRIC_FORMS, Arm, WoodConfig, chain_figures, run_wood_chain, train_wood
+from .pipeline import PLANE_MODES, RUN_PRESETS, STEPS, refine_step, run_config, run_pipeline
+from .wood import METRIC_FORMS, WoodConfig, train_wood
 
 # %% auto #0
-__all__ = ['run_validate', 'run_eval_cam', 'run_refine', 'run_eval_seg', 'run_demo', 'build_parser', 'main']
+__all__ = ['run_validate', 'run_eval_cam', 'run_refine', 'run_eval_seg', 'run_summary', 'run_demo', 'load_overrides',
+           'parse_sets', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -142,79 +143,68 @@ def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=T
     print(f"seg mIoU {r['miou']:.2f} on {split} ({r['images']} images)" + (f", cue activation {r['cue_activation']:.3f}" if r.get('cue_activation') is not None else ''), file=log or sys.stdout)
     return r
 
-# %% ../nbs/99_cli.ipynb #4bf192fb
-def _metrics_block(b:dict, r:dict|None=None)->dict:
-    "The `metrics.json` keys of a seed evaluation block (plus per-class IoU, percent), with the mask and segmentation scores of `r`."
-    out = {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
-    out['per_class_iou'] = {n: (None if v is None else round(v, 2)) for n, v in b['per_class_iou'].items()}
-    for k in ('mask_miou', 'mask_cue_activation', 'seg_miou', 'seg_cue_activation'):
-        if r and r.get(k) is not None: out[k] = round(r[k], 4) if 'cue' in k else r[k]
-    for k in ('mask_iou', 'seg_iou'):
-        if r and k in r: out[f'per_class_{k}'] = {n: (None if v is None else round(v, 2)) for n, v in r[k].items()}
-    return out
+# %% ../nbs/99_cli.ipynb #bc2d05b7
+def run_summary(m:dict, log=None)->None:
+    "Print baseline against W-OoD from a `metrics.json` content."
+    cols = [('seed_miou', 'seed mIoU'), ('cue_activation', 'seed cue act.'), ('mask_miou', 'mask mIoU'), ('seg_miou', 'seg mIoU')]
+    cols = [c for c in cols if c[0] in m['wood']]
+    print(f"{'':10s}" + ''.join(f' {c:>15s}' for _, c in cols), file=log or sys.stdout)
+    for name, blk in (('baseline', m['baseline']), ('W-OoD', m['wood'])):
+        print(f"{name:10s}" + ''.join(f" {blk.get(key) if blk.get(key) is not None else float('nan'):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log or sys.stdout)
 
 def run_demo(out, # the run folder
-             seed:int=0, cfg:SynthConfig|None=None, train_cfg:TrainConfig|None=None, workers:int=2,
-             scales=DEFAULT_SCALES, wood_cfg:WoodConfig|None=None, wood_train_cfg:TrainConfig|None=None,
-             k:int=50, threshold:float=0.5,
-             segment:bool=True, # also refine both models' seeds and train a segmentation network on each
-             boundary_cfg:TrainConfig|None=None, seg_cfg:TrainConfig|None=None, # refinement and segmentation training (default: the presets')
-             num_workers:int|None=None, # DataLoader workers of every default training config
+             seed:int=0, # benchmark seed (also the baseline's training seed)
+             cfg:SynthConfig|None=None, # benchmark knobs (default: the default benchmark)
+             overrides:dict|None=None, # settings of the run (dotted keys of `RunConfig`)
+             workers:int=2, # processes that generate the benchmark
              device=None, log=None)->dict:
-    "The embedded benchmark end to end: data, baseline, seeds, mining, prototypes, W-OoD, seeds, pseudo-masks, segmentation, figures; returns metrics."
+    "The embedded benchmark end to end (`run_pipeline` with the synthetic preset); returns `metrics.json`'s content."
     import matplotlib; matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
     from dataclasses import asdict
-    log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'; times = {}
-    nw = {} if num_workers is None else {'num_workers': int(num_workers)}
-    t = time.perf_counter()
+    log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'
+    run_cfg = run_config('synthetic', {'cls.seed': seed, **(overrides or {}), 'voc_root': str(data/'voc'), 'ood_root': str(data/'ood')})
     meta = json.loads((data/'synth.json').read_text()) if (data/'synth.json').exists() else None
     if meta and meta['seed'] == seed and meta['config'] == json.loads(json.dumps(asdict(cfg))):
         print(f'benchmark: {data} exists with the same seed and knobs; reusing it', file=log)
     else:
+        if meta and (out/'steps').is_dir():
+            raise WoodInputError(out, f'holds a run on a benchmark of other knobs or seed ({meta["seed"]}).', 'use another --out folder.')
         print(f'benchmark: generating into {data} (seed {seed}) ...', file=log)
         generate(data, seed=seed, cfg=cfg, overwrite=meta is not None, workers=workers)
-    times['synth'] = time.perf_counter() - t; t = time.perf_counter()
     n = run_validate(data, out=log)
     if n: raise WoodInputError(data, f'the generated benchmark has {n} problem(s).', 'report this as a bug; delete the folder and rerun.')
-    with atomic_path(out/'benchmark.png') as f: plot_benchmark(data).savefig(f, format='png', dpi=90)
-    times['validate'] = time.perf_counter() - t
-    res = run_wood_chain(data/'voc', data/'ood', out, [Arm('wood', 'W-OoD')], wcfg=wood_cfg,
-                         tcfg=wood_train_cfg or (TrainConfig.preset('synthetic', **nw) if nw else None),
-                         baseline_tcfg=train_cfg or TrainConfig.preset('synthetic', seed=seed, **nw), k=k, threshold=threshold,
-                         scales=scales, device=device, log=log)
-    times.update(res['timings_s']); t = time.perf_counter()
-    figs = chain_figures(data/'voc', data/'ood', out, arm='wood')
-    times['figures'] = time.perf_counter() - t
-    b, w = res['baseline'], res['arms']['wood']
-    rs = {}
-    if segment:
-        rs = refine_and_segment(out, data/'voc', ('baseline', 'wood'), boundary_cfg=boundary_cfg or boundary_train_config('synthetic', **nw),
-                                seg_cfg=seg_cfg or seg_train_config('synthetic', **nw), device=device, log=log)
-        times.update(rs['timings_s']); t = time.perf_counter()
-        from wood_nb.cam import cue_bearing_ids
-        from wood_nb.data import read_split
-        ids = cue_bearing_ids(data/'voc', read_split(data/'voc', 'train'), 3)
-        pics = {'chain': lambda: chain_panels(data/'voc', out, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
-                'class_change_masks': lambda: plot_iou_change(rs['baseline']['mask_iou'], rs['wood']['mask_iou'], 'pseudo-masks (train)'),
-                'class_change_seg': lambda: plot_iou_change(rs['baseline']['seg_iou'], rs['wood']['seg_iou'], 'segmentation (val)')}
-        for name, make in pics.items():
-            fig = make()
-            with atomic_path(out/'figures'/f'{name}.png') as f: fig.savefig(f, format='png', dpi=100)
-            plt.close(fig); figs[name] = out/'figures'/f'{name}.png'
-        times['figures'] += time.perf_counter() - t
-    prev = json.loads((out/'metrics.json').read_text()).get('timings_s', {}) if (out/'metrics.json').exists() else {}
-    metrics = {'baseline': _metrics_block(b, rs.get('baseline')), 'wood': _metrics_block(w, rs.get('wood')), 'mining': res['mining'],
-               'timings_s': {**prev, **{k: round(v, 1) for k, v in times.items()}}}
-    write_json(out/'metrics.json', metrics)
-    cols = [('seed_miou', 'seed mIoU'), ('cue_activation', 'seed cue act.')] + ([('mask_miou', 'mask mIoU'), ('seg_miou', 'seg mIoU (val)')] if segment else [])
-    print(f"{'':10s}" + ''.join(f' {c:>15s}' for _, c in cols), file=log)
-    for name, blk in (('baseline', metrics['baseline']), ('W-OoD', metrics['wood'])):
-        print(f"{name:10s}" + ''.join(f" {blk.get(key, float('nan')):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log)
-    print(f"metrics: {out/'metrics.json'}; pictures: {out/'benchmark.png'}, " + ', '.join(str(f) for f in figs.values()), file=log)
-    return metrics
+    if not (out/'benchmark.png').exists():
+        with atomic_path(out/'benchmark.png') as f: plot_benchmark(data).savefig(f, format='png', dpi=90)
+    m = run_pipeline(run_cfg, out, device=device, check_inputs=False, log=log)
+    run_summary(m, log)
+    print(f"metrics: {out/'metrics.json'}; report: {out/'report.md'}; pictures: {out/'figures'}", file=log)
+    return m
 
-# %% ../nbs/99_cli.ipynb #4a2a2502
+def load_overrides(path)->dict:
+    "Dotted-key settings from a JSON file: flat (`{'cls.epochs': 3}`) or nested (a run's `config.json`)."
+    path = Path(path)
+    if not path.is_file(): raise WoodInputError(path, 'does not exist.', 'give a JSON file of settings.')
+    try: d = json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise WoodInputError(path, f'is not JSON ({e}).', 'write the settings as a JSON object.') from e
+    if not isinstance(d, dict): raise WoodInputError(path, 'is not a JSON object.', 'write {"key": value, ...}.')
+    def flat(x, prefix=''):
+        out = {}
+        for k, v in x.items():
+            if isinstance(v, dict): out.update(flat(v, f'{prefix}{k}.'))
+            else: out[f'{prefix}{k}'] = v
+        return out
+    return flat(d)
+
+def parse_sets(items:list|None)->dict:
+    "`['cls.epochs=3', ...]` as a dict (values parsed later against the settings' types)."
+    out = {}
+    for it in items or []:
+        k, eq, v = it.partition('=')
+        if not eq or not k: raise WoodInputError('--set', f'{it!r} is not KEY=VALUE.', 'write e.g. --set cls.epochs=3.')
+        out[k.strip()] = v
+    return out
+
+# %% ../nbs/99_cli.ipynb #b84468e1
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -308,13 +298,21 @@ def build_parser()->argparse.ArgumentParser:
     es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True); es.add_argument('--json', type=Path, default=None)
     es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the predicted probabilities (needs the crf extra)')
     es.add_argument('--device', default='auto')
-    d = sub.add_parser('demo', help='run the kit on the embedded benchmark')
+    rn = sub.add_parser('run', help='the whole method in a resumable run folder: baseline, seeds, mining, prototypes, W-OoD, masks, segmentation, report')
+    rn.add_argument('--voc-root', type=Path, default=None, help='VOC-layout dataset root'); rn.add_argument('--ood-root', type=Path, default=None, help='the OoD candidate pool')
+    rn.add_argument('--out', type=Path, required=True, help='the run folder')
+    d = sub.add_parser('demo', help='run the kit on the embedded benchmark (generated into RUN/data)')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
-    d.add_argument('--seed', type=int, default=0)
+    d.add_argument('--seed', type=int, default=0, help='benchmark seed (also the baseline training seed)')
     d.add_argument('--workers', type=int, default=2, help='processes that generate the benchmark')
-    d.add_argument('--num-workers', type=int, default=None, help='DataLoader workers of every training step')
-    d.add_argument('--segment', action=argparse.BooleanOptionalAction, default=True, help='also refine the seeds and train the segmentation networks')
-    d.add_argument('--device', default='auto')
+    for q in (rn, d):
+        if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')
+        q.add_argument('--config', type=Path, default=None, help='JSON file of settings (dotted keys, or a run\'s config.json)')
+        q.add_argument('--set', action='append', dest='sets', metavar='KEY=VALUE', help='one setting, e.g. cls.epochs=3 (repeatable; wins over --config)')
+        q.add_argument('--from', dest='from_step', choices=list(STEPS), default=None, help='redo this step and every later one')
+        q.add_argument('--only', choices=list(STEPS), default=None, help='run this step alone (its predecessors must be finished)')
+        q.add_argument('--num-workers', type=int, default=None, help='DataLoader workers of every training step')
+        q.add_argument('--device', default='auto')
     return p
 
 def main(argv:list|None=None)->int:
@@ -387,10 +385,23 @@ def main(argv:list|None=None)->int:
             r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
             if a.json and is_main(): write_json(a.json, r)
             return 0
-        if a.cmd == 'demo':
-            run_demo(a.out, seed=a.seed, workers=a.workers, segment=a.segment, num_workers=a.num_workers, device=init_distributed(a.device)); return 0
+        if a.cmd in ('run', 'demo'):
+            ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
+            if a.num_workers is not None: ov['num_workers'] = a.num_workers
+            if a.cmd == 'demo':
+                if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --voc-root {a.out}/data/voc --ood-root {a.out}/data/ood --out {a.out} --from STEP.')
+                run_demo(a.out, seed=a.seed, overrides=ov, workers=a.workers, device=init_distributed(a.device)); return 0
+            for k, v in (('voc_root', a.voc_root), ('ood_root', a.ood_root)):
+                if v is not None: ov[k] = str(v)
+            if (a.out/'config.json').exists() and not (a.voc_root or a.config):     # rerun of a run folder: its own settings
+                ov = {**load_overrides(a.out/'config.json'), **ov}
+            preset = a.preset or ov.get('preset') or 'synthetic'
+            cfg = run_config(preset, ov)
+            m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
+            if is_main() and 'wood' in m: run_summary(m)
+            return 0
     except WoodInputError as e:
         print(f'error: {e}', file=sys.stderr); return 2
 
-# %% ../nbs/99_cli.ipynb #48a013cb
+# %% ../nbs/99_cli.ipynb #0233a3d5
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel

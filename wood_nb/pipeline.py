@@ -19,8 +19,11 @@ from .refine import (BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_m
 from .segment import (train_segmenter, predict_split, eval_seg_dir, load_segmenter, predict, crf_postprocess)
 
 # %% auto #0
-__all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'refine_planes', 'refine_step', 'segment_step',
-           'refine_and_segment', 'chain_panels', 'plot_iou_change']
+__all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'STEPS', 'STEP_OUTPUTS', 'refine_planes',
+           'refine_step', 'segment_step', 'refine_and_segment', 'chain_panels', 'plot_iou_change', 'MiningConfig',
+           'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
+           'config_from_dict', 'config_dict', 'step_settings', 'fingerprints', 'check_run_inputs', 'collect_metrics',
+           'write_report', 'peak_rss_mib', 'clean_partial', 'run_pipeline']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 PLANE_MODES = ('irn', 'seed')
@@ -194,3 +197,450 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
     ax.set_title(f'{title}: mIoU {mean:+.1f}' if title else f'mIoU {mean:+.1f}', fontsize=9)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/13_pipeline.ipynb #b006af9f
+import dataclasses, hashlib, os, platform, shutil
+from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
+from .core import write_text, atomic_path
+from .data import validate, validate_ood
+from .cam import DEFAULT_SCALES
+from .model import load_classifier
+from .train import train_classifier, init_distributed
+from .mining import mine
+from .prototypes import compute_prototypes
+from .wood import WoodConfig, train_wood, eval_block, chain_figures
+from .refine import boundary_train_config
+from .segment import seg_train_config
+
+@dataclass
+class MiningConfig:
+    "Hard-OoD mining and curation (`wood_nb.mining.mine`)."
+    threshold: float|None = 0.5   # keep pool images scored above it (the paper: 0.5)
+    top_k: int|None = None        # keep at most this many of the best
+    curation: str = 'meta'        # 'meta' (simulated annotator, ood_meta.csv), 'list' (a person's file), 'none'
+    curated_list: str|None = None # the person's list for 'list'
+
+@dataclass
+class PrototypeConfig:
+    "Class and k-means OoD prototypes (`wood_nb.prototypes.compute_prototypes`)."
+    k: int = 50                   # OoD clusters (the paper: 50; clamps to the list size)
+    iters: int = 10               # Lloyd iterations
+    seed: int = 0                 # k-means++ seed
+
+@dataclass
+class RefineConfig:
+    "Pseudo-masks (`refine_step`)."
+    planes: str = 'auto'          # 'auto' (the preset's), 'irn' or 'seed'
+    walk_radius: int|None = None  # random-walk radius (default: the preset's)
+    logt: int|None = None         # 2^logt walk steps (default: the preset's)
+    beta: float = 10.0            # affinity power
+    crf: bool = False             # dense CRF on the confident labels
+
+@dataclass
+class SegConfig:
+    "Segmentation (`segment_step`) apart from its training settings."
+    balanced: bool = False        # class-balanced cross-entropy
+    crf: bool = False             # dense CRF at test time
+    scales: tuple|None = None     # test scales (default: the preset's)
+    flip: bool = True             # flipped test passes
+
+@dataclass
+class WeightsConfig:
+    "Local files: ImageNet backbones for the networks (the `voc` preset needs them), or a trained baseline to start from."
+    classifier: str|None = None   # backbone weights of the CAM classifier (voc: resnet50)
+    boundary: str|None = None     # backbone weights of the boundary network (voc: resnet50)
+    segmenter: str|None = None    # backbone weights of DeepLab-v2 (voc: resnet101)
+    baseline: str|None = None     # a trained baseline `model.pt` (skips training it)
+
+@dataclass
+class RunConfig:
+    "Every setting of a run; `run_config` fills the preset's defaults."
+    preset: str = 'synthetic'     # 'synthetic' or 'voc'
+    voc_root: str = ''            # VOC-layout dataset root
+    ood_root: str = ''            # the OoD candidate pool
+    split: str = 'train'          # training split (VOC: train_aug); seeds and masks are scored on it
+    eval_split: str = 'val'       # the segmentation network's evaluation split
+    scales: tuple = DEFAULT_SCALES # CAM scales
+    batch_size: int = 32          # inference batch size
+    num_workers: int = 0          # DataLoader workers of every training
+    cls: TrainConfig = field(default_factory=TrainConfig)
+    mining: MiningConfig = field(default_factory=MiningConfig)
+    prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
+    wood: WoodConfig = field(default_factory=WoodConfig)
+    wood_train: TrainConfig = field(default_factory=TrainConfig)
+    refine: RefineConfig = field(default_factory=RefineConfig)
+    boundary: TrainConfig = field(default_factory=TrainConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
+    seg_train: TrainConfig = field(default_factory=TrainConfig)
+    weights: WeightsConfig = field(default_factory=WeightsConfig)
+
+# %% ../nbs/13_pipeline.ipynb #3ebce916
+RUN_PRESETS = ('synthetic', 'voc')
+_TRAIN_SECTIONS = ('cls', 'wood_train', 'boundary', 'seg_train')
+
+def _flat_keys(obj, prefix='')->dict:
+    "Every leaf key of a (nested) dataclass as `{'a.b': value}`."
+    out = {}
+    for f in fields(obj):
+        v = getattr(obj, f.name)
+        if is_dataclass(v): out.update(_flat_keys(v, f'{prefix}{f.name}.'))
+        else: out[f'{prefix}{f.name}'] = v
+    return out
+
+def _coerce(key:str, value, default):
+    "`value` converted to the type of `default` (text is read as JSON first), or a clear error."
+    if isinstance(value, str) and not isinstance(default, str):
+        try: value = json.loads(value)
+        except json.JSONDecodeError: pass
+    if value is None or default is None: return tuple(value) if isinstance(value, list) else value
+    if isinstance(default, bool):
+        if isinstance(value, bool): return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool): return value
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool): return float(value)
+    elif isinstance(default, (tuple, list)):
+        if isinstance(value, (list, tuple)): return tuple(value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool): return (value,)
+    elif isinstance(default, str):
+        if isinstance(value, str): return value
+    raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} (the default is {default!r}).', f'give a {type(default).__name__}.')
+
+def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
+               overrides:dict|None=None, # dotted keys, e.g. {'cls.epochs': 3, 'voc_root': 'data/voc'}
+              )->RunConfig:
+    "The preset's `RunConfig` with `overrides` applied and checked."
+    if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
+    cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=TrainConfig.preset(preset),
+                    boundary=boundary_train_config(preset), seg_train=seg_train_config(preset))
+    flat = _flat_keys(cfg)
+    ov = dict(overrides or {})
+    if 'preset' in ov and ov.pop('preset') != preset: raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')
+    for k, v in ov.items():
+        if k not in flat:
+            sect = k.split('.')[0]
+            near = sorted(x for x in flat if x.startswith(sect + '.')) or sorted(x for x in flat if '.' not in x)
+            raise WoodInputError(f'config key {k!r}', 'does not exist.', f"use one of: {', '.join(near)}.")
+        flat[k] = _coerce(k, v, flat[k])
+    if 'num_workers' in ov:                                     # one knob for every DataLoader
+        for sect in _TRAIN_SECTIONS:
+            if f'{sect}.num_workers' not in ov: flat[f'{sect}.num_workers'] = flat['num_workers']
+    return config_from_dict(_nest(flat))
+
+def _nest(flat:dict)->dict:
+    out = {}
+    for k, v in flat.items():
+        d = out
+        *head, last = k.split('.')
+        for h in head: d = d.setdefault(h, {})
+        d[last] = v
+    return out
+
+def config_from_dict(d:dict)->RunConfig:
+    "A `RunConfig` from its `asdict` form (as saved in `config.json`), every key checked."
+    def build(cls, dd, where):
+        bad = sorted(set(dd) - {f.name for f in fields(cls)})
+        if bad: raise WoodInputError(f'config section {where or "top level"}', f'has unknown keys {bad}.', f'use: {sorted(f.name for f in fields(cls))}.')
+        kw = {}
+        for f in fields(cls):
+            if f.name not in dd: continue
+            default = getattr(cls(), f.name)
+            if is_dataclass(default): kw[f.name] = build(type(default), dd[f.name], f'{where}{f.name}.')
+            else: kw[f.name] = _coerce(f'{where}{f.name}', dd[f.name], default) if default is not None else (tuple(dd[f.name]) if isinstance(dd[f.name], list) else dd[f.name])
+        return cls(**kw)
+    return build(RunConfig, d, '')
+
+def config_dict(cfg:RunConfig)->dict:
+    "The JSON form of a `RunConfig` (tuples as lists)."
+    return json.loads(json.dumps(asdict(cfg)))
+
+# %% ../nbs/13_pipeline.ipynb #ac821cc9
+STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report')
+STEP_OUTPUTS = {'baseline': ('cls',), 'baseline_seeds': ('cam/baseline', 'eval/baseline.json'), 'mining': ('mining',),
+                'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'),
+                'refine': ('refine',), 'segment': ('seg',), 'report': ('metrics.json', 'report.md', 'figures')}
+_STEP_KEYS = {'baseline': ('preset', 'voc_root', 'split', 'cls', 'weights.classifier', 'weights.baseline'),
+              'baseline_seeds': ('scales', 'batch_size'), 'mining': ('ood_root', 'mining', 'batch_size'),
+              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'), 'wood_seeds': ('scales', 'batch_size'),
+              'refine': ('refine', 'boundary', 'weights.boundary'), 'segment': ('eval_split', 'seg', 'seg_train', 'weights.segmenter'),
+              'report': ()}
+_VOLATILE = ('num_workers', 'progress')   # settings that do not change results
+
+def step_settings(cfg:RunConfig, step:str)->dict:
+    "The settings `step` depends on (its own; the predecessors come in through their fingerprints)."
+    d, out = config_dict(cfg), {}
+    for k in _STEP_KEYS[step]:
+        v = d
+        for part in k.split('.'): v = v[part]
+        if isinstance(v, dict): v = {kk: vv for kk, vv in v.items() if kk not in _VOLATILE}
+        out[k] = v
+    return out
+
+def fingerprints(cfg:RunConfig)->dict:
+    "Each step's fingerprint: a hash of its settings and of its predecessor's fingerprint."
+    fp, prev = {}, ''
+    for s in STEPS:
+        prev = fp[s] = hashlib.sha256(json.dumps([prev, step_settings(cfg, s)], sort_keys=True).encode()).hexdigest()[:16]
+    return fp
+
+def _diff(a:dict, b:dict, prefix='')->list[str]:
+    "Dotted keys whose values differ between two nested dicts."
+    out = []
+    for k in sorted(set(a) | set(b)):
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, dict) and isinstance(y, dict): out += _diff(x, y, f'{prefix}{k}.')
+        elif x != y: out.append(f'{prefix}{k}: {x!r} -> {y!r}')
+    return out
+
+# %% ../nbs/13_pipeline.ipynb #d1321b0c
+def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
+    "Raise `WoodInputError` for the first kind of bad input found (dataset, pool, checkpoint, splits)."
+    root, pool = Path(cfg.voc_root or '.'), Path(cfg.ood_root or '.')
+    if not cfg.voc_root or not root.is_dir():
+        raise WoodInputError(cfg.voc_root or 'voc_root', 'is not a folder.', 'give the VOC-layout dataset root (--voc-root).')
+    if not cfg.ood_root or not pool.is_dir():
+        raise WoodInputError(cfg.ood_root or 'ood_root', 'is not a folder.', 'give the OoD candidate pool (--ood-root).')
+    splits = [cfg.split] + ([cfg.eval_split] if cfg.eval_split != cfg.split else [])
+    probs = validate(root, splits=splits, deep=deep)
+    if probs:
+        raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the dataset; `wood validate {root}` lists them all)', probs[0].fix)
+    if (pool/'ood_list.txt').is_file() and not [l for l in (pool/'ood_list.txt').read_text().split('\n') if l.strip()]:
+        raise WoodInputError(pool/'ood_list.txt', 'lists no image: the OoD pool is empty.', 'put candidate images in the pool and list them, one path a line.')
+    probs = validate_ood(pool, deep=deep)
+    if probs:
+        raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool; `wood validate {pool}` lists them all)', probs[0].fix)
+    if cfg.weights.baseline:
+        f = Path(cfg.weights.baseline)
+        if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'give a model.pt written by wood train-cls, or leave weights.baseline empty.')
+        n = len(read_classes(root)); m = load_classifier(f)
+        if m.num_classes != n:
+            raise WoodInputError(f, f'is a classifier of {m.num_classes} classes; the dataset {root} has {n}.', 'give a baseline trained on this dataset, or leave weights.baseline empty to train one.')
+    for k in ('classifier', 'boundary', 'segmenter'):
+        w = getattr(cfg.weights, k)
+        if w and not Path(w).is_file(): raise WoodInputError(f'weights.{k}', f'{w} does not exist.', 'give a local weights file.')
+    if cfg.preset == 'voc' and not (cfg.weights.classifier or cfg.weights.baseline):
+        raise WoodInputError('weights.classifier', 'the voc preset trains a ResNet-50 from ImageNet weights, and none were given.',
+                             'download resnet50 ImageNet weights once and give the file (--set weights.classifier=PATH).')
+
+# %% ../nbs/13_pipeline.ipynb #819cbd83
+def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
+    "The function of each step; each returns a small summary dict."
+    root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
+    classes = read_classes(root)
+    def baseline_model():
+        f = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
+        return load_classifier(f, num_classes=len(classes), classes=classes).to(device).eval()
+    def baseline():
+        if cfg.weights.baseline:
+            if is_main(): (run/'cls').mkdir(parents=True, exist_ok=True); write_json(run/'cls'/'source.json', {'baseline': str(cfg.weights.baseline)})
+            return {'from': cfg.weights.baseline}
+        kw = {'pretrained': cfg.weights.classifier} if cfg.weights.classifier else {}
+        train_classifier(root, run/'cls', cfg.preset, cfg.split, cfg=cfg.cls, model_kw=kw, device=device)
+        return {}
+    def seeds(name, model_fn):
+        b = eval_block(model_fn(), root, cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device)
+        _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
+        return {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
+    def mining():
+        m = cfg.mining
+        r = mine(baseline_model(), pool, run/'mining', threshold=m.threshold, top_k=m.top_k, curation=m.curation,
+                 curated_list=m.curated_list, batch_size=cfg.batch_size, device=device)
+        _say(log, f"mining: {r['candidates']} of {r['pool']} pool images above the threshold, {r['kept']} kept ({m.curation})")
+        return r
+    def prototypes():
+        p = cfg.prototypes
+        compute_prototypes(baseline_model(), root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined', k=p.k,
+                           iters=p.iters, seed=p.seed, clamp=True, batch_size=cfg.batch_size, device=device)
+        return {}
+    def wood():
+        base = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
+        train_wood(base, root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz', run/'wood',
+                   wcfg=cfg.wood, tcfg=cfg.wood_train, device=device)
+        return {}
+    def wood_model(): return load_classifier(run/'wood'/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
+    def refine():
+        r, out = cfg.refine, {}
+        walk = {k: v for k, v in (('radius', r.walk_radius), ('logt', r.logt)) if v is not None}
+        for n in ('baseline', 'wood'):
+            t = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
+            m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf, device=device, log=log)
+            if m: out[n] = {'mask_miou': round(m['miou'], 2), 'mask_cue_activation': m.get('cue_activation')}
+            _say(log, f"{n}: pseudo-masks" + (f", mask mIoU {m['miou']:.1f}" if m else ''))
+        return out
+    def segment():
+        sc, out = cfg.seg, {}
+        for n in ('baseline', 'wood'):
+            r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
+                             sc.scales, sc.flip, sc.crf, device=device, log=log)
+            if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
+            _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
+        return out
+    return {'baseline': baseline, 'baseline_seeds': lambda: seeds('baseline', baseline_model), 'mining': mining,
+            'prototypes': prototypes, 'wood': wood, 'wood_seeds': lambda: seeds('wood', wood_model), 'refine': refine,
+            'segment': segment, 'report': lambda: write_report(run, cfg, log=log)}
+
+# %% ../nbs/13_pipeline.ipynb #b38f5c6a
+def _per_class(d:dict|None)->dict:
+    return {n: (None if v is None else round(v, 2)) for n, v in (d or {}).items()}
+
+def collect_metrics(run)->dict:
+    "The `metrics.json` content of a run folder, from its evaluation files and step records."
+    run = Path(run); out = {}
+    for n in ('baseline', 'wood'):
+        b, blk = json.loads((run/'eval'/f'{n}.json').read_text()), {}
+        blk.update({k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}, per_class_iou=_per_class(b.get('per_class_iou')))
+        if (run/'refine'/n/'masks.json').exists():
+            m = json.loads((run/'refine'/n/'masks.json').read_text())
+            blk.update(mask_miou=round(m['miou'], 2), mask_cue_activation=m.get('cue_activation'), per_class_mask_iou=_per_class(m['iou']))
+        if (run/'seg'/n/'eval.json').exists():
+            g = json.loads((run/'seg'/n/'eval.json').read_text())
+            blk.update(seg_miou=round(g['miou'], 2), seg_cue_activation=g.get('cue_activation'), per_class_seg_iou=_per_class(g['iou']))
+        out[n] = blk
+    if (run/'mining'/'mining.json').exists(): out['mining'] = json.loads((run/'mining'/'mining.json').read_text())
+    recs = {s: json.loads((run/'steps'/f'{s}.json').read_text()) for s in STEPS if (run/'steps'/f'{s}.json').exists()}
+    out['timings_s'] = {s: r['seconds'] for s, r in recs.items()}
+    out['peak_rss_mib'] = {s: r.get('peak_rss_mib') for s, r in recs.items()}
+    return out
+
+def _fmt(v, nd=1): return '-' if v is None else (f'{v:.{nd}f}' if isinstance(v, (int, float)) else str(v))
+
+def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
+    "Write `metrics.json`, the figures and `report.md` of a finished run; returns the metrics."
+    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+    run = Path(run)
+    cfg = cfg or config_from_dict(json.loads((run/'config.json').read_text()))
+    root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
+    m = collect_metrics(run)
+    if not is_main(): return m
+    figs = {k: Path(v).relative_to(run) for k, v in chain_figures(root, pool, run, arm='wood').items()}
+    from wood_nb.cam import cue_bearing_ids
+    ids = (cue_bearing_ids(root, read_split(root, cfg.split), 3) if (root/'SegmentationCue').is_dir() else read_split(root, cfg.split)[:3])
+    pics = {'chain': lambda: chain_panels(root, run, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
+            'class_change_seeds': lambda: plot_iou_change(m['baseline']['per_class_iou'], m['wood']['per_class_iou'], 'seeds (train)')}
+    if 'per_class_mask_iou' in m['wood']:
+        pics['class_change_masks'] = lambda: plot_iou_change(m['baseline']['per_class_mask_iou'], m['wood']['per_class_mask_iou'], 'pseudo-masks (train)')
+    if 'per_class_seg_iou' in m['wood']:
+        pics['class_change_seg'] = lambda: plot_iou_change(m['baseline']['per_class_seg_iou'], m['wood']['per_class_seg_iou'], f'segmentation ({cfg.eval_split})')
+    for name, make in pics.items():
+        fig = make()
+        with atomic_path(run/'figures'/f'{name}.png') as f: fig.savefig(f, format='png', dpi=100)
+        plt.close(fig); figs[name] = Path('figures')/f'{name}.png'
+    write_json(run/'metrics.json', m)
+    b, w = m['baseline'], m['wood']
+    L = [f'# W-OoD run: {run.name}', '',
+         f'Preset `{cfg.preset}`; dataset `{cfg.voc_root}` (split `{cfg.split}`, segmentation scored on `{cfg.eval_split}`); OoD pool `{cfg.ood_root}`. '
+         f'Settings: `config.json`; numbers: `metrics.json` (this report is written from it).', '',
+         '## Baseline against W-OoD', '',
+         f'mIoU in %: seeds and pseudo-masks on `{cfg.split}`, segmentation on `{cfg.eval_split}`. Cue activation (0..1, lower is better) in brackets where the dataset has cue masks.', '',
+         '| model | seed mIoU | seed threshold | pseudo-mask mIoU | segmentation mIoU |', '|---|---|---|---|---|']
+    for name, x in (('baseline', b), ('W-OoD', w)):
+        cue = lambda k: f" ({x[k]:.3f})" if x.get(k) is not None else ''
+        L.append(f"| {name} | {_fmt(x.get('seed_miou'))}{cue('cue_activation')} | {_fmt(x.get('seed_threshold'), 2)} | "
+                 f"{_fmt(x.get('mask_miou'))}{cue('mask_cue_activation')} | {_fmt(x.get('seg_miou'))}{cue('seg_cue_activation')} |")
+    L += ['', '## Per class', '', '| class | seeds: baseline | seeds: W-OoD | masks: baseline | masks: W-OoD | seg: baseline | seg: W-OoD |', '|---|---|---|---|---|---|---|']
+    for c in b['per_class_iou']:
+        row = [b['per_class_iou'].get(c), w['per_class_iou'].get(c), b.get('per_class_mask_iou', {}).get(c), w.get('per_class_mask_iou', {}).get(c),
+               b.get('per_class_seg_iou', {}).get(c), w.get('per_class_seg_iou', {}).get(c)]
+        L.append(f'| {c} | ' + ' | '.join(_fmt(v) for v in row) + ' |')
+    if 'mining' in m:
+        mm = m['mining']
+        L += ['', '## Mining', '', f"{mm.get('candidates')} of {mm.get('pool')} pool images scored above the threshold; {mm.get('kept')} kept after curation"
+              + (f"; {100 * mm['hard_share_kept']:.1f} % of the kept are hard OoD images" if mm.get('hard_share_kept') is not None else '') + '.']
+    L += ['', '## Steps', '', f'Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, '
+          + (torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU') + '. Seconds are those of the run that finished the step.', '',
+          '| step | seconds | peak memory of the process (MiB) |', '|---|---|---|']
+    for s in STEPS:
+        if s in m['timings_s']: L.append(f"| {s} | {m['timings_s'][s]} | {_fmt(m['peak_rss_mib'].get(s), 0)} |")
+    L += ['', '## Figures', ''] + [f'![{k}]({v.as_posix()})' for k, v in figs.items()]
+    write_text(run/'report.md', '\n'.join(L) + '\n')
+    _say(log, f"report: {run/'report.md'}")
+    return m
+
+# %% ../nbs/13_pipeline.ipynb #5057ce4f
+def _remove(path:Path):
+    "Remove a file or folder (a folder is renamed first, so a kill never leaves half of it under its name)."
+    if path.is_dir():
+        tmp = path.with_name(f'.{path.name}.removing')
+        if tmp.exists(): shutil.rmtree(tmp)
+        os.replace(path, tmp); shutil.rmtree(tmp)
+    elif path.exists(): path.unlink()
+
+def peak_rss_mib()->float:
+    "This process's peak resident memory so far, in MiB (Linux and macOS)."
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(r / (2**20 if sys.platform == 'darwin' else 2**10), 1)
+
+def clean_partial(run:Path)->int:
+    "Remove what killed writes left under `run`: temporary `.*.part` files and half-removed folders; returns how many."
+    n = 0
+    for p in list(run.rglob('.*.part')) + list(run.rglob('.*.removing')):
+        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
+        elif p.exists(): p.unlink()
+        n += 1
+    return n
+
+def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
+                 run, # the run folder
+                 from_step:str|None=None, # redo this step and every later one
+                 only:str|None=None, # run this step alone (its predecessors must be finished)
+                 device=None, # default: this process's GPU under torchrun, else CUDA when present, else CPU
+                 check_inputs:bool=True, # validate the dataset and pool first
+                 log=None)->dict: # the `metrics.json` content (after the report step), else the step summaries
+    "The whole method in a resumable run folder: every step skipped when finished with the same settings."
+    run = Path(run)
+    for name, v in (('from_step', from_step), ('only', only)):
+        if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
+    if check_inputs: check_run_inputs(cfg)
+    fps = fingerprints(cfg)
+    first_redo = STEPS.index(from_step) if from_step else len(STEPS)
+    todo = [only] if only else list(STEPS)
+    steps_dir = run/'steps'
+    def record(s):
+        f = steps_dir/f'{s}.json'
+        return json.loads(f.read_text()) if f.exists() else None
+    for i, s in enumerate(STEPS):                                          # refuse mixed configurations before any work
+        r = record(s)
+        if r and r['fingerprint'] != fps[s] and i < first_redo:
+            changed = _diff(r['settings'], step_settings(cfg, s))
+            raise WoodInputError(steps_dir/f'{s}.json', f"step {s!r} finished with other settings" +
+                                 (f" ({'; '.join(changed)})" if changed else ' (an earlier step changed)') + '.',
+                                 f'rerun with --from {s} to redo it and every later step, or write to another --out folder.')
+    if only:
+        for s in STEPS[:STEPS.index(only)]:
+            r = record(s)
+            if not r or r['fingerprint'] != fps[s]:
+                raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
+    device = torch.device(device) if device is not None else init_distributed()
+    if is_main():
+        run.mkdir(parents=True, exist_ok=True)
+        n = clean_partial(run)
+        if n: _say(log, f'removed {n} temporary file(s) left by an interrupted run')
+        for s in STEPS[first_redo:]:                                       # --from: forget the step and everything after it
+            if only and s != only: continue
+            for o in STEP_OUTPUTS[s]: _remove(run/o)
+            for f in (steps_dir/f'{s}.json', steps_dir/f'{s}.started.json'): _remove(f)
+        write_json(run/'config.json', config_dict(cfg))
+    barrier()
+    fns, summary = _step_fns(cfg, run, device, log), {}
+    for s in todo:
+        r = record(s)
+        if r and r['fingerprint'] == fps[s]:
+            summary[s] = r.get('summary', {}); continue
+        started = steps_dir/f'{s}.started.json'
+        if is_main():
+            if started.exists() and json.loads(started.read_text())['fingerprint'] != fps[s]:
+                for o in STEP_OUTPUTS[s]: _remove(run/o)                      # partial outputs of other settings
+            write_json(started, {'fingerprint': fps[s]})
+        barrier()
+        _say(log, f'step {s} ...')
+        t = time.perf_counter()
+        summary[s] = fns[s]() or {}
+        secs = round(time.perf_counter() - t, 1)
+        if is_main():
+            write_json(steps_dir/f'{s}.json', {'step': s, 'fingerprint': fps[s], 'settings': step_settings(cfg, s),
+                                               'seconds': secs, 'peak_rss_mib': peak_rss_mib(), 'summary': summary[s]})
+            _remove(started)
+        barrier()
+    return json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo else summary
