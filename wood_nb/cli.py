@@ -23,8 +23,8 @@ from .pipeline import PLANE_MODES, RUN_PRESETS, STEPS, refine_step, run_config, 
 from .wood import METRIC_FORMS, WoodConfig, train_wood
 
 # %% auto #0
-__all__ = ['run_validate', 'run_eval_cam', 'run_refine', 'run_eval_seg', 'run_summary', 'run_demo', 'load_overrides',
-           'parse_sets', 'build_parser', 'main']
+__all__ = ['DEMO_PROFILES', 'run_validate', 'run_eval_cam', 'run_refine', 'run_eval_seg', 'run_summary', 'run_demo',
+           'load_overrides', 'parse_sets', 'build_parser', 'main']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -152,17 +152,32 @@ def run_summary(m:dict, log=None)->None:
     for name, blk in (('baseline', m['baseline']), ('W-OoD', m['wood'])):
         print(f"{name:10s}" + ''.join(f" {blk.get(key) if blk.get(key) is not None else float('nan'):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log or sys.stdout)
 
+def _small_crops(size:int)->dict:
+    "Crop and resize ranges of every training for images of `size` pixels (the synthetic preset's, scaled)."
+    return {k: v for sec, ls in (('cls', (0.75, 1.25)), ('wood_train', (0.75, 1.25)), ('boundary', (0.5, 1.5)), ('seg_train', (0.5, 2.0)))
+            for k, v in ((f'{sec}.crop', size), (f'{sec}.long_side', [round(size*ls[0]), round(size*ls[1])]))}
+
+DEMO_PROFILES = {  # benchmark knobs and run settings of each demo profile
+    'quick': (dict(image_size=96, n_train=320, n_val=80, n_ood=320),      # segmentation trains on 64-px crops: its step costs the most
+              {**_small_crops(96), 'seg_train.crop': 64, 'seg_train.long_side': [48, 192], 'seg_train.epochs': 8}),
+    'full': ({}, {}),                                                    # the default benchmark with the synthetic preset
+}
+
 def run_demo(out, # the run folder
              seed:int=0, # benchmark seed (also the baseline's training seed)
-             cfg:SynthConfig|None=None, # benchmark knobs (default: the default benchmark)
-             overrides:dict|None=None, # settings of the run (dotted keys of `RunConfig`)
+             profile:str='quick', # 'quick' (96-px benchmark of 320 training images, minutes on a CPU) or 'full' (the default benchmark; use a GPU)
+             cfg:SynthConfig|None=None, # benchmark knobs (default: the profile's)
+             overrides:dict|None=None, # settings of the run (dotted keys of `RunConfig`), over the profile's
              workers:int=2, # processes that generate the benchmark
              device=None, log=None)->dict:
     "The embedded benchmark end to end (`run_pipeline` with the synthetic preset); returns `metrics.json`'s content."
     import matplotlib; matplotlib.use('Agg')
     from dataclasses import asdict
-    log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(); data = out/'data'
-    run_cfg = run_config('synthetic', {'cls.seed': seed, **(overrides or {}), 'voc_root': str(data/'voc'), 'ood_root': str(data/'ood')})
+    if profile not in DEMO_PROFILES: raise WoodInputError('--profile', f'{profile!r} is not a demo profile.', f'choose one of {sorted(DEMO_PROFILES)}.')
+    knobs, prof_ov = DEMO_PROFILES[profile]
+    log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(**knobs); data = out/'data'
+    run_cfg = run_config('synthetic', {'cls.seed': seed, **(prof_ov if cfg == SynthConfig(**knobs) else {}), **(overrides or {}),
+                                       'voc_root': str(data/'voc'), 'ood_root': str(data/'ood')})
     meta = json.loads((data/'synth.json').read_text()) if (data/'synth.json').exists() else None
     if meta and meta['seed'] == seed and meta['config'] == json.loads(json.dumps(asdict(cfg))):
         print(f'benchmark: {data} exists with the same seed and knobs; reusing it', file=log)
@@ -204,7 +219,7 @@ def parse_sets(items:list|None)->dict:
         out[k.strip()] = v
     return out
 
-# %% ../nbs/99_cli.ipynb #b84468e1
+# %% ../nbs/99_cli.ipynb #a9a3374d
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -304,6 +319,8 @@ def build_parser()->argparse.ArgumentParser:
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark (generated into RUN/data)')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0, help='benchmark seed (also the baseline training seed)')
+    d.add_argument('--profile', choices=sorted(DEMO_PROFILES), default='quick',
+                   help='quick: a 96-px benchmark of 320 training images, minutes on two CPU cores; full: the default 128-px benchmark of 1,200 (use a GPU)')
     d.add_argument('--workers', type=int, default=2, help='processes that generate the benchmark')
     for q in (rn, d):
         if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')
@@ -390,7 +407,7 @@ def main(argv:list|None=None)->int:
             if a.num_workers is not None: ov['num_workers'] = a.num_workers
             if a.cmd == 'demo':
                 if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --voc-root {a.out}/data/voc --ood-root {a.out}/data/ood --out {a.out} --from STEP.')
-                run_demo(a.out, seed=a.seed, overrides=ov, workers=a.workers, device=init_distributed(a.device)); return 0
+                run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.workers, device=init_distributed(a.device)); return 0
             for k, v in (('voc_root', a.voc_root), ('ood_root', a.ood_root)):
                 if v is not None: ov[k] = str(v)
             if (a.out/'config.json').exists() and not (a.voc_root or a.config):     # rerun of a run folder: its own settings
@@ -403,5 +420,5 @@ def main(argv:list|None=None)->int:
     except WoodInputError as e:
         print(f'error: {e}', file=sys.stderr); return 2
 
-# %% ../nbs/99_cli.ipynb #0233a3d5
+# %% ../nbs/99_cli.ipynb #d6a08464
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_mining.ipynb #73fe080a
 from __future__ import annotations
-import csv, io, math, warnings
+import csv, io, math, pickle, warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -18,8 +18,9 @@ from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, eval_transforms, read
 from .train import barrier, dist_info, is_main, unwrap
 
 # %% auto #0
-__all__ = ['RANKED_HEADER', 'CURATION_MODES', 'map_dataset', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked',
-           'read_ranked', 'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates']
+__all__ = ['RANKED_HEADER', 'CURATION_MODES', 'map_dataset', 'distributed', 'main_result', 'reduce_over_processes',
+           'cat_over_processes', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked', 'read_ranked',
+           'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates']
 
 # %% ../nbs/07_mining.ipynb #ae3dd0a8
 def _list_collate(items): return items
@@ -69,6 +70,55 @@ def map_dataset(model:nn.Module, # the frozen model (put in eval mode for the pa
             for i, v in zip(idx, vals): full[i] = v
         out = full
     return out
+
+# %% ../nbs/07_mining.ipynb #1cbc7408
+def distributed()->bool:
+    "True inside a `torchrun` process group of more than one process."
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+def _portable(e:BaseException)->tuple:
+    "An exception in a form every process can unpickle (a `WoodInputError` by its parts)."
+    if isinstance(e, WoodInputError): return ('wood', (e.where, e.problem, e.fix))
+    try: pickle.loads(pickle.dumps(e)); return ('err', e)
+    except Exception: return ('err', RuntimeError(f'{type(e).__name__} on rank 0: {e}'))
+
+def main_result(fn:Callable, # called without arguments, on rank 0 only
+               ): # `fn()` (picklable), on every process
+    "Run `fn` on rank 0 alone and give its result, or raise its exception, on every `torchrun` process."
+    if not distributed(): return fn()
+    box, err = [None], None
+    if dist.get_rank() == 0:
+        try: box[0] = ('ok', fn())
+        except Exception as e: err = e; box[0] = _portable(e)
+    dist.broadcast_object_list(box, src=0)
+    if err is not None: raise err                             # rank 0 keeps its own traceback
+    kind, v = box[0]
+    if kind == 'wood': raise WoodInputError(*v)
+    if kind == 'err': raise v
+    return v
+
+_OPS = {'sum': 'SUM', 'max': 'MAX', 'min': 'MIN'}
+
+def reduce_over_processes(t:torch.Tensor, # a tensor of the same shape on every process
+                          op:str='sum', # 'sum', 'max' or 'min'
+                         )->torch.Tensor: # a reduced, detached copy (`t` detached outside `torchrun`)
+    "The sum (max, min) of `t` over the `torchrun` processes; every process must call it."
+    if op not in _OPS: raise WoodInputError('op', f'{op!r} is not a reduction.', f'use one of {list(_OPS)}.')
+    t = t.detach().clone()
+    if not distributed(): return t
+    dev = t.device
+    if dist.get_backend() == 'nccl' and dev.type != 'cuda': t = t.cuda()    # NCCL reduces GPU tensors only
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, _OPS[op]))
+    return t.to(dev)
+
+def cat_over_processes(t:torch.Tensor, # `(n_r, ...)`: this process's rows (n_r may differ between processes)
+                      )->torch.Tensor: # `(sum n_r, ...)`, detached, rank 0's rows first (`t` detached outside `torchrun`)
+    "The rows of `t` of every `torchrun` process, concatenated in rank order; every process must call it."
+    t = t.detach()
+    if not distributed(): return t
+    parts = [None]*dist.get_world_size()
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts).to(t.device)
 
 # %% ../nbs/07_mining.ipynb #5f1e0261
 class Candidate(NamedTuple):
@@ -217,7 +267,7 @@ def curate(ranked:list, # candidates from `rank_candidates`, best first
     if unranked: warnings.warn(f'{curated_list}: {unranked} kept path(s) are pool images that are not among the {len(ranked)} candidates; they are left out.', stacklevel=2)
     return [c for c in ranked if c.path in keep]
 
-# %% ../nbs/07_mining.ipynb #210b8dff
+# %% ../nbs/07_mining.ipynb #1004ccf8
 def _kind_counts(paths, meta:dict)->dict:
     kinds = {}
     for p in paths:
@@ -259,24 +309,22 @@ def mine(model:nn.Module, # the baseline classifier F_in
     _check_curation(curation, pool_root, curated_list, list_file)
     out, pool_root = Path(out_dir), Path(pool_root)
     classes = classes if classes is not None else getattr(unwrap(model), 'classes', None)
-    scores = score_pool(model, pool_root, list_file, batch_size, device, num_workers, progress)
-    ranked = rank_candidates(scores, threshold, top_k)
-    if is_main():
+    scores = score_pool(model, pool_root, list_file, batch_size, device, num_workers, progress)   # split over processes, gathered
+    def rank_curate_write():                                      # once, on rank 0 (`main_result`)
+        ranked = rank_candidates(scores, threshold, top_k)
         write_ranked(out/'scores.csv', scores, classes); write_ranked(out/'ranked.csv', ranked, classes)
-    kept = curate(ranked, curation, pool_root, curated_list, list_file)
-    if not kept:
-        barrier()
-        why = 'no pool image scored above the threshold' if not ranked else f'curation {curation!r} removed all {len(ranked)} candidates'
-        raise WoodInputError('--threshold' if not ranked else '--curation', f'no OoD image was kept: {why}.',
-                             f'look at the scores in {out/"scores.csv"} and lower the threshold or use --top-k; check the curated list.')
-    meta = read_ood_meta(pool_root, columns=True) if (pool_root/'ood_meta.csv').is_file() else None
-    summary = dict(mining_summary(scores, ranked, kept, meta), threshold=threshold, top_k=top_k, curation=curation,
-                   curated_list=str(curated_list) if curated_list is not None else None, pool_root=str(pool_root), list_file=list_file)
-    if is_main():
+        kept = curate(ranked, curation, pool_root, curated_list, list_file)
+        if not kept:
+            why = 'no pool image scored above the threshold' if not ranked else f'curation {curation!r} removed all {len(ranked)} candidates'
+            raise WoodInputError('--threshold' if not ranked else '--curation', f'no OoD image was kept: {why}.',
+                                 f'look at the scores in {out/"scores.csv"} and lower the threshold or use --top-k; check the curated list.')
+        meta = read_ood_meta(pool_root, columns=True) if (pool_root/'ood_meta.csv').is_file() else None
+        summary = dict(mining_summary(scores, ranked, kept, meta), threshold=threshold, top_k=top_k, curation=curation,
+                       curated_list=str(curated_list) if curated_list is not None else None, pool_root=str(pool_root), list_file=list_file)
         write_ood_list(out/'ood_list.txt', [c.path for c in kept])
         write_json(out/'mining.json', summary)
-    barrier()
-    return summary
+        return summary
+    return main_result(rank_curate_write)
 
 # %% ../nbs/07_mining.ipynb #7235578e
 def plot_candidates(pool_root, # the pool folder

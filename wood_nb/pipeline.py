@@ -12,7 +12,8 @@ import torch
 
 from .core import WoodInputError, IGNORE_INDEX, read_classes, voc_palette, write_json, load_mask
 from .data import read_split, read_image, eval_transforms
-from .train import TrainConfig, is_main, barrier
+from .train import TrainConfig, is_main, barrier, dist_info
+from .mining import main_result, reduce_over_processes
 from .cam import load_cam_record, normalize_cams
 from .metrics import seed_from_cams, eval_cam_dir
 from .refine import (BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_mask_dir, load_boundary_net)
@@ -42,8 +43,10 @@ def refine_planes(mode:str='irn', # 'irn' (0.30 / 0.15, walk plane 0.22) or 'see
     t = float(seed_threshold)
     return dict(fg_thresh=t, bg_thresh=round(max(t - 0.25, 0.05), 4), bg_plane=t)
 
-# %% ../nbs/13_pipeline.ipynb #fa8d8768
-def _say(log, msg): print(msg, file=log or sys.stdout)
+# %% ../nbs/13_pipeline.ipynb #da8fb8d6
+def _say(log, msg):
+    "Print a progress message (on rank 0 only under `torchrun`)."
+    if is_main(): print(msg, file=log or sys.stdout)
 
 def refine_step(voc_root, # VOC-layout root
                 cam_dir, # the model's CAM records of `split`
@@ -67,7 +70,7 @@ def refine_step(voc_root, # VOC-layout root
     if not Path(cam_dir).is_dir(): raise WoodInputError(cam_dir, 'is not a folder of CAM records.', 'compute the CAMs of this split first (wood cam).')
     has_gt = all((voc_root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(voc_root, split))
     if mode == 'seed' and seed_threshold is None and has_gt:         # the seeds' best threshold, as the seed evaluation finds it
-        seed_threshold = eval_cam_dir(voc_root, split, cam_dir).summary(read_classes(voc_root))['seed_threshold']
+        seed_threshold = main_result(lambda: eval_cam_dir(voc_root, split, cam_dir).summary(read_classes(voc_root))['seed_threshold'])
         _say(log, f'seed threshold of {cam_dir}: {seed_threshold:.2f}')
     p = refine_planes(mode, seed_threshold)
     if bg_plane is not None: p['bg_plane'] = float(bg_plane)
@@ -76,10 +79,11 @@ def refine_step(voc_root, # VOC-layout root
     make_pseudo_masks(net, voc_root, split, cam_dir, out/'masks', radius=int(w['radius']), beta=beta, logt=int(w['logt']),
                       bg_plane=p['bg_plane'], device=device, progress=False)
     if not has_gt: _say(log, f"pseudo-masks: {out/'masks'} (no ground truth for every image of {split!r}: not scored)"); return None
-    res = {**eval_mask_dir(voc_root, split, out/'masks'), 'planes': {'mode': mode, **p}, 'walk': w}
-    if is_main(): write_json(out/'masks.json', res)
-    barrier()
-    return res
+    def score():                                                   # once, on rank 0
+        res = {**eval_mask_dir(voc_root, split, out/'masks'), 'planes': {'mode': mode, **p}, 'walk': w}
+        write_json(out/'masks.json', res)
+        return res
+    return main_result(score)
 
 def segment_step(voc_root, # VOC-layout root
                  mask_dir, # the pseudo-masks of `split`
@@ -103,10 +107,11 @@ def segment_step(voc_root, # VOC-layout root
                   postprocess=post, device=dev, progress=False)
     if not all((voc_root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(voc_root, eval_split)):
         _say(log, f"predictions: {out/'pred'} (no ground truth for every image of {eval_split!r}: not scored)"); return None
-    res = {**eval_seg_dir(voc_root, eval_split, out/'pred'), 'crf': crf}
-    if is_main(): write_json(out/'eval.json', res)
-    barrier()
-    return res
+    def score():                                                   # once, on rank 0
+        res = {**eval_seg_dir(voc_root, eval_split, out/'pred'), 'crf': crf}
+        write_json(out/'eval.json', res)
+        return res
+    return main_result(score)
 
 # %% ../nbs/13_pipeline.ipynb #285f0c4d
 def refine_and_segment(run, # a run folder with `cam/<model>/` and `eval/<model>.json` for each model
@@ -511,9 +516,9 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
     run = Path(run)
     cfg = cfg or config_from_dict(json.loads((run/'config.json').read_text()))
     root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
+    figs = {k: Path(v).relative_to(run) for k, v in chain_figures(root, pool, run, arm='wood').items()}   # every process (its passes are split)
     m = collect_metrics(run)
     if not is_main(): return m
-    figs = {k: Path(v).relative_to(run) for k, v in chain_figures(root, pool, run, arm='wood').items()}
     from wood_nb.cam import cue_bearing_ids
     ids = (cue_bearing_ids(root, read_split(root, cfg.split), 3) if (root/'SegmentationCue').is_dir() else read_split(root, cfg.split)[:3])
     pics = {'chain': lambda: chain_panels(root, run, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
@@ -549,7 +554,7 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
               + (f"; {100 * mm['hard_share_kept']:.1f} % of the kept are hard OoD images" if mm.get('hard_share_kept') is not None else '') + '.']
     L += ['', '## Steps', '', f'Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, '
           + (torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU') + '. Seconds are those of the run that finished the step.', '',
-          '| step | seconds | peak memory of the process (MiB) |', '|---|---|---|']
+          '| step | seconds | peak memory of a process (MiB) |', '|---|---|---|']
     for s in STEPS:
         if s in m['timings_s']: L.append(f"| {s} | {m['timings_s'][s]} | {_fmt(m['peak_rss_mib'].get(s), 0)} |")
     L += ['', '## Figures', ''] + [f'![{k}]({v.as_posix()})' for k, v in figs.items()]
@@ -589,10 +594,12 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  check_inputs:bool=True, # validate the dataset and pool first
                  log=None)->dict: # the `metrics.json` content (after the report step), else the step summaries
     "The whole method in a resumable run folder: every step skipped when finished with the same settings."
-    run = Path(run)
+    run = Path(run).absolute()                                             # a relative --out would be read against the pool folder
     for name, v in (('from_step', from_step), ('only', only)):
         if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
-    if check_inputs: check_run_inputs(cfg)
+    dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
+    device = torch.device(device) if device is not None else dev
+    if check_inputs: main_result(lambda: check_run_inputs(cfg))          # once; its error stops every process
     fps = fingerprints(cfg)
     first_redo = STEPS.index(from_step) if from_step else len(STEPS)
     todo = [only] if only else list(STEPS)
@@ -612,7 +619,7 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
             r = record(s)
             if not r or r['fingerprint'] != fps[s]:
                 raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
-    device = torch.device(device) if device is not None else init_distributed()
+    barrier()                                                              # every process has read the records before rank 0 changes them
     if is_main():
         run.mkdir(parents=True, exist_ok=True)
         n = clean_partial(run)
@@ -638,9 +645,10 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         t = time.perf_counter()
         summary[s] = fns[s]() or {}
         secs = round(time.perf_counter() - t, 1)
+        rss = round(float(reduce_over_processes(torch.tensor(peak_rss_mib(), dtype=torch.float64), 'max')), 1)   # the largest of the processes
         if is_main():
-            write_json(steps_dir/f'{s}.json', {'step': s, 'fingerprint': fps[s], 'settings': step_settings(cfg, s),
-                                               'seconds': secs, 'peak_rss_mib': peak_rss_mib(), 'summary': summary[s]})
+            write_json(steps_dir/f'{s}.json', {'step': s, 'fingerprint': fps[s], 'settings': step_settings(cfg, s), 'seconds': secs,
+                                               'peak_rss_mib': rss, 'processes': dist_info()[1], 'summary': summary[s]})
             _remove(started)
         barrier()
     return json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo else summary

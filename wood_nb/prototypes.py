@@ -13,8 +13,8 @@ from torch import nn
 
 from .core import WoodInputError, load_npz, save_npz
 from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, VOCDataset, eval_transforms, read_ood_meta
-from .mining import map_dataset
-from .train import barrier, is_main, unwrap
+from .mining import main_result, map_dataset
+from .train import unwrap
 
 # %% auto #0
 __all__ = ['PROTO_FORMAT', 'image_features', 'class_prototypes', 'kmeans', 'save_prototypes', 'load_prototypes',
@@ -227,16 +227,16 @@ def compute_prototypes(model:nn.Module, # the frozen baseline F_in
     cp = class_prototypes(image_features(model, ds, batch_size, device, num_workers, progress), labels, ds.classes)
     ood = OoDDataset(pool_root, ood_list, ds.num_classes, transform=tf)
     of = image_features(model, ood, batch_size, device, num_workers, progress)
-    centres, assign, inertia = kmeans(of, k, iters, init, seed, clamp=clamp)
-    meta = dict(backbone=getattr(net, 'backbone_name', type(net).__name__), feat_dim=int(cp.shape[1]), classes=ds.classes,
-                voc_root=str(voc_root), split=split, n_images=len(ds), pool_root=str(pool_root), ood_list=str(ood_list),
-                n_ood=len(ood), k=int(centres.shape[0]), iters=iters, init=init if isinstance(init, str) else 'given', seed=seed,
-                inertia=inertia, cluster_sizes=torch.bincount(assign, minlength=len(centres)).tolist())
     path = Path(out_dir)/'prototypes.npz'
-    if is_main():
+    def cluster_and_write():                                      # once, on rank 0 (`main_result`)
+        centres, assign, inertia = kmeans(of, k, iters, init, seed, clamp=clamp)
+        meta = dict(backbone=getattr(net, 'backbone_name', type(net).__name__), feat_dim=int(cp.shape[1]), classes=ds.classes,
+                    voc_root=str(voc_root), split=split, n_images=len(ds), pool_root=str(pool_root), ood_list=str(ood_list),
+                    n_ood=len(ood), k=int(centres.shape[0]), iters=iters, init=init if isinstance(init, str) else 'given', seed=seed,
+                    inertia=inertia, cluster_sizes=torch.bincount(assign, minlength=len(centres)).tolist())
         save_prototypes(path, cp, centres, meta, ood_assign=assign.cpu().numpy(), ood_paths=np.array(ood.ids),
                         class_counts=(labels > 0.5).sum(0).numpy())
-    barrier()
+    main_result(cluster_and_write)
     return path
 
 # %% ../nbs/08_prototypes.ipynb #44bc228f

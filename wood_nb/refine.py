@@ -22,6 +22,7 @@ from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, _check_meta, _unwrap, lite0_pac
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, unwrap
 from .cam import load_cam_record, normalize_cams, strided_size
 from .metrics import ConfusionMatrix, CueActivation, seed_from_cams
+from .mining import reduce_over_processes
 
 # %% auto #0
 __all__ = ['CRF_FIX', 'BOUNDARY_FORMAT', 'BOUNDARY_PRESETS', 'confident_labels', 'crf_available', 'dense_crf', 'crf_labels',
@@ -191,11 +192,15 @@ def pair_affinities(boundary:torch.Tensor, # `(B, h, w)` boundary probabilities 
 # %% ../nbs/10_refine.ipynb #c1f08a08
 def affinity_loss(aff:torch.Tensor, # `(B, P, h, w)` affinities in [0, 1]
                   bg_pos:torch.Tensor, fg_pos:torch.Tensor, neg:torch.Tensor, # masks from `pair_labels`
-                  eps:float=1e-5)->tuple[torch.Tensor, dict]: # loss and its three parts
+                  eps:float=1e-5,
+                  counts=None, # the three denominators (bg-pos, fg-pos, neg pair counts); None: this batch's
+                 )->tuple[torch.Tensor, dict]: # loss and its three parts
     "IRN's balanced affinity loss: bg-positive, fg-positive and negative pairs averaged separately."
     pos_l, neg_l = -torch.log(aff + eps), -torch.log(1 + eps - aff)
-    mean = lambda m, l: (m * l).sum() / (m.sum() + eps)
-    bg, fg, ng = mean(bg_pos, pos_l), mean(fg_pos, pos_l), mean(neg, neg_l)
+    ms = (bg_pos, fg_pos, neg)
+    ns = [m.sum() for m in ms] if counts is None else list(counts)
+    mean = lambda m, l, n: (m * l).sum() / (n + eps)
+    bg, fg, ng = mean(bg_pos, pos_l, ns[0]), mean(fg_pos, pos_l, ns[1]), mean(neg, neg_l, ns[2])
     return (bg/2 + fg/2)/2 + ng/2, {'bg_pos': bg.detach(), 'fg_pos': fg.detach(), 'neg': ng.detach()}
 
 # %% ../nbs/10_refine.ipynb #2e25fdbe
@@ -317,7 +322,7 @@ def load_boundary_net(path, map_location='cpu')->BoundaryNet:
     m.mean, m.std, m.pretrained, m.meta = tuple(c['mean']), tuple(c['std']), c.get('init'), ck.get('meta', {})
     return m.eval()
 
-# %% ../nbs/10_refine.ipynb #2938b34b
+# %% ../nbs/10_refine.ipynb #18042e59
 def boundary_step(model, # the (possibly DDP-wrapped) `BoundaryNet`
                   batch:dict, # `image` (B, 3, H, W) and `mask` (B, H, W) confident labels
                   radius:int=5, # pair radius on the stride-4 grid
@@ -328,7 +333,10 @@ def boundary_step(model, # the (possibly DDP-wrapped) `BoundaryNet`
     if lab.shape[-2:] != logits.shape[-2:]:
         raise WoodInputError('batch', f'labels give a {tuple(lab.shape[-2:])} grid, the network {tuple(logits.shape[-2:])}.', 'pass labels at the image size.')
     aff = pair_affinities(torch.sigmoid(logits[:, 0].float()), radius)
-    return affinity_loss(aff, *pair_labels(lab, radius))
+    masks, counts = pair_labels(lab, radius), None
+    if isinstance(model, nn.parallel.DistributedDataParallel):     # a share of the global batch: its pair counts, per process
+        counts = reduce_over_processes(torch.stack([m.sum() for m in masks]).float(), 'sum') / dist_info()[1]
+    return affinity_loss(aff, *masks, counts=counts)
 
 # %% ../nbs/10_refine.ipynb #988d120c
 def _claim_dir(d:Path, params:dict):

@@ -22,6 +22,7 @@ from .model import PACKAGE_WEIGHTS, _check_input, _check_meta, create_backbone, 
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, unwrap
 from .cam import _list_collate
 from .metrics import ConfusionMatrix, CueActivation
+from .mining import reduce_over_processes
 
 # %% auto #0
 __all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'SEG_TEST_SCALES', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config',
@@ -195,7 +196,10 @@ def load_segmenter(path, # a file written by `save_segmenter`
 def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
              target:torch.Tensor, # `(B, H, W)` class indices; `ignore_index` pixels are left out
              balanced:bool=False, # weight classes by inverse pixel frequency in the batch (see above)
-             ignore_index:int=IGNORE_INDEX)->torch.Tensor: # scalar
+             ignore_index:int=IGNORE_INDEX,
+             counts=None, # `(C + 1,)` counted pixels of each class in the global batch; None: this batch's
+             processes:int=1, # the processes `counts` were summed over (each divides by its share of the normaliser)
+            )->torch.Tensor: # scalar
     "Pixel cross-entropy, plain or class-balanced; 0 (with a gradient) when no pixel is counted."
     if logits.ndim != 4 or target.shape != (logits.shape[0], *logits.shape[2:]):
         raise WoodInputError('seg_loss', f'logits {tuple(logits.shape)} and masks {tuple(target.shape)} do not match.',
@@ -209,19 +213,28 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
                                  f'masks hold 0..{K - 1} and {ignore_index}; check classes.txt and the mask folder.')
     else: return logits.sum() * 0.0
     logits = logits.float()
-    if not balanced: return F.cross_entropy(logits, target, ignore_index=ignore_index)
-    n = torch.bincount(target[valid], minlength=K).float()
-    w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n))
-    return F.cross_entropy(logits, target, weight=w, ignore_index=ignore_index)
+    if counts is None:
+        if not balanced: return F.cross_entropy(logits, target, ignore_index=ignore_index)
+        n = torch.bincount(target[valid], minlength=K).float()
+        w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n))
+        return F.cross_entropy(logits, target, weight=w, ignore_index=ignore_index)
+    n = torch.as_tensor(counts, dtype=torch.float32, device=logits.device)
+    if n.shape != (K,): raise WoodInputError('counts', f'has shape {tuple(n.shape)}, not ({K},).', 'give the counted pixels of each of the C + 1 classes.')
+    w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n)) if balanced else torch.ones_like(n)
+    return F.cross_entropy(logits, target, weight=w if balanced else None, ignore_index=ignore_index, reduction='sum') / ((n * w).sum() / processes)
 
-# %% ../nbs/11_segment.ipynb #de0514a7
+# %% ../nbs/11_segment.ipynb #3c746e9d
 def seg_step(balanced:bool=False, # class-balanced cross-entropy
             )->Callable:
     "A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` against `batch['mask']`."
     def step(model, batch):
         logits = model(batch['image'])
         target = batch['mask'].as_subclass(torch.Tensor).long()
-        loss = seg_loss(logits, target, balanced)
+        kw = {}
+        if isinstance(model, nn.parallel.DistributedDataParallel):   # a share of the global batch: the global pixel counts
+            K = logits.shape[1]; t = target[(target >= 0) & (target < K)]
+            kw = dict(counts=reduce_over_processes(torch.bincount(t, minlength=K).float(), 'sum'), processes=dist_info()[1])
+        loss = seg_loss(logits, target, balanced, **kw)
         with torch.no_grad():
             valid = target != IGNORE_INDEX
             acc = (logits.argmax(1)[valid] == target[valid]).float().mean() if valid.any() else torch.tensor(0.)

@@ -20,7 +20,7 @@ from .model import load_classifier, save_classifier
 from .train import PairedLoader, TrainConfig, barrier, fit, init_distributed, is_main, make_loader, train_classifier, unwrap
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
-from .mining import mine
+from .mining import cat_over_processes, main_result, mine, reduce_over_processes
 from .prototypes import compute_prototypes, load_prototypes
 
 # %% auto #0
@@ -72,6 +72,7 @@ def metric_loss_code(feat:torch.Tensor, # `(B, D)` image features
                      tau:float=0.2, # share of the batch's OoD distances that are pushed
                      normalize:bool=False, # distances between L2-normalised vectors (the scaled variant)
                      push_margin:float|None=None, # cap the pushed distances at this value (None: unbounded, official)
+                     q:torch.Tensor|None=None, # the threshold q_tau; None: from this batch (`wood_step` passes the global batch's under DDP)
                     )->tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # (L_d, pull, push), L_d = pull - push
     "W-OoD's metric term as the official code computes it: `(C/K) mean(y D_in) - mean(D_ood [D_ood < q_tau])`."
     _check_metric_inputs(feat, labels, class_protos, ood_protos)
@@ -79,7 +80,7 @@ def metric_loss_code(feat:torch.Tensor, # `(B, D)` image features
     d_in = centre_distances(feat, class_protos, normalize)
     d_ood = centre_distances(feat, ood_protos, normalize)
     pull = (C / K) * (labels * d_in).mean()
-    near = (d_ood < ood_threshold(d_ood, tau)).to(d_ood.dtype)
+    near = (d_ood < (ood_threshold(d_ood, tau) if q is None else q)).to(d_ood.dtype)
     push = (_push_distance(d_ood, push_margin) * near).mean()
     return pull - push, pull, push
 
@@ -127,15 +128,21 @@ def drop_top_class_mask(logits_ood:torch.Tensor, # `(B, C)` logits of the (pertu
 def _anti_adv(model:nn.Module, x:torch.Tensor, step:float, norm:str, clamp:bool)->tuple[torch.Tensor, torch.Tensor]:
     "(x', max logit of each image before the step)."
     if norm not in ('batch', 'image'): raise WoodInputError('anti_adv_norm', f'{norm!r} is not a choice.', "use 'batch' (official) or 'image'.")
-    net = unwrap(model)
+    net, ddp = unwrap(model), isinstance(model, nn.parallel.DistributedDataParallel)   # DDP: x is this process's share of the batch
     x0 = x.detach().requires_grad_(True)
     with torch.enable_grad():
         top = net(x0).max(1).values
         g, = torch.autograd.grad(top.sum(), x0)
     g = g.detach()
-    s = g.abs().max() if norm == 'batch' else g.abs().flatten(1).max(1).values.view(-1, *([1] * (g.ndim - 1)))
+    if norm == 'batch':
+        s = g.abs().max()
+        if ddp: s = reduce_over_processes(s, 'max')
+    else: s = g.abs().flatten(1).max(1).values.view(-1, *([1] * (g.ndim - 1)))
     x1 = x.detach() + step * g / (s + 1e-12)
-    if clamp: x1 = x1.clamp(x.min().item(), x.max().item())
+    if clamp:
+        lo, hi = x.min(), x.max()
+        if ddp: lo, hi = reduce_over_processes(lo, 'min'), reduce_over_processes(hi, 'max')
+        x1 = x1.clamp(lo.item(), hi.item())
     return x1.detach(), top.detach()
 
 def anti_adversarial(model:nn.Module, # the classifier (or its DDP wrapper), in whatever mode it is in
@@ -233,8 +240,11 @@ def wood_step(cfg:WoodConfig, # the loss settings
         loss = cls; logs['cls'] = cls.detach()
         if has_protos:
             c_, o_ = protos(feat.device)
+            kw = {}
+            if cfg.metric == 'code' and isinstance(model, nn.parallel.DistributedDataParallel):   # q_tau of the global batch
+                kw['q'] = ood_threshold(cat_over_processes(centre_distances(feat.detach().float(), o_, cfg.normalize)), cfg.tau)
             with torch.set_grad_enabled(cfg.use_metric_term and torch.is_grad_enabled()):
-                ld, pull, push = metric_fn(feat.float(), y, c_, o_, tau=cfg.tau, normalize=cfg.normalize, push_margin=cfg.push_margin)
+                ld, pull, push = metric_fn(feat.float(), y, c_, o_, tau=cfg.tau, normalize=cfg.normalize, push_margin=cfg.push_margin, **kw)
             if cfg.use_metric_term and cfg.lam: loss = loss + cfg.lam * ld
             logs.update(metric=ld.detach(), pull=pull.detach(), push=push.detach())
         logs['feat_norm'] = feat.detach().float().norm(dim=1).mean()
@@ -286,7 +296,7 @@ def _gt_selector(model, voc_root:Path, split:str, out:Path, scales, batch_size:i
         if is_main() and cam_dir.exists(): shutil.rmtree(cam_dir)
         barrier()
         compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, progress=False)
-        miou = float(eval_cam_dir(voc_root, split, cam_dir).best_miou)
+        miou = main_result(lambda: float(eval_cam_dir(voc_root, split, cam_dir).best_miou))
         logs['gt_miou'] = miou
         state['per_epoch'][str(epoch)] = miou
         if state['best_miou'] is None or miou > state['best_miou']:
@@ -407,15 +417,16 @@ def eval_block(model, voc_root, split:str, cam_dir, json_path, scales=DEFAULT_SC
     json_path = Path(json_path)
     if json_path.exists(): return json.loads(json_path.read_text())
     ds = VOCDataset(voc_root, split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, progress=False)
-    r = eval_cam_dir(voc_root, split, cam_dir); s = r.summary(read_classes(voc_root))
-    block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold']}
-    if r.has_cues: block['cue_activation'] = round(s['cue_activation'], 4)
-    block['per_class_iou'] = s['iou']
-    if r.has_cues: block['cue_activation_per_class'] = s['cue_activation_per_class']
-    if is_main(): write_json(json_path, block)
-    barrier()
-    return block
+    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, progress=False)   # each process its share
+    def evaluate():                                                # once, on rank 0 (`main_result`)
+        r = eval_cam_dir(voc_root, split, cam_dir); s = r.summary(read_classes(voc_root))
+        block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold']}
+        if r.has_cues: block['cue_activation'] = round(s['cue_activation'], 4)
+        block['per_class_iou'] = s['iou']
+        if r.has_cues: block['cue_activation_per_class'] = s['cue_activation_per_class']
+        write_json(json_path, block)
+        return block
+    return main_result(evaluate)
 
 def random_ood_list(pool_root, # the pool folder
                     n:int, # how many images
@@ -541,24 +552,26 @@ def chain_figures(voc_root, pool_root, run, # the chain's inputs and run folder
     for f in models.values():
         if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'run the chain first (run_wood_chain, wood demo or the ablation).')
     out, figs = run/'figures', {}
-    def save(name, fig):
-        with atomic_path(out/name) as f: fig.savefig(f, format='png', dpi=90)
-        plt.close(fig); figs[name] = out/name
+    def save(name, make):                                        # drawn and written by process 0 only
+        if is_main():
+            fig = make()
+            with atomic_path(out/name) as f: fig.savefig(f, format='png', dpi=90)
+            plt.close(fig)
+        figs[name] = out/name
     ds = VOCDataset(voc_root, split, transform=None, with_mask=False)
     ids = cue_bearing_ids(voc_root, ds.ids, n)
     dirs = {'baseline': run/'cam'/'baseline', 'W-OoD': run/'cam'/arm}
     for name, f in models.items():
-        need = [i for i in ids if not (dirs[name]/f'{i}.npz').exists()]
+        need = main_result(lambda: [i for i in ids if not (dirs[name]/f'{i}.npz').exists()])   # one answer for every process
         if need:
             m = load_classifier(f, num_classes=len(classes), classes=classes)
             full = VOCDataset(voc_root, split, transform=eval_transforms(mean=m.mean, std=m.std), with_mask=False)
             sub = Subset(full, [full.ids.index(i) for i in need]); sub.ids = need
             compute_cams(m, sub, dirs[name], batch_size=batch_size, device=device, progress=False)
-    save('cams.png', plot_cams(voc_root, dirs, ids, title=f'baseline against W-OoD ({arm}): CAMs on cue-bearing training images'))
-    wood_meta = load_classifier(models['W-OoD']).meta
-    save('wood_history.png', plot_wood_history(wood_meta['history'], title=f'W-OoD ({arm}) loss terms per epoch'))
+    save('cams.png', lambda: plot_cams(voc_root, dirs, ids, title=f'baseline against W-OoD ({arm}): CAMs on cue-bearing training images'))
+    save('wood_history.png', lambda: plot_wood_history(load_classifier(models['W-OoD']).meta['history'], title=f'W-OoD ({arm}) loss terms per epoch'))
     if (run/'mining'/'ranked.csv').is_file():
-        save('mined_candidates.png', plot_candidates(pool_root, read_ranked(run/'mining'/'ranked.csv', classes), n=18, classes=classes))
+        save('mined_candidates.png', lambda: plot_candidates(pool_root, read_ranked(run/'mining'/'ranked.csv', classes), n=18, classes=classes))
     pf = run/'prototypes'/'mined'/'prototypes.npz'
     if pf.is_file():
         p = load_prototypes(pf)
@@ -566,5 +579,6 @@ def chain_figures(voc_root, pool_root, run, # the chain's inputs and run folder
         ood = OoDDataset(pool_root, run/'mining'/'ood_list.txt', len(classes), transform=eval_transforms(mean=base.mean, std=base.std))
         if list(ood.ids) == list(p['ood_paths']):
             feats = image_features(base, ood, batch_size, device)
-            save('ood_clusters.png', plot_clusters(pool_root, p['ood_paths'], p['ood_assign'], p['ood_protos'], feats))
+            save('ood_clusters.png', lambda: plot_clusters(pool_root, p['ood_paths'], p['ood_assign'], p['ood_protos'], feats))
+    barrier()
     return figs
