@@ -599,7 +599,6 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
     dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
     device = torch.device(device) if device is not None else dev
-    if check_inputs: main_result(lambda: check_run_inputs(cfg))          # once; its error stops every process
     fps = fingerprints(cfg)
     first_redo = STEPS.index(from_step) if from_step else len(STEPS)
     todo = [only] if only else list(STEPS)
@@ -607,6 +606,10 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
     def record(s):
         f = steps_dir/f'{s}.json'
         return json.loads(f.read_text()) if f.exists() else None
+    def done(s): return STEPS.index(s) < first_redo and (record(s) or {}).get('fingerprint') == fps[s]
+    if check_inputs:                    # once (its error stops every process); decode every image only when a step will run
+        pending = any(not done(s) for s in todo)
+        main_result(lambda: check_run_inputs(cfg, deep=pending))
     for i, s in enumerate(STEPS):                                          # refuse mixed configurations before any work
         r = record(s)
         if r and r['fingerprint'] != fps[s] and i < first_redo:
