@@ -16,8 +16,9 @@ def ddp_run(tmp_path_factory):
     out = tmp_path_factory.mktemp('ddp')
     with socket.socket() as s:                      # a free port on the loopback interface only
         s.bind(('127.0.0.1', 0)); port = s.getsockname()[1]
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '2', '--master-addr', '127.0.0.1',
+    env = {**os.environ, 'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': 'lo'}
+    # torchrun_loopback: the stock launcher's rendezvous store would listen on every interface
+    cmd = [sys.executable, str(Path(__file__).parent/'torchrun_loopback.py'), '--nproc-per-node', '2', '--master-addr', '127.0.0.1',
            '--master-port', str(port), str(Path(__file__).parent/'ddp_worker.py'), '--out', str(out)]
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
     try: log, _ = p.communicate(timeout=300)

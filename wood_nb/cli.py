@@ -116,7 +116,7 @@ def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:T
                bg_plane:float|None=None, crf:bool=False, beta:float=10.0, device=None, log=None)->dict|None:
     "Boundary network, random walk and pseudo-masks from CAM records (`pipeline.refine_step`); prints and returns the mask evaluation."
     walk = {k: v for k, v in (('radius', walk_radius), ('logt', logt)) if v is not None}
-    res = refine_step(root, cams, out, split, preset, planes, seed_threshold, cfg, walk, beta, crf, radius, bg_plane, device, log)
+    res = refine_step(root, cams, out, split, preset, planes, seed_threshold, cfg, walk, beta, crf, radius, bg_plane, device=device, log=log)
     if res is None: return None
     print(f"mask mIoU {res['miou']:.2f} on {split}" + (f", cue activation {res['cue_activation']:.3f}" if res.get('cue_activation') is not None else '')
           + f" ({res['planes']['mode']} planes: fg {res['planes']['fg_thresh']:.2f}, bg {res['planes']['bg_thresh']:.2f}, walk {res['planes']['bg_plane']:.2f})"
@@ -158,14 +158,14 @@ def _small_crops(size:int)->dict:
             for k, v in ((f'{sec}.crop', size), (f'{sec}.long_side', [round(size*ls[0]), round(size*ls[1])]))}
 
 DEMO_PROFILES = {  # benchmark knobs and run settings of each demo profile
-    'quick': (dict(image_size=96, n_train=320, n_val=80, n_ood=320),      # segmentation trains on 64-px crops: its step costs the most
-              {**_small_crops(96), 'seg_train.crop': 64, 'seg_train.long_side': [48, 192], 'seg_train.epochs': 8}),
+    'quick': (dict(image_size=96, n_train=320, n_val=80, n_ood=320),      # minutes on two CPU cores: seeds and pseudo-masks
+              {**_small_crops(96), 'wood_train.epochs': 3, 'seg.enabled': False}),
     'full': ({}, {}),                                                    # the default benchmark with the synthetic preset
 }
 
 def run_demo(out, # the run folder
              seed:int=0, # benchmark seed (also the baseline's training seed)
-             profile:str='quick', # 'quick' (96-px benchmark of 320 training images, minutes on a CPU) or 'full' (the default benchmark; use a GPU)
+             profile:str='quick', # 'quick' (96-px benchmark of 320 training images, up to the pseudo-masks, minutes on a CPU) or 'full' (the default benchmark, every step; use a GPU)
              cfg:SynthConfig|None=None, # benchmark knobs (default: the profile's)
              overrides:dict|None=None, # settings of the run (dotted keys of `RunConfig`), over the profile's
              workers:int=2, # processes that generate the benchmark
@@ -320,7 +320,8 @@ def build_parser()->argparse.ArgumentParser:
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0, help='benchmark seed (also the baseline training seed)')
     d.add_argument('--profile', choices=sorted(DEMO_PROFILES), default='quick',
-                   help='quick: a 96-px benchmark of 320 training images, minutes on two CPU cores; full: the default 128-px benchmark of 1,200 (use a GPU)')
+                   help='quick: a 96-px benchmark of 320 training images up to the pseudo-masks, minutes on two CPU cores; '
+                        'full: the default 128-px benchmark of 1,200, segmentation included (use a GPU)')
     d.add_argument('--workers', type=int, default=2, help='processes that generate the benchmark')
     for q in (rn, d):
         if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')

@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #607ef905
 from __future__ import annotations
-import contextlib, hashlib, json, os, random, shutil, tempfile
+import contextlib, functools, hashlib, json, os, random, shutil, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -45,9 +45,9 @@ def read_classes(root, # dataset root; `root/classes.txt` is read when present
     if len(names) > 254: raise WoodInputError(f, f'{len(names)} classes do not fit mask values 1..254.', 'use at most 254 classes.')
     return names
 
-# %% ../nbs/00_core.ipynb #dbb455fe
-def voc_palette(n:int=256)->np.ndarray:
-    "PASCAL VOC colour map: an `(n, 3)` uint8 array, row `k` the colour of mask value `k`."
+# %% ../nbs/00_core.ipynb #d3601759
+@functools.lru_cache(maxsize=8)
+def _palette(n:int)->bytes:
     pal = np.zeros((n, 3), np.uint8)
     for k in range(n):
         c, r, g, b = k, 0, 0, 0
@@ -55,7 +55,11 @@ def voc_palette(n:int=256)->np.ndarray:
             r |= ((c >> 0) & 1) << (7 - j); g |= ((c >> 1) & 1) << (7 - j); b |= ((c >> 2) & 1) << (7 - j)
             c >>= 3
         pal[k] = r, g, b
-    return pal
+    return pal.tobytes()
+
+def voc_palette(n:int=256)->np.ndarray:
+    "PASCAL VOC colour map: an `(n, 3)` uint8 array, row `k` the colour of mask value `k` (a fresh copy; built once per `n`)."
+    return np.frombuffer(_palette(n), np.uint8).reshape(n, 3).copy()
 
 # %% ../nbs/00_core.ipynb #db28db2e
 def seed_everything(seed:int, # seeds Python, NumPy and torch (all devices)

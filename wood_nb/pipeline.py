@@ -23,8 +23,8 @@ from .segment import (train_segmenter, predict_split, eval_seg_dir, load_segment
 __all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'STEPS', 'STEP_OUTPUTS', 'refine_planes',
            'refine_step', 'segment_step', 'refine_and_segment', 'chain_panels', 'plot_iou_change', 'MiningConfig',
            'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
-           'config_from_dict', 'config_dict', 'step_settings', 'fingerprints', 'check_run_inputs', 'collect_metrics',
-           'write_report', 'peak_rss_mib', 'clean_partial', 'run_pipeline']
+           'config_from_dict', 'config_dict', 'step_settings', 'fingerprints', 'pretrained_kw', 'check_run_inputs',
+           'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'run_pipeline']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 PLANE_MODES = ('irn', 'seed')
@@ -61,26 +61,31 @@ def refine_step(voc_root, # VOC-layout root
                 crf:bool=False, # dense CRF on the confident labels (needs pydensecrf2)
                 radius:int|None=None, # pair radius of the boundary training (default: the preset's)
                 bg_plane:float|None=None, # override of the walk's background plane
-                device=None, log=None)->dict|None: # the mask evaluation (None when the split has no ground truth)
+                device=None, log=None,
+                model_kw:dict|None=None, # overrides of the network preset (e.g. `pretrained='resnet50.pth'`)
+                score_split:str|None=None, # the split the masks are scored on (default: `split`; VOC: train inside train_aug)
+               )->dict|None: # the mask evaluation (None when the split has no ground truth)
     "Boundary network, random-walk pseudo-masks and their score for one model's CAMs; skipped when `out/masks.json` exists."
     out, voc_root = Path(out), Path(voc_root)
     if (out/'masks.json').exists(): return json.loads((out/'masks.json').read_text())
     if preset not in BOUNDARY_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a refinement preset.', f'choose one of {sorted(BOUNDARY_PRESETS)}.')
     mode = DEFAULT_PLANES[preset] if planes == 'auto' else planes
     if not Path(cam_dir).is_dir(): raise WoodInputError(cam_dir, 'is not a folder of CAM records.', 'compute the CAMs of this split first (wood cam).')
-    has_gt = all((voc_root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(voc_root, split))
+    score_split = score_split or split
+    has_gt = all((voc_root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(voc_root, score_split))
     if mode == 'seed' and seed_threshold is None and has_gt:         # the seeds' best threshold, as the seed evaluation finds it
-        seed_threshold = main_result(lambda: eval_cam_dir(voc_root, split, cam_dir).summary(read_classes(voc_root))['seed_threshold'])
+        seed_threshold = main_result(lambda: eval_cam_dir(voc_root, score_split, cam_dir).summary(read_classes(voc_root))['seed_threshold'])
         _say(log, f'seed threshold of {cam_dir}: {seed_threshold:.2f}')
     p = refine_planes(mode, seed_threshold)
     if bg_plane is not None: p['bg_plane'] = float(bg_plane)
     w = {**BOUNDARY_PRESETS[preset]['walk'], **(walk or {})}
-    net = train_boundary(voc_root, split, cam_dir, out, cfg=cfg, preset=preset, radius=radius, fg_thresh=p['fg_thresh'], bg_thresh=p['bg_thresh'], crf=crf, device=device, progress=False)
+    net = train_boundary(voc_root, split, cam_dir, out, cfg=cfg, preset=preset, radius=radius, fg_thresh=p['fg_thresh'], bg_thresh=p['bg_thresh'], crf=crf,
+                         model_kw=model_kw, device=device, progress=False)
     make_pseudo_masks(net, voc_root, split, cam_dir, out/'masks', radius=int(w['radius']), beta=beta, logt=int(w['logt']),
                       bg_plane=p['bg_plane'], device=device, progress=False)
-    if not has_gt: _say(log, f"pseudo-masks: {out/'masks'} (no ground truth for every image of {split!r}: not scored)"); return None
+    if not has_gt: _say(log, f"pseudo-masks: {out/'masks'} (no ground truth for every image of {score_split!r}: not scored)"); return None
     def score():                                                   # once, on rank 0
-        res = {**eval_mask_dir(voc_root, split, out/'masks'), 'planes': {'mode': mode, **p}, 'walk': w}
+        res = {**eval_mask_dir(voc_root, score_split, out/'masks'), 'score_split': score_split, 'planes': {'mode': mode, **p}, 'walk': w}
         write_json(out/'masks.json', res)
         return res
     return main_result(score)
@@ -96,12 +101,14 @@ def segment_step(voc_root, # VOC-layout root
                  scales=None, # test scales (default: `SEG_EVAL_SCALES[preset]`)
                  flip:bool=True, # add flipped passes at test time
                  crf:bool=False, # dense CRF on the predicted probabilities (needs pydensecrf2)
-                 device=None, log=None)->dict|None: # the evaluation (None when `eval_split` has no ground truth)
+                 device=None, log=None,
+                 model_kw:dict|None=None, # overrides of the model preset (e.g. `pretrained='resnet101.pth'`)
+                )->dict|None: # the evaluation (None when `eval_split` has no ground truth)
     "DeepLab-v2 on one model's pseudo-masks, its predictions of `eval_split` and their score; skipped when `out/eval.json` exists."
     out, voc_root = Path(out), Path(voc_root)
     if (out/'eval.json').exists(): return json.loads((out/'eval.json').read_text())
     post = crf_postprocess() if crf else None                  # before training: a missing extra stops here
-    model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, device=device)
+    model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, model_kw=model_kw, device=device)
     dev = device or (torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu'))
     predict_split(model.to(dev), voc_root, eval_split, out/'pred', scales=tuple(scales or SEG_EVAL_SCALES.get(preset, (1.0,))), flip=flip,
                   postprocess=post, device=dev, progress=False)
@@ -157,11 +164,12 @@ def chain_panels(voc_root, # VOC-layout root
     voc_root, run, pal = Path(voc_root), Path(run), voc_palette()
     pal_unsure = pal.copy(); pal_unsure[IGNORE_INDEX] = 255
     classes = read_classes(voc_root); labels = labels or {}
-    cols = ('image', 'ground truth', 'seed (t)', 'confident labels', 'boundary', 'pseudo-mask', 'segmentation')
+    has_seg = all((run/'seg'/n/'model.pt').exists() for n in names)   # the segmentation column only when every model has its network
+    cols = ('image', 'ground truth', 'seed (t)', 'confident labels', 'boundary', 'pseudo-mask') + (('segmentation',) if has_seg else ())
     nets = {}
     for n in names:
         bnet = load_boundary_net(run/'refine'/n/'model.pt').to(device).eval()
-        snet = load_segmenter(run/'seg'/n/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
+        snet = load_segmenter(run/'seg'/n/'model.pt', num_classes=len(classes), classes=classes).to(device).eval() if has_seg else None
         nets[n] = (bnet, snet, json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold'])
     rows = [(i, n) for i in ids for n in names]
     fig, axs = plt.subplots(len(rows), len(cols), figsize=(1.7*len(cols), 1.75*len(rows)), squeeze=False)
@@ -173,10 +181,10 @@ def chain_panels(voc_root, # VOC-layout root
         seed = seed_from_cams(normalize_cams(rec['high_res']), rec['keys'], t)
         with torch.no_grad():
             bd = bnet.boundary(eval_transforms(mean=bnet.mean, std=bnet.std)(img)[None].float().to(device))[0].cpu().numpy()
-            seg = predict(snet, eval_transforms(mean=snet.mean, std=snet.std)(img)[None].float().to(device), (1.0,), True)[0].argmax(0).cpu().numpy()
+            seg = predict(snet, eval_transforms(mean=snet.mean, std=snet.std)(img)[None].float().to(device), (1.0,), True)[0].argmax(0).cpu().numpy() if has_seg else None
         panels = (rgb, pal[load_mask(voc_root/'SegmentationClass'/f'{i}.png')], pal[seed],
                   pal_unsure[load_mask(run/'refine'/n/'labels'/f'{i}.png')], bd,
-                  pal[load_mask(run/'refine'/n/'masks'/f'{i}.png')], pal[seg.astype(np.uint8)])
+                  pal[load_mask(run/'refine'/n/'masks'/f'{i}.png')]) + ((pal[seg.astype(np.uint8)],) if has_seg else ())
         for a, p, c in zip(row, panels, cols):
             a.imshow(p, cmap='magma' if p.ndim == 2 else None, vmin=0, vmax=1)
             if r == 0: a.set_title(c, fontsize=8)
@@ -209,7 +217,8 @@ from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
 from .core import write_text, atomic_path
 from .data import validate, validate_ood
 from .cam import DEFAULT_SCALES
-from .model import load_classifier
+from .model import load_classifier, PRESETS
+from .segment import SEG_PRESETS
 from .train import train_classifier, init_distributed
 from .mining import mine
 from .prototypes import compute_prototypes
@@ -244,10 +253,12 @@ class RefineConfig:
 @dataclass
 class SegConfig:
     "Segmentation (`segment_step`) apart from its training settings."
+    enabled: bool = True          # train and score the segmentation networks (the quick demo profile leaves them out)
     balanced: bool = False        # class-balanced cross-entropy
     crf: bool = False             # dense CRF at test time
     scales: tuple|None = None     # test scales (default: the preset's)
     flip: bool = True             # flipped test passes
+    output_stride: int|None = None # the network's output stride (None: the preset's, 8; 16 is about 2.4x faster on a CPU)
 
 @dataclass
 class WeightsConfig:
@@ -263,7 +274,8 @@ class RunConfig:
     preset: str = 'synthetic'     # 'synthetic' or 'voc'
     voc_root: str = ''            # VOC-layout dataset root
     ood_root: str = ''            # the OoD candidate pool
-    split: str = 'train'          # training split (VOC: train_aug); seeds and masks are scored on it
+    split: str = 'train'          # training split (VOC: train_aug): CAMs and pseudo-masks are made for all of it
+    score_split: str = ''         # the split seeds and masks are scored on ('': `split`; VOC: train, the part of train_aug with masks)
     eval_split: str = 'val'       # the segmentation network's evaluation split
     scales: tuple = DEFAULT_SCALES # CAM scales
     batch_size: int = 32          # inference batch size
@@ -317,7 +329,8 @@ def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
     "The preset's `RunConfig` with `overrides` applied and checked."
     if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
     cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=TrainConfig.preset(preset),
-                    boundary=boundary_train_config(preset), seg_train=seg_train_config(preset))
+                    boundary=boundary_train_config(preset), seg_train=seg_train_config(preset),
+                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # METHOD.md: train on train_aug, score on train
     flat = _flat_keys(cfg)
     ov = dict(overrides or {})
     if 'preset' in ov and ov.pop('preset') != preset: raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')
@@ -365,9 +378,9 @@ STEP_OUTPUTS = {'baseline': ('cls',), 'baseline_seeds': ('cam/baseline', 'eval/b
                 'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'),
                 'refine': ('refine',), 'segment': ('seg',), 'report': ('metrics.json', 'report.md', 'figures')}
 _STEP_KEYS = {'baseline': ('preset', 'voc_root', 'split', 'cls', 'weights.classifier', 'weights.baseline'),
-              'baseline_seeds': ('scales', 'batch_size'), 'mining': ('ood_root', 'mining', 'batch_size'),
-              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'), 'wood_seeds': ('scales', 'batch_size'),
-              'refine': ('refine', 'boundary', 'weights.boundary'), 'segment': ('eval_split', 'seg', 'seg_train', 'weights.segmenter'),
+              'baseline_seeds': ('scales', 'batch_size', 'score_split'), 'mining': ('ood_root', 'mining', 'batch_size'),
+              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'), 'wood_seeds': ('scales', 'batch_size', 'score_split'),
+              'refine': ('refine', 'boundary', 'weights.boundary', 'score_split'), 'segment': ('eval_split', 'seg', 'seg_train', 'weights.segmenter'),
               'report': ()}
 _VOLATILE = ('num_workers', 'progress')   # settings that do not change results
 
@@ -397,7 +410,17 @@ def _diff(a:dict, b:dict, prefix='')->list[str]:
         elif x != y: out.append(f'{prefix}{k}: {x!r} -> {y!r}')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #d1321b0c
+# %% ../nbs/13_pipeline.ipynb #6fce87b9
+def pretrained_kw(cfg:RunConfig, # the run's settings
+                  net:str, # 'classifier', 'boundary' or 'segmenter'
+                 )->dict: # `{'pretrained': file}`, or `{}` for the preset's own
+    "The model overrides that give one network its local ImageNet weights: `weights.<net>`, else the classifier's file when the backbones match."
+    presets = {'classifier': PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}[net]
+    w = getattr(cfg.weights, net)
+    if not w and net != 'classifier' and cfg.weights.classifier and presets[cfg.preset]['backbone'] == PRESETS[cfg.preset]['backbone']:
+        w = cfg.weights.classifier            # IRN's boundary net is the classifier's ImageNet ResNet-50, frozen
+    return {'pretrained': str(w)} if w else {}
+
 def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
     "Raise `WoodInputError` for the first kind of bad input found (dataset, pool, checkpoint, splits)."
     root, pool = Path(cfg.voc_root or '.'), Path(cfg.ood_root or '.')
@@ -405,10 +428,18 @@ def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
         raise WoodInputError(cfg.voc_root or 'voc_root', 'is not a folder.', 'give the VOC-layout dataset root (--voc-root).')
     if not cfg.ood_root or not pool.is_dir():
         raise WoodInputError(cfg.ood_root or 'ood_root', 'is not a folder.', 'give the OoD candidate pool (--ood-root).')
-    splits = [cfg.split] + ([cfg.eval_split] if cfg.eval_split != cfg.split else [])
+    splits = list(dict.fromkeys([cfg.split, cfg.score_split or cfg.split, cfg.eval_split]))
     probs = validate(root, splits=splits, deep=deep)
     if probs:
         raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the dataset; `wood validate {root}` lists them all)', probs[0].fix)
+    if cfg.score_split and cfg.score_split != cfg.split:
+        scored, made = read_split(root, cfg.score_split), set(read_split(root, cfg.split))
+        out_of = [i for i in scored if i not in made]
+        if out_of: raise WoodInputError('score_split', f'{cfg.score_split!r} has {len(out_of)} image(s) outside the training split {cfg.split!r} (e.g. {out_of[0]}).',
+                                        f'score on a subset of {cfg.split!r}, or leave score_split empty.')
+        no_gt = [i for i in scored if not (root/'SegmentationClass'/f'{i}.png').exists()]
+        if no_gt: raise WoodInputError('score_split', f'{cfg.score_split!r} has no ground-truth mask for {len(no_gt)} image(s) (e.g. SegmentationClass/{no_gt[0]}.png).',
+                                       'score on a split whose images all have masks (VOC: train).')
     if (pool/'ood_list.txt').is_file() and not [l for l in (pool/'ood_list.txt').read_text().split('\n') if l.strip()]:
         raise WoodInputError(pool/'ood_list.txt', 'lists no image: the OoD pool is empty.', 'put candidate images in the pool and list them, one path a line.')
     probs = validate_ood(pool, deep=deep)
@@ -423,9 +454,12 @@ def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
     for k in ('classifier', 'boundary', 'segmenter'):
         w = getattr(cfg.weights, k)
         if w and not Path(w).is_file(): raise WoodInputError(f'weights.{k}', f'{w} does not exist.', 'give a local weights file.')
-    if cfg.preset == 'voc' and not (cfg.weights.classifier or cfg.weights.baseline):
-        raise WoodInputError('weights.classifier', 'the voc preset trains a ResNet-50 from ImageNet weights, and none were given.',
-                             'download resnet50 ImageNet weights once and give the file (--set weights.classifier=PATH).')
+    for net, presets in (('classifier', PRESETS), ('boundary', BOUNDARY_PRESETS), ('segmenter', SEG_PRESETS)):
+        p = presets[cfg.preset]
+        if net == 'classifier' and cfg.weights.baseline: continue
+        if p.get('needs_pretrained') and p.get('pretrained') is None and not pretrained_kw(cfg, net):
+            raise WoodInputError(f'weights.{net}', f"the {cfg.preset} preset's {net} is a {p['backbone']} that starts from ImageNet weights, and none were given.",
+                                 f"download {p['backbone']} ImageNet weights once and give the file (--set weights.{net}=PATH).")
 
 # %% ../nbs/13_pipeline.ipynb #819cbd83
 def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
@@ -439,11 +473,12 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         if cfg.weights.baseline:
             if is_main(): (run/'cls').mkdir(parents=True, exist_ok=True); write_json(run/'cls'/'source.json', {'baseline': str(cfg.weights.baseline)})
             return {'from': cfg.weights.baseline}
-        kw = {'pretrained': cfg.weights.classifier} if cfg.weights.classifier else {}
+        kw = pretrained_kw(cfg, 'classifier')
         train_classifier(root, run/'cls', cfg.preset, cfg.split, cfg=cfg.cls, model_kw=kw, device=device)
         return {}
     def seeds(name, model_fn):
-        b = eval_block(model_fn(), root, cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device)
+        b = eval_block(model_fn(), root, cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device,
+                       score_split=cfg.score_split or None)
         _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
         return {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
     def mining():
@@ -468,15 +503,20 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         walk = {k: v for k, v in (('radius', r.walk_radius), ('logt', r.logt)) if v is not None}
         for n in ('baseline', 'wood'):
             t = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
-            m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf, device=device, log=log)
+            m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf,
+                            model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None, device=device, log=log)
             if m: out[n] = {'mask_miou': round(m['miou'], 2), 'mask_cue_activation': m.get('cue_activation')}
             _say(log, f"{n}: pseudo-masks" + (f", mask mIoU {m['miou']:.1f}" if m else ''))
         return out
     def segment():
         sc, out = cfg.seg, {}
+        if not sc.enabled:
+            _say(log, 'segmentation: left out (seg.enabled is false); add it with --from segment --set seg.enabled=true')
+            return {'enabled': False}
         for n in ('baseline', 'wood'):
             r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
-                             sc.scales, sc.flip, sc.crf, device=device, log=log)
+                             sc.scales, sc.flip, sc.crf, device=device, log=log,
+                             model_kw={**pretrained_kw(cfg, 'segmenter'), **({'output_stride': sc.output_stride} if sc.output_stride else {})})
             if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
             _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
         return out
@@ -520,11 +560,12 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
     m = collect_metrics(run)
     if not is_main(): return m
     from wood_nb.cam import cue_bearing_ids
-    ids = (cue_bearing_ids(root, read_split(root, cfg.split), 3) if (root/'SegmentationCue').is_dir() else read_split(root, cfg.split)[:3])
+    sc = cfg.score_split or cfg.split
+    ids = (cue_bearing_ids(root, read_split(root, sc), 3) if (root/'SegmentationCue').is_dir() else read_split(root, sc)[:3])
     pics = {'chain': lambda: chain_panels(root, run, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
-            'class_change_seeds': lambda: plot_iou_change(m['baseline']['per_class_iou'], m['wood']['per_class_iou'], 'seeds (train)')}
+            'class_change_seeds': lambda: plot_iou_change(m['baseline']['per_class_iou'], m['wood']['per_class_iou'], f'seeds ({sc})')}
     if 'per_class_mask_iou' in m['wood']:
-        pics['class_change_masks'] = lambda: plot_iou_change(m['baseline']['per_class_mask_iou'], m['wood']['per_class_mask_iou'], 'pseudo-masks (train)')
+        pics['class_change_masks'] = lambda: plot_iou_change(m['baseline']['per_class_mask_iou'], m['wood']['per_class_mask_iou'], f'pseudo-masks ({sc})')
     if 'per_class_seg_iou' in m['wood']:
         pics['class_change_seg'] = lambda: plot_iou_change(m['baseline']['per_class_seg_iou'], m['wood']['per_class_seg_iou'], f'segmentation ({cfg.eval_split})')
     for name, make in pics.items():
@@ -533,20 +574,25 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
         plt.close(fig); figs[name] = Path('figures')/f'{name}.png'
     write_json(run/'metrics.json', m)
     b, w = m['baseline'], m['wood']
+    has_seg = 'seg_miou' in b or 'seg_miou' in w                    # the segmentation columns only when a network was scored
+    no_seg = '' if cfg.seg.enabled else (' Segmentation was left out (`seg.enabled` is false, as in the quick demo profile): '
+                                          f'`wood run --out {run} --from segment --set seg.enabled=true` adds it.')
     L = [f'# W-OoD run: {run.name}', '',
          f'Preset `{cfg.preset}`; dataset `{cfg.voc_root}` (split `{cfg.split}`, segmentation scored on `{cfg.eval_split}`); OoD pool `{cfg.ood_root}`. '
          f'Settings: `config.json`; numbers: `metrics.json` (this report is written from it).', '',
          '## Baseline against W-OoD', '',
-         f'mIoU in %: seeds and pseudo-masks on `{cfg.split}`, segmentation on `{cfg.eval_split}`. Cue activation (0..1, lower is better) in brackets where the dataset has cue masks.', '',
-         '| model | seed mIoU | seed threshold | pseudo-mask mIoU | segmentation mIoU |', '|---|---|---|---|---|']
+         f'mIoU in %: seeds and pseudo-masks on `{sc}`, segmentation on `{cfg.eval_split}`. Cue activation (0..1, lower is better) in brackets where the dataset has cue masks.' + no_seg, '',
+         '| model | seed mIoU | seed threshold | pseudo-mask mIoU |' + (' segmentation mIoU |' if has_seg else ''), '|---|---|---|---|' + ('---|' if has_seg else '')]
+
     for name, x in (('baseline', b), ('W-OoD', w)):
         cue = lambda k: f" ({x[k]:.3f})" if x.get(k) is not None else ''
         L.append(f"| {name} | {_fmt(x.get('seed_miou'))}{cue('cue_activation')} | {_fmt(x.get('seed_threshold'), 2)} | "
-                 f"{_fmt(x.get('mask_miou'))}{cue('mask_cue_activation')} | {_fmt(x.get('seg_miou'))}{cue('seg_cue_activation')} |")
-    L += ['', '## Per class', '', '| class | seeds: baseline | seeds: W-OoD | masks: baseline | masks: W-OoD | seg: baseline | seg: W-OoD |', '|---|---|---|---|---|---|---|']
+                 f"{_fmt(x.get('mask_miou'))}{cue('mask_cue_activation')} |" + (f" {_fmt(x.get('seg_miou'))}{cue('seg_cue_activation')} |" if has_seg else ''))
+    L += ['', '## Per class', '', '| class | seeds: baseline | seeds: W-OoD | masks: baseline | masks: W-OoD |' + (' seg: baseline | seg: W-OoD |' if has_seg else ''),
+          '|---|---|---|---|---|' + ('---|---|' if has_seg else '')]
     for c in b['per_class_iou']:
         row = [b['per_class_iou'].get(c), w['per_class_iou'].get(c), b.get('per_class_mask_iou', {}).get(c), w.get('per_class_mask_iou', {}).get(c),
-               b.get('per_class_seg_iou', {}).get(c), w.get('per_class_seg_iou', {}).get(c)]
+               b.get('per_class_seg_iou', {}).get(c), w.get('per_class_seg_iou', {}).get(c)][:6 if has_seg else 4]
         L.append(f'| {c} | ' + ' | '.join(_fmt(v) for v in row) + ' |')
     if 'mining' in m:
         mm = m['mining']
