@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_mining.ipynb #73fe080a
 from __future__ import annotations
-import csv, io, math, pickle, warnings
+import csv, io, math, warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -15,12 +15,11 @@ from torch import nn
 
 from .core import WoodInputError, write_json, write_text
 from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, eval_transforms, read_ood_list, read_ood_meta
-from .train import barrier, dist_info, is_main, unwrap
+from .train import barrier, dist_info, is_main, unwrap, main_result, reduce_over_processes, cat_over_processes, distributed
 
 # %% auto #0
-__all__ = ['RANKED_HEADER', 'CURATION_MODES', 'map_dataset', 'distributed', 'main_result', 'reduce_over_processes',
-           'cat_over_processes', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked', 'read_ranked',
-           'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates']
+__all__ = ['RANKED_HEADER', 'CURATION_MODES', 'map_dataset', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked',
+           'read_ranked', 'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates']
 
 # %% ../nbs/07_mining.ipynb #ae3dd0a8
 def _list_collate(items): return items
@@ -71,56 +70,7 @@ def map_dataset(model:nn.Module, # the frozen model (put in eval mode for the pa
         out = full
     return out
 
-# %% ../nbs/07_mining.ipynb #1cbc7408
-def distributed()->bool:
-    "True inside a `torchrun` process group of more than one process."
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-def _portable(e:BaseException)->tuple:
-    "An exception in a form every process can unpickle (a `WoodInputError` by its parts)."
-    if isinstance(e, WoodInputError): return ('wood', (e.where, e.problem, e.fix))
-    try: pickle.loads(pickle.dumps(e)); return ('err', e)
-    except Exception: return ('err', RuntimeError(f'{type(e).__name__} on rank 0: {e}'))
-
-def main_result(fn:Callable, # called without arguments, on rank 0 only
-               ): # `fn()` (picklable), on every process
-    "Run `fn` on rank 0 alone and give its result, or raise its exception, on every `torchrun` process."
-    if not distributed(): return fn()
-    box, err = [None], None
-    if dist.get_rank() == 0:
-        try: box[0] = ('ok', fn())
-        except Exception as e: err = e; box[0] = _portable(e)
-    dist.broadcast_object_list(box, src=0)
-    if err is not None: raise err                             # rank 0 keeps its own traceback
-    kind, v = box[0]
-    if kind == 'wood': raise WoodInputError(*v)
-    if kind == 'err': raise v
-    return v
-
-_OPS = {'sum': 'SUM', 'max': 'MAX', 'min': 'MIN'}
-
-def reduce_over_processes(t:torch.Tensor, # a tensor of the same shape on every process
-                          op:str='sum', # 'sum', 'max' or 'min'
-                         )->torch.Tensor: # a reduced, detached copy (`t` detached outside `torchrun`)
-    "The sum (max, min) of `t` over the `torchrun` processes; every process must call it."
-    if op not in _OPS: raise WoodInputError('op', f'{op!r} is not a reduction.', f'use one of {list(_OPS)}.')
-    t = t.detach().clone()
-    if not distributed(): return t
-    dev = t.device
-    if dist.get_backend() == 'nccl' and dev.type != 'cuda': t = t.cuda()    # NCCL reduces GPU tensors only
-    dist.all_reduce(t, op=getattr(dist.ReduceOp, _OPS[op]))
-    return t.to(dev)
-
-def cat_over_processes(t:torch.Tensor, # `(n_r, ...)`: this process's rows (n_r may differ between processes)
-                      )->torch.Tensor: # `(sum n_r, ...)`, detached, rank 0's rows first (`t` detached outside `torchrun`)
-    "The rows of `t` of every `torchrun` process, concatenated in rank order; every process must call it."
-    t = t.detach()
-    if not distributed(): return t
-    parts = [None]*dist.get_world_size()
-    dist.all_gather_object(parts, t.cpu())
-    return torch.cat(parts).to(t.device)
-
-# %% ../nbs/07_mining.ipynb #5f1e0261
+# %% ../nbs/07_mining.ipynb #967fd5c9
 class Candidate(NamedTuple):
     "One scored pool image: its path relative to the pool, its score (max class probability) and that class's index."
     path: str
@@ -142,7 +92,7 @@ def score_pool(model:nn.Module, # the baseline classifier (`num_classes`, `mean`
     probs = map_dataset(model, ds, lambda m, x: torch.sigmoid(m(x).float()), batch_size, device, num_workers, progress, 'scoring')
     return [Candidate(p, float(v.max()), int(v.argmax())) for p, v in zip(ds.ids, probs)]
 
-# %% ../nbs/07_mining.ipynb #fb8fff04
+# %% ../nbs/07_mining.ipynb #9daf37f0
 def _check_threshold(threshold, where:str='threshold'):
     if threshold is None: return
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
@@ -166,7 +116,7 @@ def rank_candidates(scores:list, # `(path, score, cls)` tuples, e.g. from `score
     cands.sort(key=lambda c: (-c.score, c.path))
     return cands[:top_k] if top_k is not None else cands
 
-# %% ../nbs/07_mining.ipynb #3452ff43
+# %% ../nbs/07_mining.ipynb #8f76d72e
 RANKED_HEADER = ('path', 'score', 'predicted_class')
 
 def write_ranked(path, # the CSV to write
@@ -201,7 +151,7 @@ def read_ranked(path, # a CSV written by `write_ranked`
             raise WoodInputError(path, f'line {n} ({",".join(row)!r}) is not path,score,class.', 'use a file written by write_ranked, or pass the class names.') from e
     return out
 
-# %% ../nbs/07_mining.ipynb #b6e786d6
+# %% ../nbs/07_mining.ipynb #c5e34ea3
 def write_ood_list(path, # the list file to write (e.g. `mining/ood_list.txt`)
                    paths:list[str], # image paths relative to the pool folder
                   )->Path:
@@ -217,7 +167,7 @@ def write_ood_list(path, # the list file to write (e.g. `mining/ood_list.txt`)
         seen.add(p)
     return write_text(path, '\n'.join(paths) + '\n')
 
-# %% ../nbs/07_mining.ipynb #0cb0f3f7
+# %% ../nbs/07_mining.ipynb #4d96e3c3
 CURATION_MODES = ('meta', 'list', 'none')
 
 def _check_curation(mode, pool_root, curated_list, list_file:str='ood_list.txt', meta_file:str='ood_meta.csv'):
@@ -267,7 +217,7 @@ def curate(ranked:list, # candidates from `rank_candidates`, best first
     if unranked: warnings.warn(f'{curated_list}: {unranked} kept path(s) are pool images that are not among the {len(ranked)} candidates; they are left out.', stacklevel=2)
     return [c for c in ranked if c.path in keep]
 
-# %% ../nbs/07_mining.ipynb #1004ccf8
+# %% ../nbs/07_mining.ipynb #2af41f4e
 def _kind_counts(paths, meta:dict)->dict:
     kinds = {}
     for p in paths:
@@ -326,7 +276,7 @@ def mine(model:nn.Module, # the baseline classifier F_in
         return summary
     return main_result(rank_curate_write)
 
-# %% ../nbs/07_mining.ipynb #7235578e
+# %% ../nbs/07_mining.ipynb #9644b45c
 def plot_candidates(pool_root, # the pool folder
                     ranked:list, # `(path, score, cls)` tuples, best first
                     n:int=12, # how many to show

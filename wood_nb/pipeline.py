@@ -12,8 +12,7 @@ import torch
 
 from .core import WoodInputError, IGNORE_INDEX, read_classes, voc_palette, write_json, load_mask
 from .data import read_split, read_image, eval_transforms
-from .train import TrainConfig, is_main, barrier, dist_info
-from .mining import main_result, reduce_over_processes
+from .train import TrainConfig, is_main, barrier, dist_info, main_result, reduce_over_processes
 from .cam import load_cam_record, normalize_cams
 from .metrics import seed_from_cams, eval_cam_dir
 from .refine import (BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_mask_dir, load_boundary_net)

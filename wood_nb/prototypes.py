@@ -13,8 +13,8 @@ from torch import nn
 
 from .core import WoodInputError, load_npz, save_npz
 from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, VOCDataset, eval_transforms, read_ood_meta
-from .mining import main_result, map_dataset
-from .train import unwrap
+from .mining import map_dataset
+from .train import main_result, unwrap
 
 # %% auto #0
 __all__ = ['PROTO_FORMAT', 'image_features', 'class_prototypes', 'kmeans', 'save_prototypes', 'load_prototypes',

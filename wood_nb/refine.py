@@ -19,10 +19,9 @@ from torchvision import tv_tensors
 from .core import IGNORE_INDEX, WoodInputError, load_mask, load_weights, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, _check_meta, _unwrap, lite0_package_path, lite0_to_timm
-from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, unwrap
+from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import load_cam_record, normalize_cams, strided_size
 from .metrics import ConfusionMatrix, CueActivation, seed_from_cams
-from .mining import reduce_over_processes
 
 # %% auto #0
 __all__ = ['CRF_FIX', 'BOUNDARY_FORMAT', 'BOUNDARY_PRESETS', 'confident_labels', 'crf_available', 'dense_crf', 'crf_labels',
@@ -203,7 +202,7 @@ def affinity_loss(aff:torch.Tensor, # `(B, P, h, w)` affinities in [0, 1]
     bg, fg, ng = mean(bg_pos, pos_l, ns[0]), mean(fg_pos, pos_l, ns[1]), mean(neg, neg_l, ns[2])
     return (bg/2 + fg/2)/2 + ng/2, {'bg_pos': bg.detach(), 'fg_pos': fg.detach(), 'neg': ng.detach()}
 
-# %% ../nbs/10_refine.ipynb #2e25fdbe
+# %% ../nbs/10_refine.ipynb #34cf85c0
 BOUNDARY_FORMAT = 'wood_nb.boundary_net/1'  # `format` field of checkpoints written by `save_boundary_net`
 
 def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
@@ -234,7 +233,7 @@ def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
     enc.load_state_dict({k: sd[k] for k in own}, strict=True)
     return dict(source=str(where), loaded=len(own), unused=len(sd) - len(own), norm=norm)
 
-# %% ../nbs/10_refine.ipynb #55da56a1
+# %% ../nbs/10_refine.ipynb #16282c9a
 class BoundaryNet(nn.Module):
     "IRN's class-boundary branch on a timm backbone: several levels fused at stride 4 into one boundary logit."
     def __init__(self, backbone:str='resnet50', # timm model name (any CNN that supports `features_only`)
@@ -302,7 +301,7 @@ class BoundaryNet(nn.Module):
     def extra_repr(self)->str:
         return f'backbone={self.backbone_name!r}, levels={self.levels}, width={self.width}, freeze_backbone={self.freeze_backbone}, pretrained={self.pretrained!r}'
 
-# %% ../nbs/10_refine.ipynb #833c4df5
+# %% ../nbs/10_refine.ipynb #9689f270
 def save_boundary_net(model:BoundaryNet, path, meta:dict|None=None)->Path:
     "Write a boundary network's weights and configuration (and JSON-like `meta`) to `path`, atomically."
     model = unwrap(model); meta = dict(meta or {}); _check_meta(meta)
@@ -338,7 +337,7 @@ def boundary_step(model, # the (possibly DDP-wrapped) `BoundaryNet`
         counts = reduce_over_processes(torch.stack([m.sum() for m in masks]).float(), 'sum') / dist_info()[1]
     return affinity_loss(aff, *masks, counts=counts)
 
-# %% ../nbs/10_refine.ipynb #988d120c
+# %% ../nbs/10_refine.ipynb #af404e25
 def _claim_dir(d:Path, params:dict):
     "Record `params` in `d/params.json`, or refuse when the folder was made with other ones."
     f = d/'params.json'
@@ -403,7 +402,7 @@ class ConfidentLabelDataset(torch.utils.data.Dataset):
         if self.transform is not None: s = self.transform(s)
         return {'id': id, 'image': s['image'], 'mask': s['mask']}
 
-# %% ../nbs/10_refine.ipynb #fe646349
+# %% ../nbs/10_refine.ipynb #c953ffef
 BOUNDARY_PRESETS = {  # network, pair radius, training settings and random-walk settings of each recipe
     'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
                 train=dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(250, 750)),
@@ -434,7 +433,7 @@ def make_boundary_net(preset:str='synthetic', **overrides)->BoundaryNet:
         warnings.warn(f"boundary preset {preset!r} expects ImageNet weights but got pretrained=None: its frozen backbone is random.")
     return BoundaryNet(**{k: cfg[k] for k in _NET_KEYS if k in cfg})
 
-# %% ../nbs/10_refine.ipynb #14054194
+# %% ../nbs/10_refine.ipynb #2824abaa
 def _jsonable_cfg(cfg:TrainConfig)->dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
 
 def train_boundary(voc_root, # VOC-layout root
@@ -468,7 +467,7 @@ def train_boundary(voc_root, # VOC-layout root
     barrier()
     return model.eval()
 
-# %% ../nbs/10_refine.ipynb #55149292
+# %% ../nbs/10_refine.ipynb #307f3354
 def transition_matrix(boundary, # `(h, w)` boundary probabilities in [0, 1] (tensor or array)
                       radius:int=5, # pairs within this radius (stride-4 cells) are connected
                       beta:float=10.0, # affinities are raised to this power
@@ -503,7 +502,7 @@ def transition_matrix(boundary, # `(h, w)` boundary probabilities in [0, 1] (ten
     T[s, d] = v
     return T
 
-# %% ../nbs/10_refine.ipynb #63af4867
+# %% ../nbs/10_refine.ipynb #8efe33b7
 def propagate(cams, # `(K, h, w)` max-normalised stride-4 CAMs (tensor or array)
               trans:torch.Tensor, # `(n, n)` row-normalised transition matrix, n = h*w
               logt:int=8, # 2^logt random-walk steps
@@ -562,7 +561,7 @@ def random_walk(cams, # `(K, h, w)` max-normalised stride-4 CAMs of the image's 
     scores = torch.cat([torch.full((1, *rw.shape[1:]), float(bg_plane), device=rw.device), rw])
     return _table(keys)[scores.argmax(0).cpu().numpy()]
 
-# %% ../nbs/10_refine.ipynb #b8ff04bc
+# %% ../nbs/10_refine.ipynb #7e075793
 @torch.no_grad()
 def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
                       voc_root, # VOC-layout root
@@ -602,7 +601,7 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
     barrier()
     return n
 
-# %% ../nbs/10_refine.ipynb #faf21d6b
+# %% ../nbs/10_refine.ipynb #e304fae6
 def eval_mask_dir(voc_root, # VOC-layout root with `SegmentationClass` masks
                   split:str, # the split to score
                   mask_dir, # folder of `<id>.png` predicted masks (class ids)

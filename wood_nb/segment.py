@@ -19,10 +19,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .core import IGNORE_INDEX, WoodInputError, load_mask, load_weights, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, _check_input, _check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
-from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, unwrap
+from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import _list_collate
 from .metrics import ConfusionMatrix, CueActivation
-from .mining import reduce_over_processes
 
 # %% auto #0
 __all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'SEG_TEST_SCALES', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config',
@@ -241,7 +240,7 @@ def seg_step(balanced:bool=False, # class-balanced cross-entropy
         return loss, {'pixel_acc': float(acc)}
     return step
 
-# %% ../nbs/11_segment.ipynb #d6b7cc0e
+# %% ../nbs/11_segment.ipynb #28f0ff23
 _SEG_TRAIN = {
     'voc': dict(epochs=28, batch_size=10, lr=2.5e-4, head_mult=10.0, momentum=0.9, weight_decay=5e-4, crop=321,
                 long_side=(250, 1000), poly_power=0.9),
@@ -258,7 +257,7 @@ def seg_train_config(preset:str='synthetic', # 'voc' (METHOD.md's DeepLab-v2 rec
     if bad: raise WoodInputError('seg_train_config', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
     return TrainConfig(**{**_SEG_TRAIN[preset], **overrides})
 
-# %% ../nbs/11_segment.ipynb #307999cb
+# %% ../nbs/11_segment.ipynb #c1ead28a
 def resolve_mask_dir(voc_root, # VOC-layout root
                      split:str, # the split whose ids need a mask
                      mask_dir, # a folder name under the root, or an absolute folder
@@ -306,7 +305,7 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     barrier()
     return model
 
-# %% ../nbs/11_segment.ipynb #d9fb7b1a
+# %% ../nbs/11_segment.ipynb #17e1e597
 SEG_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # a common multi-scale test set for DeepLab; METHOD.md names none
 
 @torch.no_grad()
@@ -336,7 +335,7 @@ def predict(model:nn.Module, # a `DeepLabV2` (or its DDP wrapper); run in eval m
     finally: net.train(was)
     return acc[0] if single else acc
 
-# %% ../nbs/11_segment.ipynb #cb18baec
+# %% ../nbs/11_segment.ipynb #16eeb2f7
 class SplitImages(Dataset):
     "The images of a split: `id`, the normalised `image` (3, H, W) and the `raw` uint8 image (3, H, W)."
     def __init__(self, root, split:str, mean, std):
@@ -392,7 +391,7 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
     barrier()
     return n
 
-# %% ../nbs/11_segment.ipynb #f3a3cbd1
+# %% ../nbs/11_segment.ipynb #4f7ef6a2
 def crf_postprocess(**kernels, # keyword settings of `wood_nb.refine.dense_crf` (iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)
                    )->Callable: # `(image, probs) -> labels`, for `predict_split(postprocess=...)`
     "A `predict_split` hook: dense CRF on the predicted probabilities, then the argmax (needs `pydensecrf2`)."
@@ -402,7 +401,7 @@ def crf_postprocess(**kernels, # keyword settings of `wood_nb.refine.dense_crf` 
     def post(image, probs): return dense_crf(image, probs, **kernels).argmax(0).astype(np.uint8)
     return post
 
-# %% ../nbs/11_segment.ipynb #b07b754b
+# %% ../nbs/11_segment.ipynb #8f2311bd
 def eval_seg_dir(voc_root, # VOC-layout root with `SegmentationClass/`
                  split:str, # the split to score (VOC reports val)
                  pred_dir, # folder of `<id>.png` predictions (`predict_split`)
@@ -432,7 +431,7 @@ def eval_seg_dir(voc_root, # VOC-layout root with `SegmentationClass/`
     if with_cue: res['cue_activation'] = cue.compute()['mean']
     return res
 
-# %% ../nbs/11_segment.ipynb #db60eba2
+# %% ../nbs/11_segment.ipynb #a3617e84
 def plot_segmentation(root, # VOC-layout root
                       pred_dir, # folder of predictions, or `{name: folder}` to compare several
                       ids:list, # the images to show

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #52169dd5
 from __future__ import annotations
-import math, os, random, time
+import math, os, pickle, random, time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -19,9 +19,9 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .core import WoodInputError, atomic_path, load_weights, seed_everything
 
 # %% auto #0
-__all__ = ['TrainConfig', 'poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'make_loader',
-           'set_epoch', 'PairedLoader', 'rng_state', 'set_rng_state', 'unwrap', 'to_device', 'fit', 'multilabel_step',
-           'train_classifier']
+__all__ = ['TrainConfig', 'poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'distributed',
+           'main_result', 'reduce_over_processes', 'cat_over_processes', 'make_loader', 'set_epoch', 'PairedLoader',
+           'rng_state', 'set_rng_state', 'unwrap', 'to_device', 'fit', 'multilabel_step', 'train_classifier']
 
 # %% ../nbs/04_train.ipynb #48bfa082
 @dataclass
@@ -87,7 +87,56 @@ def barrier():
     "Wait for every process (no-op outside `torchrun`)."
     if dist.is_available() and dist.is_initialized(): dist.barrier()
 
-# %% ../nbs/04_train.ipynb #f1d414a4
+# %% ../nbs/04_train.ipynb #26272805
+def distributed()->bool:
+    "True inside a `torchrun` process group of more than one process."
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+def _portable(e:BaseException)->tuple:
+    "An exception in a form every process can unpickle (a `WoodInputError` by its parts)."
+    if isinstance(e, WoodInputError): return ('wood', (e.where, e.problem, e.fix))
+    try: pickle.loads(pickle.dumps(e)); return ('err', e)
+    except Exception: return ('err', RuntimeError(f'{type(e).__name__} on rank 0: {e}'))
+
+def main_result(fn:Callable, # called without arguments, on rank 0 only
+               ): # `fn()` (picklable), on every process
+    "Run `fn` on rank 0 alone and give its result, or raise its exception, on every `torchrun` process."
+    if not distributed(): return fn()
+    box, err = [None], None
+    if dist.get_rank() == 0:
+        try: box[0] = ('ok', fn())
+        except Exception as e: err = e; box[0] = _portable(e)
+    dist.broadcast_object_list(box, src=0)
+    if err is not None: raise err                             # rank 0 keeps its own traceback
+    kind, v = box[0]
+    if kind == 'wood': raise WoodInputError(*v)
+    if kind == 'err': raise v
+    return v
+
+_OPS = {'sum': 'SUM', 'max': 'MAX', 'min': 'MIN'}
+
+def reduce_over_processes(t:torch.Tensor, # a tensor of the same shape on every process
+                          op:str='sum', # 'sum', 'max' or 'min'
+                         )->torch.Tensor: # a reduced, detached copy (`t` detached outside `torchrun`)
+    "The sum (max, min) of `t` over the `torchrun` processes; every process must call it."
+    if op not in _OPS: raise WoodInputError('op', f'{op!r} is not a reduction.', f'use one of {list(_OPS)}.')
+    t = t.detach().clone()
+    if not distributed(): return t
+    dev = t.device
+    if dist.get_backend() == 'nccl' and dev.type != 'cuda': t = t.cuda()    # NCCL reduces GPU tensors only
+    dist.all_reduce(t, op=getattr(dist.ReduceOp, _OPS[op]))
+    return t.to(dev)
+
+def cat_over_processes(t:torch.Tensor, # `(n_r, ...)`: this process's rows (n_r may differ between processes)
+                      )->torch.Tensor: # `(sum n_r, ...)`, detached, rank 0's rows first (`t` detached outside `torchrun`)
+    "The rows of `t` of every `torchrun` process, concatenated in rank order; every process must call it."
+    t = t.detach()
+    if not distributed(): return t
+    parts = [None]*dist.get_world_size()
+    dist.all_gather_object(parts, t.cpu())
+    return torch.cat(parts).to(t.device)
+
+# %% ../nbs/04_train.ipynb #058f1fd1
 def make_loader(ds:Dataset, cfg:TrainConfig, shuffle:bool=True, collate_fn=None)->DataLoader:
     "A loader whose order is a function of `(cfg.seed, epoch)`; each process gets its share of the global batch."
     rank, world, _ = dist_info()
@@ -102,7 +151,7 @@ def set_epoch(loader, epoch:int):
     if hasattr(loader, 'set_epoch'): loader.set_epoch(epoch)
     elif hasattr(getattr(loader, 'sampler', None), 'set_epoch'): loader.sampler.set_epoch(epoch)
 
-# %% ../nbs/04_train.ipynb #3c03fbbc
+# %% ../nbs/04_train.ipynb #a6d8ce9f
 class PairedLoader:
     "Zip a main loader with a cycling auxiliary loader; `len` is the main loader's."
     def __init__(self, main:DataLoader, aux:DataLoader): self.main, self.aux, self.epoch = main, aux, 0
@@ -121,7 +170,7 @@ class PairedLoader:
             for b in self.aux: n += 1; yield b
             if not n: raise WoodInputError('OoD loader', 'yields no batch.', 'give it at least one full batch of images.')
 
-# %% ../nbs/04_train.ipynb #deb14ac1
+# %% ../nbs/04_train.ipynb #7fcab2bb
 def rng_state()->dict:
     "Every RNG state, in a form `torch.load(weights_only=True)` accepts."
     st = np.random.get_state()
@@ -135,7 +184,7 @@ def set_rng_state(s:dict):
     torch.set_rng_state(s['torch'])
     if s['cuda'] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-# %% ../nbs/04_train.ipynb #66f75ea4
+# %% ../nbs/04_train.ipynb #70c7ebbc
 def unwrap(model:nn.Module)->nn.Module:
     "The module inside a `DistributedDataParallel` wrapper (or the model itself)."
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
@@ -147,7 +196,7 @@ def to_device(batch, device):
     if isinstance(batch, (list, tuple)): return type(batch)(to_device(v, device) for v in batch)
     return batch
 
-# %% ../nbs/04_train.ipynb #414a0c1a
+# %% ../nbs/04_train.ipynb #062a1b56
 def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives the groups when present)
         loader, # a loader from `make_loader`, or a `PairedLoader`
         step:Callable, # `step(model, batch) -> (loss, logs: dict of floats)`
@@ -203,13 +252,13 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
         if on_epoch_end is not None: on_epoch_end(epoch + 1, history[-1])
     return history
 
-# %% ../nbs/04_train.ipynb #3aecad8f
+# %% ../nbs/04_train.ipynb #f6b470d9
 def multilabel_step(model, batch):
     "Classification step: multilabel soft-margin loss of `model(batch['image'])` against `batch['label']`."
     logits = model(batch['image'])
     return F.multilabel_soft_margin_loss(logits, batch['label']), {}
 
-# %% ../nbs/04_train.ipynb #cf014686
+# %% ../nbs/04_train.ipynb #48cc2337
 from .data import VOCDataset, train_transforms
 from .model import CAMClassifier, load_classifier, make_classifier, save_classifier
 from .core import read_classes

@@ -17,10 +17,11 @@ from torch import nn
 from .core import WoodInputError, atomic_path, load_weights, read_classes, save_weights, seed_everything, write_json, write_text
 from .data import OoDDataset, VOCDataset, eval_transforms, read_ood_list, train_transforms
 from .model import load_classifier, save_classifier
-from .train import PairedLoader, TrainConfig, barrier, fit, init_distributed, is_main, make_loader, train_classifier, unwrap
+from .train import (PairedLoader, TrainConfig, barrier, cat_over_processes, fit, init_distributed, is_main, main_result, make_loader,
+                            reduce_over_processes, train_classifier, unwrap)
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
-from .mining import cat_over_processes, main_result, mine, reduce_over_processes
+from .mining import mine
 from .prototypes import compute_prototypes, load_prototypes
 
 # %% auto #0
