@@ -56,8 +56,7 @@ def main():
     for f in sorted((run/'steps').glob('*.json')):
         r = json.loads(f.read_text())
         steps[f.stem] = {'seconds': r['seconds'], 'peak_rss_mib': r.get('peak_rss_mib')}
-    order = json.loads((run/'metrics.json').read_text()).get('timings_s', {})
-    m = json.loads((run/'metrics.json').read_text())
+    m = json.loads((run/'metrics.json').read_text()); order = m.get('timings_s', {})
     res = dict(command=' '.join(['python'] + cmd[1:]), profile=a.profile, seed=a.seed, sets=a.set, wall_s=round(wall, 1), peak_rss_mib=round(child_rss, 1),
                budget_s=BUDGET_S, ratio_to_budget=round(wall / BUDGET_S, 3), steps={s: steps[s] for s in order if s in steps},
                outside_steps_s=round(wall - sum(s['seconds'] for s in steps.values()), 1),

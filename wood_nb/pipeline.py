@@ -47,6 +47,10 @@ def _say(log, msg):
     "Print a progress message (on rank 0 only under `torchrun`)."
     if is_main(): print(msg, file=log or sys.stdout)
 
+def _without_masks(voc_root:Path, split:str)->list[str]:
+    "The ids of `split` that have no ground-truth mask in `SegmentationClass/`."
+    return [i for i in read_split(voc_root, split) if not (Path(voc_root)/'SegmentationClass'/f'{i}.png').exists()]
+
 def refine_step(voc_root, # VOC-layout root
                 cam_dir, # the model's CAM records of `split`
                 out, # folder: `labels/`, the boundary network, `masks/`, `masks.json`
@@ -71,7 +75,7 @@ def refine_step(voc_root, # VOC-layout root
     mode = DEFAULT_PLANES[preset] if planes == 'auto' else planes
     if not Path(cam_dir).is_dir(): raise WoodInputError(cam_dir, 'is not a folder of CAM records.', 'compute the CAMs of this split first (wood cam).')
     score_split = score_split or split
-    has_gt = all((voc_root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(voc_root, score_split))
+    has_gt = not _without_masks(voc_root, score_split)
     if mode == 'seed' and seed_threshold is None and has_gt:         # the seeds' best threshold, as the seed evaluation finds it
         seed_threshold = main_result(lambda: eval_cam_dir(voc_root, score_split, cam_dir).summary(read_classes(voc_root))['seed_threshold'])
         _say(log, f'seed threshold of {cam_dir}: {seed_threshold:.2f}')
@@ -111,7 +115,7 @@ def segment_step(voc_root, # VOC-layout root
     dev = device or (torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu'))
     predict_split(model.to(dev), voc_root, eval_split, out/'pred', scales=tuple(scales or SEG_EVAL_SCALES.get(preset, (1.0,))), flip=flip,
                   postprocess=post, device=dev, progress=False)
-    if not all((voc_root/'SegmentationClass'/f'{i}.png').exists() for i in read_split(voc_root, eval_split)):
+    if _without_masks(voc_root, eval_split):
         _say(log, f"predictions: {out/'pred'} (no ground truth for every image of {eval_split!r}: not scored)"); return None
     def score():                                                   # once, on rank 0
         res = {**eval_seg_dir(voc_root, eval_split, out/'pred'), 'crf': crf}
@@ -409,14 +413,15 @@ def _diff(a:dict, b:dict, prefix='')->list[str]:
         elif x != y: out.append(f'{prefix}{k}: {x!r} -> {y!r}')
     return out
 
-# %% ../nbs/13_pipeline.ipynb #6fce87b9
+# %% ../nbs/13_pipeline.ipynb #9f168924
+_NET_PRESETS = {'classifier': PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}   # the model presets of each network
+
 def pretrained_kw(cfg:RunConfig, # the run's settings
                   net:str, # 'classifier', 'boundary' or 'segmenter'
                  )->dict: # `{'pretrained': file}`, or `{}` for the preset's own
     "The model overrides that give one network its local ImageNet weights: `weights.<net>`, else the classifier's file when the backbones match."
-    presets = {'classifier': PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}[net]
     w = getattr(cfg.weights, net)
-    if not w and net != 'classifier' and cfg.weights.classifier and presets[cfg.preset]['backbone'] == PRESETS[cfg.preset]['backbone']:
+    if not w and net != 'classifier' and cfg.weights.classifier and _NET_PRESETS[net][cfg.preset]['backbone'] == PRESETS[cfg.preset]['backbone']:
         w = cfg.weights.classifier            # IRN's boundary net is the classifier's ImageNet ResNet-50, frozen
     return {'pretrained': str(w)} if w else {}
 
@@ -436,7 +441,7 @@ def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
         out_of = [i for i in scored if i not in made]
         if out_of: raise WoodInputError('score_split', f'{cfg.score_split!r} has {len(out_of)} image(s) outside the training split {cfg.split!r} (e.g. {out_of[0]}).',
                                         f'score on a subset of {cfg.split!r}, or leave score_split empty.')
-        no_gt = [i for i in scored if not (root/'SegmentationClass'/f'{i}.png').exists()]
+        no_gt = _without_masks(root, cfg.score_split)
         if no_gt: raise WoodInputError('score_split', f'{cfg.score_split!r} has no ground-truth mask for {len(no_gt)} image(s) (e.g. SegmentationClass/{no_gt[0]}.png).',
                                        'score on a split whose images all have masks (VOC: train).')
     if (pool/'ood_list.txt').is_file() and not [l for l in (pool/'ood_list.txt').read_text().split('\n') if l.strip()]:
@@ -453,7 +458,7 @@ def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
     for k in ('classifier', 'boundary', 'segmenter'):
         w = getattr(cfg.weights, k)
         if w and not Path(w).is_file(): raise WoodInputError(f'weights.{k}', f'{w} does not exist.', 'give a local weights file.')
-    for net, presets in (('classifier', PRESETS), ('boundary', BOUNDARY_PRESETS), ('segmenter', SEG_PRESETS)):
+    for net, presets in _NET_PRESETS.items():
         p = presets[cfg.preset]
         if net == 'classifier' and cfg.weights.baseline: continue
         if p.get('needs_pretrained') and p.get('pretrained') is None and not pretrained_kw(cfg, net):
@@ -590,8 +595,8 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
     L += ['', '## Per class', '', '| class | seeds: baseline | seeds: W-OoD | masks: baseline | masks: W-OoD |' + (' seg: baseline | seg: W-OoD |' if has_seg else ''),
           '|---|---|---|---|---|' + ('---|---|' if has_seg else '')]
     for c in b['per_class_iou']:
-        row = [b['per_class_iou'].get(c), w['per_class_iou'].get(c), b.get('per_class_mask_iou', {}).get(c), w.get('per_class_mask_iou', {}).get(c),
-               b.get('per_class_seg_iou', {}).get(c), w.get('per_class_seg_iou', {}).get(c)][:6 if has_seg else 4]
+        keys = ('per_class_iou', 'per_class_mask_iou') + (('per_class_seg_iou',) if has_seg else ())
+        row = [x.get(k, {}).get(c) for k in keys for x in (b, w)]
         L.append(f'| {c} | ' + ' | '.join(_fmt(v) for v in row) + ' |')
     if 'mining' in m:
         mm = m['mining']

@@ -212,14 +212,11 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
                                  f'masks hold 0..{K - 1} and {ignore_index}; check classes.txt and the mask folder.')
     else: return logits.sum() * 0.0
     logits = logits.float()
-    if counts is None:
-        if not balanced: return F.cross_entropy(logits, target, ignore_index=ignore_index)
-        n = torch.bincount(target[valid], minlength=K).float()
-        w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n))
-        return F.cross_entropy(logits, target, weight=w, ignore_index=ignore_index)
-    n = torch.as_tensor(counts, dtype=torch.float32, device=logits.device)
+    if counts is None and not balanced: return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    n = torch.bincount(target[valid], minlength=K).float() if counts is None else torch.as_tensor(counts, dtype=torch.float32, device=logits.device)
     if n.shape != (K,): raise WoodInputError('counts', f'has shape {tuple(n.shape)}, not ({K},).', 'give the counted pixels of each of the C + 1 classes.')
     w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n)) if balanced else torch.ones_like(n)
+    # the (weighted) mean over the counted pixels; under DDP each process divides by its share of the global normaliser
     return F.cross_entropy(logits, target, weight=w if balanced else None, ignore_index=ignore_index, reduction='sum') / ((n * w).sum() / processes)
 
 # %% ../nbs/11_segment.ipynb #3c746e9d
