@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import WoodInputError, load_mask, load_npz, save_npz
+from .core import WoodInputError, child_path, load_mask, load_npz, save_npz
 from .train import dist_info, barrier, unwrap
 
 # %% auto #0
@@ -228,7 +228,7 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
                 low, high = multiscale_cams(model, x, scales, flip)
                 maps = [(l[k - 1], h[k - 1]) for l, h, k in zip(low.cpu().numpy(), high.cpu().numpy(), ks)]
             for it, k, (l, h) in zip(group, ks, maps):
-                save_cam_record(out/f"{it['id']}.npz", k, l, h); n += 1
+                save_cam_record(child_path(out, f"{it['id']}.npz"), k, l, h); n += 1
     barrier()
     return n
 

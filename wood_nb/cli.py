@@ -8,11 +8,11 @@ import argparse, json, sys, time
 from dataclasses import fields
 from pathlib import Path
 
-from .core import WoodInputError, atomic_path, read_classes, write_json
+from .core import MARKER, WoodInputError, atomic_path, claim_dir, own, read_classes, write_json
 from .data import VOCDataset, eval_transforms, validate, validate_ood
 from .synth import SynthConfig, generate, plot_benchmark
 from .model import load_classifier
-from .train import TrainConfig, init_distributed, is_main, train_classifier
+from .train import TrainConfig, init_distributed, is_main, main_result, train_classifier
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
@@ -178,6 +178,7 @@ def run_demo(out, # the run folder
     log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(**knobs); data = out/'data'
     run_cfg = run_config('synthetic', {'cls.seed': seed, **(prof_ov if cfg == SynthConfig(**knobs) else {}), **(overrides or {}),
                                        'voc_root': str(data/'voc'), 'ood_root': str(data/'ood')})
+    claim_dir(out, 'run'); own(out, ['data', 'benchmark.png'])   # a folder of the user's is refused before anything is written
     meta = json.loads((data/'synth.json').read_text()) if (data/'synth.json').exists() else None
     if meta and meta['seed'] == seed and meta['config'] == json.loads(json.dumps(asdict(cfg))):
         print(f'benchmark: {data} exists with the same seed and knobs; reusing it', file=log)
@@ -333,93 +334,137 @@ def build_parser()->argparse.ArgumentParser:
         q.add_argument('--device', default='auto')
     return p
 
+_CREATED = []   # output folders this command created: removed again when it stops on bad input before writing anything
+
+def _claim(out, kind:str, *inputs)->Path:
+    "The stage command's `--out` as a folder the kit owns (on rank 0; its refusal stops every process)."
+    if not Path(out).exists(): _CREATED.append(Path(out))
+    return main_result(lambda: claim_dir(out, kind, [i for i in inputs if i is not None]))
+
+def _forget_created():
+    "Remove the folders this command created that still hold nothing but the kit's marker."
+    while _CREATED:
+        p = _CREATED.pop()
+        if is_main() and p.is_dir() and [q.name for q in p.iterdir()] == [MARKER]: (p/MARKER).unlink(); p.rmdir()
+
+def _json_out(path)->None:
+    "Refuse a `--json` file that exists and is not an evaluation the kit wrote (it would be overwritten)."
+    if path is None or not Path(path).exists(): return
+    try: d = json.loads(Path(path).read_text())
+    except (OSError, ValueError): d = None
+    if not (isinstance(d, dict) and ('miou' in d or 'seed_miou' in d)):
+        raise WoodInputError(path, 'exists and is not an evaluation written by wood; it is not overwritten.', 'give --json a new file name.')
+
+def _check_inputs(a)->None:
+    "Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, missing files), before any work."
+    root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine') else None
+    if root is not None:
+        if not Path(root).is_dir(): raise WoodInputError(root, 'does not exist.', 'give the path of a VOC-layout root.')
+        probs = validate(root, splits=[a.split], deep=False)
+        if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s); `wood validate {root}` lists them all)', probs[0].fix)
+    pool, lst = (a.pool, a.list_file) if a.cmd == 'mine' else (getattr(a, 'pool', None), getattr(a, 'ood_list', None))
+    if pool is not None and a.cmd in ('mine', 'prototypes', 'train-wood'):
+        probs = validate_ood(pool, list_file=str(lst), deep=False, meta='')
+        if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool)', probs[0].fix)
+
 def main(argv:list|None=None)->int:
     "Entry point of the `wood` command; returns the exit status."
     a = build_parser().parse_args(argv)
-    try:
-        if a.cmd == 'validate':
-            if not a.root.exists(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root or an OoD pool.')
-            return 1 if run_validate(a.root, splits=a.splits, list_file=a.list_file, deep=a.deep) else 0
-        if a.cmd == 'synth':
-            t = time.perf_counter()
-            out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
-            print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
-        if a.cmd == 'train-cls':
-            if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
-            cfg = _train_config(a); device = init_distributed(a.device)
-            train_classifier(a.root, a.out, a.preset, a.split, cfg=cfg, model_kw=_model_kw(a), device=device)
-            if is_main(): print(f"classifier: {a.out/'model.pt'}")
-            return 0
-        if a.cmd == 'cam':
-            device = init_distributed(a.device)
-            classes = read_classes(a.root)
-            model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
-            ds = VOCDataset(a.root, a.split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-            adv = dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh) if a.seeds == 'advcam' else None
-            n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device,
-                             method=a.seeds, adv=adv)
-            print(f'cams: wrote {n} record(s) into {a.out}'); return 0
-        if a.cmd == 'eval-cam':
-            block = run_eval_cam(a.root, a.split, a.cams)
-            if a.json: write_json(a.json, block)
-            return 0
-        if a.cmd in ('mine', 'prototypes'):
-            device = init_distributed(a.device)
-            model = load_classifier(a.weights)
-            if a.cmd == 'mine':
-                info = mine(model.to(device), a.pool, a.out, threshold=a.threshold, top_k=a.top_k, curation=a.curation,
-                            curated_list=a.curated_list, list_file=a.list_file, batch_size=a.batch_size, device=device)
-                print(json.dumps(info, indent=1)); return 0
-            f = compute_prototypes(model.to(device), a.root, a.split, a.pool, a.ood_list, a.out, k=a.k, iters=a.iters,
-                                   init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
-            print(f'prototypes: {f}'); return 0
-        if a.cmd == 'train-wood':
-            for f, what in ((a.root, 'a VOC-layout root'), (a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):
-                if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
-            wcfg = _wood_config(a); device = init_distributed(a.device)
-            preset = a.preset or load_classifier(a.baseline).meta.get('preset') or 'synthetic'
-            tcfg = _train_config(argparse.Namespace(**{**vars(a), 'preset': preset}))
-            train_wood(a.baseline, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
-                       device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
-            if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
-            return 0
-        if a.cmd == 'refine':
-            for f, what in ((a.root, 'a VOC-layout root'), (a.cams, 'the CAM records of wood cam')):
-                if not f.is_dir(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
-            cfg = _boundary_train_config(a); device = init_distributed(a.device)
-            run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.planes, a.seed_threshold, a.radius, a.walk_radius, a.logt,
-                       a.bg_plane, a.crf, a.beta, device)
-            return 0
-        if a.cmd == 'train-seg':
-            if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
-            cfg = _seg_train_config(a); device = init_distributed(a.device)
-            kw = {k: v for k, v in (('pretrained', a.pretrained), ('backbone', a.backbone)) if v is not None}
-            train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)
-            if is_main(): print(f"segmenter: {a.out/'model.pt'}")
-            return 0
-        if a.cmd == 'eval-seg':
-            if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
-            device = init_distributed(a.device)
-            r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
-            if a.json and is_main(): write_json(a.json, r)
-            return 0
-        if a.cmd in ('run', 'demo'):
-            ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
-            if a.num_workers is not None: ov['num_workers'] = a.num_workers
-            if a.cmd == 'demo':
-                if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --voc-root {a.out}/data/voc --ood-root {a.out}/data/ood --out {a.out} --from STEP.')
-                run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.workers, device=init_distributed(a.device)); return 0
-            for k, v in (('voc_root', a.voc_root), ('ood_root', a.ood_root)):
-                if v is not None: ov[k] = str(v)
-            if (a.out/'config.json').exists() and not (a.voc_root or a.config):     # rerun of a run folder: its own settings
-                ov = {**load_overrides(a.out/'config.json'), **ov}
-            preset = a.preset or ov.get('preset') or 'synthetic'
-            cfg = run_config(preset, ov)
-            m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
-            if is_main() and 'wood' in m: run_summary(m)
-            return 0
+    try: return _main(a)
     except WoodInputError as e:
-        print(f'error: {e}', file=sys.stderr); return 2
+        _forget_created(); print(f'error: {e}', file=sys.stderr); return 2
+    except OSError as e:                       # a file the system refused: name it, no traceback
+        _forget_created(); where = e.filename or 'a file'
+        print(f'error: {where}: {e.strerror or e} Fix: check that the path exists and that you may read or write it.', file=sys.stderr); return 2
+    finally: _CREATED.clear()
+
+def _main(a)->int:
+    "Run the parsed sub-command (raises `WoodInputError` for bad input)."
+    _check_inputs(a)
+    if a.cmd == 'validate':
+        if not a.root.exists(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root or an OoD pool.')
+        return 1 if run_validate(a.root, splits=a.splits, list_file=a.list_file, deep=a.deep) else 0
+    if a.cmd == 'synth':
+        t = time.perf_counter()
+        out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
+        print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
+    if a.cmd == 'train-cls':
+        if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
+        cfg = _train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-cls', a.root)
+        train_classifier(a.root, a.out, a.preset, a.split, cfg=cfg, model_kw=_model_kw(a), device=device)
+        if is_main(): print(f"classifier: {a.out/'model.pt'}")
+        return 0
+    if a.cmd == 'cam':
+        device = init_distributed(a.device)
+        classes = read_classes(a.root)
+        model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
+        _claim(a.out, 'cam', a.root)
+        ds = VOCDataset(a.root, a.split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
+        adv = dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh) if a.seeds == 'advcam' else None
+        n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device,
+                         method=a.seeds, adv=adv)
+        print(f'cams: wrote {n} record(s) into {a.out}'); return 0
+    if a.cmd == 'eval-cam':
+        _json_out(a.json)
+        block = run_eval_cam(a.root, a.split, a.cams)
+        if a.json: write_json(a.json, block)
+        return 0
+    if a.cmd in ('mine', 'prototypes'):
+        device = init_distributed(a.device)
+        model = load_classifier(a.weights)
+        _claim(a.out, a.cmd, a.pool, getattr(a, 'root', None))
+        if a.cmd == 'mine':
+            info = mine(model.to(device), a.pool, a.out, threshold=a.threshold, top_k=a.top_k, curation=a.curation,
+                        curated_list=a.curated_list, list_file=a.list_file, batch_size=a.batch_size, device=device)
+            print(json.dumps(info, indent=1)); return 0
+        f = compute_prototypes(model.to(device), a.root, a.split, a.pool, a.ood_list, a.out, k=a.k, iters=a.iters,
+                               init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
+        print(f'prototypes: {f}'); return 0
+    if a.cmd == 'train-wood':
+        for f, what in ((a.root, 'a VOC-layout root'), (a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):
+            if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
+        wcfg = _wood_config(a); device = init_distributed(a.device); _claim(a.out, 'train-wood', a.root, a.pool)
+        preset = a.preset or load_classifier(a.baseline).meta.get('preset') or 'synthetic'
+        tcfg = _train_config(argparse.Namespace(**{**vars(a), 'preset': preset}))
+        train_wood(a.baseline, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
+                   device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
+        if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
+        return 0
+    if a.cmd == 'refine':
+        for f, what in ((a.root, 'a VOC-layout root'), (a.cams, 'the CAM records of wood cam')):
+            if not f.is_dir(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
+        cfg = _boundary_train_config(a); device = init_distributed(a.device); _claim(a.out, 'refine', a.root, a.cams)
+        run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.planes, a.seed_threshold, a.radius, a.walk_radius, a.logt,
+                   a.bg_plane, a.crf, a.beta, device)
+        return 0
+    if a.cmd == 'train-seg':
+        if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
+        cfg = _seg_train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-seg', a.root, a.masks)
+        kw = {k: v for k, v in (('pretrained', a.pretrained), ('backbone', a.backbone)) if v is not None}
+        train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)
+        if is_main(): print(f"segmenter: {a.out/'model.pt'}")
+        return 0
+    if a.cmd == 'eval-seg':
+        if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
+        _json_out(a.json); device = init_distributed(a.device); _claim(a.out, 'eval-seg', a.root)
+        r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
+        if a.json and is_main(): write_json(a.json, r)
+        return 0
+    if a.cmd in ('run', 'demo'):
+        ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
+        if a.num_workers is not None: ov['num_workers'] = a.num_workers
+        if a.cmd == 'demo':
+            if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --voc-root {a.out}/data/voc --ood-root {a.out}/data/ood --out {a.out} --from STEP.')
+            run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.workers, device=init_distributed(a.device)); return 0
+        for k, v in (('voc_root', a.voc_root), ('ood_root', a.ood_root)):
+            if v is not None: ov[k] = str(v)
+        if (a.out/'config.json').exists() and not (a.voc_root or a.config):     # rerun of a run folder: its own settings
+            ov = {**load_overrides(a.out/'config.json'), **ov}
+        preset = a.preset or ov.get('preset') or 'synthetic'
+        cfg = run_config(preset, ov)
+        m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
+        if is_main() and 'wood' in m: run_summary(m)
+        return 0
 
 # %% ../nbs/99_cli.ipynb #d6a08464
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel

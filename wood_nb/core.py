@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #607ef905
 from __future__ import annotations
-import contextlib, functools, hashlib, json, os, random, shutil, tempfile
+import contextlib, functools, hashlib, json, os, pickle, random, shutil, tempfile, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +12,10 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'WoodInputError', 'read_classes', 'voc_palette', 'seed_everything', 'get_device',
-           'atomic_path', 'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz', 'load_npz',
-           'save_weights', 'load_weights', 'tree_digest']
+__all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'WoodInputError', 'read_classes', 'voc_palette', 'seed_everything',
+           'get_device', 'atomic_path', 'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz',
+           'load_npz', 'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits', 'is_inside', 'claim_dir',
+           'owned', 'is_owned', 'own', 'child_path', 'tree_digest']
 
 # %% ../nbs/00_core.ipynb #6b706c77
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -72,16 +73,36 @@ def seed_everything(seed:int, # seeds Python, NumPy and torch (all devices)
         torch.backends.cudnn.benchmark = False
 
 # %% ../nbs/00_core.ipynb #7d6a133f
+_DEVICE_TYPES = ('cpu', 'cuda', 'mps')
+
 def get_device(pref:str='auto')->torch.device:
-    "`'auto'` picks CUDA when present, else CPU; any other value must name a usable device."
+    "`'auto'` picks CUDA when present, else CPU; any other value must name a usable device (cpu, cuda, cuda:N, mps)."
     if pref == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    fix = "use 'auto', 'cpu', 'cuda' or 'cuda:N' (N below the number of GPUs)."
     try: dev = torch.device(pref)
-    except RuntimeError as e: raise WoodInputError('--device', f'{pref!r} is not a device name.', "use 'auto', 'cpu', 'cuda' or 'cuda:N'.") from e
-    if dev.type == 'cuda' and not torch.cuda.is_available():
-        raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no usable CUDA device.', "use --device cpu or 'auto'.")
+    except (RuntimeError, TypeError, ValueError) as e: raise WoodInputError('--device', f'{pref!r} is not a device name.', fix) from e
+    if dev.type not in _DEVICE_TYPES: raise WoodInputError('--device', f'{pref!r} is not a device this kit runs on.', fix)
+    if dev.type == 'cuda':
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0: raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no usable CUDA device.', "use --device cpu or 'auto'.")
+        if dev.index is not None and dev.index >= n: raise WoodInputError('--device', f'{pref!r} was asked for but this machine has {n} GPU(s).', fix)
+    if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
+        raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no MPS device.', "use --device cpu or 'auto'.")
     return dev
 
 # %% ../nbs/00_core.ipynb #643830cf
+def _umask()->int:
+    "This process's umask (read without changing it where /proc allows)."
+    try:
+        for line in Path('/proc/self/status').read_text().splitlines():
+            if line.startswith('Umask:'): return int(line.split()[1], 8)
+    except OSError: pass
+    m = os.umask(0o022); os.umask(m); return m
+
+def _follow_umask(path:Path, folder:bool=False):
+    "Give a temporary file (0600) or folder (0700) the mode an ordinary `open`/`mkdir` would have given it."
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
 @contextlib.contextmanager
 def atomic_path(path, # the final file name
                ):
@@ -91,6 +112,7 @@ def atomic_path(path, # the final file name
     os.close(fd); tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists(): _follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -118,6 +140,7 @@ def atomic_dir(path, # the final folder
         raise WoodInputError(path, 'exists and is not empty.', 'choose a new output path, or pass --overwrite.')
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.part', dir=path.parent))
+    _follow_umask(tmp, folder=True)
     try:
         yield tmp
         if path.exists():
@@ -170,10 +193,130 @@ def save_weights(obj, path)->Path:
     return Path(path)
 
 def load_weights(path, map_location='cpu'):
-    "`torch.load` with `weights_only=True`; a missing file names itself."
+    "`torch.load` with `weights_only=True`; a missing, truncated or unsafe file is a `WoodInputError` naming it."
     path = Path(path)
     if not path.exists(): raise WoodInputError(path, 'weights file is missing.', 'check the path, or rerun the step that trains it.')
-    return torch.load(path, map_location=map_location, weights_only=True)
+    if not path.is_file(): raise WoodInputError(path, 'is not a file.', 'give the path of a weights file (e.g. RUN/cls/model.pt).')
+    try: return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:      # weights_only refused it: classes or code beyond tensors and plain values
+        with open(path, 'rb') as f: head = f.read(2)
+        if not (zipfile.is_zipfile(path) or head[:1] == b'\x80'):   # neither torch's zip format nor a pickle: some other file
+            raise WoodInputError(path, 'is not a readable PyTorch weights file (it is neither a torch archive nor a pickle).',
+                                 'give the model.pt the kit wrote, or a state dict saved with torch.save.') from None
+        raise WoodInputError(path, 'holds Python objects other than tensors and plain values (a pickle that could run code on load); '
+                             'the kit only loads weights and refuses it.',
+                             'use a model.pt written by this kit, or re-save the weights as a state dict of tensors '
+                             '(torch.save(model.state_dict(), path)) in a trusted environment.') from None
+    except OSError as e:
+        raise WoodInputError(path, f'cannot be read ({e.strerror or type(e).__name__}).', 'check the file and its permissions.') from None
+    except Exception as e:                   # truncated zip, not a torch file at all, ...
+        raise WoodInputError(path, f'is not a readable PyTorch weights file; it may be truncated or of another format ({type(e).__name__}).',
+                             'replace it with a complete copy, or rerun the step that writes it.') from None
+
+def load_checkpoint(path, # a file written by one of the kit's `save_*` functions
+                    fmt:str, # the format tag it must carry (e.g. 'wood_nb.cam_classifier/1')
+                    what:str, # how messages name it, e.g. 'CAM classifier checkpoint'
+                    fix:str, # what to pass instead
+                    map_location='cpu')->dict:
+    "A tagged kit checkpoint (`{'format', 'config', 'state_dict', ...}`), or a `WoodInputError` naming the file."
+    ck = load_weights(path, map_location=map_location)
+    if not isinstance(ck, dict) or ck.get('format') != fmt:
+        tag = ck.get('format') if isinstance(ck, dict) else None
+        raise WoodInputError(path, f'is not a {what} written by wood_nb' + (f" (its format tag is {tag!r})." if tag else '.'), fix)
+    if not isinstance(ck.get('config'), dict) or not isinstance(ck.get('state_dict'), dict):
+        raise WoodInputError(path, f'carries the {what} tag but lacks its config or state_dict: it is damaged.', fix)
+    return ck
+
+@contextlib.contextmanager
+def checkpoint_fits(path, what:str):
+    "Turn a checkpoint whose config or tensors do not fit the network (KeyError, size mismatch) into a `WoodInputError`."
+    try: yield
+    except WoodInputError: raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        msg = str(e).split('\n')[0][:200]
+        raise WoodInputError(path, f'is a damaged or incompatible {what} ({type(e).__name__}: {msg}).',
+                             'use the model.pt written by the same version of the kit, or retrain.') from None
+
+# %% ../nbs/00_core.ipynb #27c641c8
+MARKER = '.wood_nb.json'  # the marker of a folder the kit created
+
+def _read_marker(path:Path)->dict:
+    f = Path(path)/MARKER
+    try: d = json.loads(f.read_text(encoding='utf-8'))
+    except (OSError, ValueError) as e: raise WoodInputError(f, f'is not a readable wood_nb marker ({type(e).__name__}).', 'restore it, or use a new output folder.') from None
+    if not isinstance(d, dict) or d.get('kit') != 'wood_nb' or not isinstance(d.get('owned', []), list):
+        raise WoodInputError(f, 'is not a wood_nb marker.', 'use a new output folder.')
+    return d
+
+def is_inside(path, root)->bool:
+    "True when `path` is `root` or lies under it (both resolved: symlinks and `..` followed)."
+    p, r = Path(path).resolve(), Path(root).resolve()
+    return p == r or r in p.parents
+
+# %% ../nbs/00_core.ipynb #26ce917e
+def claim_dir(path, # the output folder (created when missing)
+              kind:str='run', # what the kit keeps there: 'run', 'cam', 'benchmark', ...
+              inputs=(), # dataset and pool roots of the same command: the folder may not be, or lie inside, any of them
+              option:str='--out', # how messages name the option that gave `path`
+              create:bool=True, # False: only check (raise what `claim_dir` would), write nothing
+             )->Path:
+    "Make `path` a folder the kit owns: create and mark it, or accept one that carries the marker; refuse anything else."
+    path = Path(path)
+    for r in inputs:
+        if r and Path(r).exists() and is_inside(path, r):
+            raise WoodInputError(path, f'is, or lies inside, the input folder {r} given to the same command; the kit does not write into its inputs.',
+                                 f'give {option} a new folder outside the dataset and the pool.')
+    if path.exists() and not path.is_dir():
+        raise WoodInputError(path, 'exists and is not a folder.', f'give {option} a new folder (this one is a file).')
+    if path.is_dir() and (path/MARKER).exists():
+        _read_marker(path); return path
+    if not create: return path
+    if path.is_dir() and any(path.iterdir()):
+        raise WoodInputError(path, f'exists, is not empty and was not created by wood_nb (it has no {MARKER}); '
+                             'the kit writes only into folders it created, so nothing there is touched.', f'give {option} a new or empty folder.')
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK): raise PermissionError(13, 'Permission denied')
+        write_json(path/MARKER, {'kit': 'wood_nb', 'kind': kind, 'owned': []})
+    except OSError as e:
+        raise WoodInputError(path, f'cannot be created or written ({e.strerror or type(e).__name__}).', f'give {option} a folder you can write to.') from None
+    return path
+
+# %% ../nbs/00_core.ipynb #5f8e7a77
+def owned(path, # a folder made by `claim_dir`
+         )->list[str]:
+    "The entries (relative paths) of a kit folder that the kit created; `[]` for a folder without the marker."
+    path = Path(path)
+    return list(_read_marker(path).get('owned', [])) if (path/MARKER).exists() else []
+
+def is_owned(path, rel:str)->bool:
+    "True when `rel` (or a folder above it) is recorded as created by the kit in the kit folder `path`."
+    parts = Path(rel).parts
+    return any(Path(o).parts == parts[:len(Path(o).parts)] for o in owned(path))
+
+def own(path, # a folder made by `claim_dir`
+        rels, # entries the kit is about to create in it (relative paths)
+       )->None:
+    "Record `rels` as the kit's own before writing them; an entry that already exists and is not the kit's is refused."
+    path, rels = Path(path), [Path(r).as_posix() for r in rels]
+    d = _read_marker(path)
+    for r in rels:
+        if Path(r).is_absolute() or '..' in Path(r).parts: raise ValueError(f'{r!r} is not a path inside {path}')
+        if (path/r).exists() and not is_owned(path, r):
+            raise WoodInputError(path/r, 'exists but was not written by wood_nb; the kit does not overwrite it.', 'move it out of the run folder, or use a new output folder.')
+    new = [r for r in rels if r not in d['owned']]
+    if new: write_json(path/MARKER, {**d, 'owned': d['owned'] + new})
+
+# %% ../nbs/00_core.ipynb #d9e45d77
+def child_path(root, # the folder every result must stay inside
+               *parts:str, # path parts (an id with its suffix, a relative list entry, ...)
+              )->Path:
+    "`root/parts...`, refused with a `WoodInputError` when it would lie outside `root`."
+    p = Path(root).joinpath(*parts)
+    if any(Path(s).is_absolute() for s in parts) or '..' in Path(*parts).parts or not is_inside(p, root) or p.resolve() == Path(root).resolve():
+        raise WoodInputError(p, f'lies outside {root}: an id or list entry may not hold "..", an absolute path or a link out of its folder.',
+                             'fix the id or the list entry (an id is the image file name without folder or extension).')
+    return p
 
 # %% ../nbs/00_core.ipynb #5f0315a1
 def tree_digest(root)->str:

@@ -20,11 +20,11 @@ from torchvision.transforms.v2 import functional as TF
 from .core import IGNORE_INDEX, WoodInputError, load_mask, read_classes, write_text
 
 # %% auto #0
-__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_HEADER', 'split_path', 'available_splits', 'Problem', 'scan_id_list',
-           'read_id_list', 'read_split', 'read_image', 'mask_label', 'xml_names', 'xml_label', 'VOCDataset',
-           'RandomResizeLong', 'train_transforms', 'eval_transforms', 'denormalize', 'scan_ood_list', 'read_ood_list',
-           'scan_ood_meta', 'read_ood_meta', 'OoDDataset', 'build_train_aug', 'probe_image', 'validate', 'validate_ood',
-           'check']
+__all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_HEADER', 'split_path', 'available_splits', 'Problem', 'check_id',
+           'scan_id_list', 'read_id_list', 'read_split', 'read_image', 'mask_label', 'xml_names', 'xml_label',
+           'VOCDataset', 'RandomResizeLong', 'train_transforms', 'eval_transforms', 'denormalize', 'scan_ood_list',
+           'read_ood_list', 'scan_ood_meta', 'read_ood_meta', 'OoDDataset', 'build_train_aug', 'probe_image',
+           'validate', 'validate_ood', 'check']
 
 # %% ../nbs/01_data.ipynb #220e9578
 def split_path(root, split:str)->Path:
@@ -48,10 +48,29 @@ class Problem:
         return WoodInputError(self.path, self.problem, self.fix)
 
 # %% ../nbs/01_data.ipynb #082b304d
+_ID_FIX = 'an id is the image file name without folder or extension, e.g. 2007_000032.'
+
+def _id_fault(id)->str|None:
+    "Why `id` is not a plain file-name stem (a few string checks, no filesystem call); None when it is."
+    if not isinstance(id, str): return f'is a {type(id).__name__}, not text'
+    if not id: return 'is empty'
+    if id in ('.', '..'): return 'names a folder'
+    if '/' in id or '\\' in id: return 'holds a path separator'
+    if not id.isprintable(): return 'holds a control (non-printable) character'
+    return None
+
+def check_id(id:str, # an image id: the image file name without folder or extension
+             where='id', # what the error names: the list file, or the attribute or option that gave the id
+            )->str: # `id` itself
+    "Refuse (`WoodInputError`) an id that is not a plain file name: a path, '.', '..', a control character."
+    fault = _id_fault(id)
+    if fault: raise WoodInputError(where, f'{id!r} is not a plain file name: it {fault}.', _ID_FIX)
+    return id
+
 def scan_id_list(path, # a split list, or an SBD list: one image id a line
                  what:str='split list', # how messages name the file
                 )->tuple[list[tuple[int, str]], list[Problem]]: # `(line number, id)` pairs and the problems
-    "Read an id list, collecting (not raising) its problems: missing, unreadable, empty, lines that are not one id."
+    "Read an id list, collecting (not raising) its problems: missing, unreadable, empty, lines that are not one plain id."
     path = Path(path)
     if not path.is_file():
         return [], [Problem(str(path), f'{what} is missing.', 'write one image id a line to this file, or choose a list that exists.')]
@@ -66,6 +85,9 @@ def scan_id_list(path, # a split list, or an SBD list: one image id a line
             probs.append(Problem(str(path), f'line {n} holds {s!r}, not one image id.',
                                  'write one id a line: the image file name without folder or .jpg, e.g. 2007_000032.'))
             continue
+        fault = _id_fault(s)
+        if fault:
+            probs.append(Problem(str(path), f'line {n}: {s!r} is not a plain file name: it {fault}.', _ID_FIX)); continue
         out.append((n, s))
     if not out and not probs:
         probs.append(Problem(str(path), f'{what} is empty.', 'write one image id a line, or choose another list.'))
@@ -153,6 +175,14 @@ def xml_label(path, # a VOC XML
 def _n_threads(workers:int|None=None)->int:
     return workers or min(16, 2 * (os.cpu_count() or 1))
 
+def _outside(path, real_root:Path)->Path|None:
+    "Where `path` really lies (symlinks followed) when that is outside `real_root` (an already resolved root); else None."
+    real = Path(path).resolve()
+    return None if real.is_relative_to(real_root) else real
+
+_LINK_FIX = ('copy the file into the dataset folder instead of linking to it (links that stay inside the root are fine), '
+             'or remove its id from the split lists.')
+
 class VOCDataset(Dataset):
     "A VOC-layout dataset: images with image-level labels, plus masks and cue masks when asked."
     def __init__(self, root, # dataset root in the VOC layout
@@ -170,6 +200,8 @@ class VOCDataset(Dataset):
         if label_source not in ('auto', 'mask', 'xml'):
             raise WoodInputError('label_source', f'{label_source!r} is not a label source.', "use 'auto', 'mask' or 'xml'.")
         self.split, self.transform, self.label_source, self.mask_dir = split, transform, label_source, mask_dir
+        self._real_root = self.root.resolve()                  # resolved once: every file read must lie under it
+        self._real_masks = (self.root/mask_dir).resolve() if Path(mask_dir).is_absolute() else self._real_root   # a folder given by path: its own root
         self.classes = read_classes(self.root)
         self.num_classes = len(self.classes)
         self.ids = read_split(self.root, split)
@@ -177,10 +209,18 @@ class VOCDataset(Dataset):
         self.with_mask, self.with_cue = bool(with_mask), bool(with_cue)
         self._labels = None
 
-    def image_path(self, id:str)->Path: return self.root/'JPEGImages'/f'{id}.jpg'
-    def mask_path(self, id:str)->Path: return self.root/self.mask_dir/f'{id}.png'
-    def cue_path(self, id:str)->Path: return self.root/'SegmentationCue'/f'{id}.png'
-    def xml_path(self, id:str)->Path: return self.root/'Annotations'/f'{id}.xml'
+    def _file(self, folder:str, id:str, ext:str)->Path: return self.root/folder/f"{check_id(id, f'{type(self).__name__}.ids')}{ext}"
+    def image_path(self, id:str)->Path: return self._file('JPEGImages', id, '.jpg')
+    def mask_path(self, id:str)->Path: return self._file(self.mask_dir, id, '.png')
+    def cue_path(self, id:str)->Path: return self._file('SegmentationCue', id, '.png')
+    def xml_path(self, id:str)->Path: return self._file('Annotations', id, '.xml')
+    def _confined(self, path:Path, base:Path|None=None)->Path:
+        "`path`, refused (`WoodInputError`) when it resolves, through symlinks, outside the dataset root (or `base`, already resolved)."
+        base = base or self._real_root
+        real = _outside(path, base)
+        what = 'the dataset root' if base == self._real_root else 'the mask folder'
+        if real is not None: raise WoodInputError(path, f'resolves to {real}, outside {what} {base}.', _LINK_FIX)
+        return path
     def __len__(self): return len(self.ids)
     def __repr__(self):
         return (f'{type(self).__name__}({str(self.root)!r}, split={self.split!r}: {len(self)} images, '
@@ -195,7 +235,7 @@ def _source(self:VOCDataset, id:str)->str:
                          'add its mask or its VOC XML, or remove the id from the split list.')
 
 def _read_mask(self:VOCDataset, path:Path, hw:tuple|None=None, cue:bool=False)->np.ndarray:
-    m = load_mask(path)
+    m = load_mask(self._confined(path, None if cue else self._real_masks))
     if hw is not None and m.shape != tuple(hw):
         raise WoodInputError(path, f'is {m.shape[1]}x{m.shape[0]} (WxH) but its image is {hw[1]}x{hw[0]}.',
                              'masks must have the size of their image: regenerate this one.')
@@ -209,7 +249,7 @@ def _label_of(self:VOCDataset, id:str)->torch.Tensor:
     "The `(C,)` multi-hot label of one id, from its mask or its XML (see `label_source`)."
     if _source(self, id) == 'mask':
         return mask_label(_read_mask(self, self.mask_path(id)), self.num_classes, self.mask_path(id))
-    return xml_label(self.xml_path(id), self.classes)
+    return xml_label(self._confined(self.xml_path(id)), self.classes)
 
 def _labels_all(self:VOCDataset, workers:int|None=None)->torch.Tensor:
     "The `(N, C)` float labels of the whole split (masks and XML only, no JPEG), computed once and kept."
@@ -223,11 +263,11 @@ VOCDataset._source, VOCDataset._read_mask, VOCDataset.label_of, VOCDataset.label
 # %% ../nbs/01_data.ipynb #fd5886cc
 def _getitem(self:VOCDataset, i:int)->dict:
     id = self.ids[i]
-    img = read_image(self.image_path(id))
+    img = read_image(self._confined(self.image_path(id)))
     hw = tuple(img.shape[-2:])
     src = _source(self, id)
     m = _read_mask(self, self.mask_path(id), hw) if (self.with_mask or src == 'mask') else None
-    label = mask_label(m, self.num_classes, self.mask_path(id)) if src == 'mask' else xml_label(self.xml_path(id), self.classes)
+    label = mask_label(m, self.num_classes, self.mask_path(id)) if src == 'mask' else xml_label(self._confined(self.xml_path(id)), self.classes)
     sample = {'image': img}
     if self.with_mask: sample['mask'] = tv_tensors.Mask(torch.from_numpy(m.astype(np.int64)))
     if self.with_cue: sample['cue'] = tv_tensors.Mask(torch.from_numpy(_read_mask(self, self.cue_path(id), hw, cue=True).astype(np.int64)))
@@ -359,6 +399,8 @@ def read_ood_meta(root, # the OoD pool folder
     return rows if columns else {p: r['contains_foreground'] for p, r in rows.items()}
 
 # %% ../nbs/01_data.ipynb #cbe08e36
+_POOL_LINK_FIX = 'copy the image into the pool folder instead of linking to it, or list only files inside the pool folder.'
+
 class OoDDataset(Dataset):
     "An OoD pool: the images named by a list file, each with the all-zero label."
     def __init__(self, root, # the pool folder
@@ -370,10 +412,14 @@ class OoDDataset(Dataset):
         if not self.root.is_dir():
             raise WoodInputError(self.root, 'OoD pool folder does not exist.', 'check the path: the pool is a folder of images plus a list file.')
         self.ids, self.num_classes, self.transform = read_ood_list(self.root, list_file), int(num_classes), transform
+        self.list_file, self._real_root = list_file, self.root.resolve()
     def __len__(self): return len(self.ids)
     def __getitem__(self, i:int)->dict:
-        rel = self.ids[i]
-        sample = {'image': read_image(self.root/rel)}
+        rel = self.ids[i]; path = self.root/rel
+        real = _outside(path, self._real_root)
+        if real is not None:
+            raise WoodInputError(path, f'the {self.list_file} entry {rel!r} resolves to {real}, outside the pool folder {self._real_root}.', _POOL_LINK_FIX)
+        sample = {'image': read_image(path)}
         if self.transform is not None: sample = self.transform(sample)
         return {'id': rel, 'image': sample['image'], 'label': torch.zeros(self.num_classes, dtype=torch.float32)}
     def labels(self)->torch.Tensor:
@@ -418,50 +464,84 @@ def probe_image(path, # an image file
                              'replace it with a valid image (re-extract or re-download it), or remove it from the list that names it.')
 
 # %% ../nbs/01_data.ipynb #aa2c9a4c
-def _check_mask(path:Path, size, allowed_max:int, allow_ignore:bool, deep:bool, what:str)->list[Problem]:
+_VOC_NOTE = ('There is no classes.txt, so the masks and XML were read with the 20 VOC classes in VOC order '
+             '(1 = aeroplane ... 20 = tvmonitor): if the data uses other classes, write classes.txt in the dataset root, '
+             'one name a line, in mask-value order.')
+
+def _check_mask(path:Path, size, allowed_max:int, allow_ignore:bool, deep:bool, what:str,
+                note:str='', # `_VOC_NOTE` when the root has no classes.txt
+               )->tuple[list[Problem], np.ndarray|None]: # the problems, and the values present (when read)
     "Problems of one mask or cue file: unreadable, not indexed, wrong size, values out of range."
     try:
         with Image.open(path) as im:
             mode, msize = im.mode, im.size
             arr = np.array(im) if (deep and mode in ('P', 'L')) else None
     except Exception as e:
-        return [Problem(str(path), f'{what} cannot be read ({type(e).__name__}: {e}).', 'replace it with a valid indexed PNG.')]
+        return [Problem(str(path), f'{what} cannot be read ({type(e).__name__}: {e}).', 'replace it with a valid indexed PNG.')], None
     probs = []
     if mode not in ('P', 'L'):
         return [Problem(str(path), f'{what} is an {mode} image, not an indexed class-index PNG.',
                         'save it as an indexed (palette) or greyscale PNG whose values are class indices (wood_nb.core.save_mask); '
-                        'an RGB colour mask must first be mapped back to indices with the VOC palette.')]
+                        'an RGB colour mask must first be mapped back to indices with the VOC palette.')], None
     if size is not None and msize != tuple(size):
         probs.append(Problem(str(path), f'{what} is {msize[0]}x{msize[1]} (WxH) but its image is {size[0]}x{size[1]}.',
                              f'regenerate the {what} at the image size.'))
-    if arr is not None:
-        vals = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
-        bad = [int(v) for v in vals if v > allowed_max and not (allow_ignore and v == IGNORE_INDEX)]
-        if bad:
-            ok = f'0..{allowed_max}' + (f' and {IGNORE_INDEX}' if allow_ignore else '')
-            probs.append(Problem(str(path), f'{what} holds values {bad[:10]} outside {ok}.',
-                                 f'fix the {what}; its values mean 0 = ' + (f'background, 1..{allowed_max} the classes of classes.txt, 255 ignore.' if allow_ignore
-                                 else f'no cue, k = 1..{allowed_max} a cue tied to class k.') + ' If classes.txt lists too few classes, fix it instead.'))
-    return probs
+    if arr is None: return probs, None
+    vals = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
+    bad = [int(v) for v in vals if v > allowed_max and not (allow_ignore and v == IGNORE_INDEX)]
+    if bad:
+        ok, of = f'0..{allowed_max}' + (f' and {IGNORE_INDEX}' if allow_ignore else ''), 'the VOC classes' if note else 'the classes of classes.txt'
+        probs.append(Problem(str(path), f'{what} holds values {bad[:10]} outside {ok}.',
+                             f'fix the {what}; its values mean 0 = ' + (f'background, 1..{allowed_max} {of}, 255 ignore.' if allow_ignore
+                             else f'no cue, k = 1..{allowed_max} a cue tied to class k.') + ' ' + (note or 'If classes.txt lists too few classes, fix it instead.')))
+    return probs, vals
 
-def _check_xml(path:Path, classes:list[str]|None)->list[Problem]:
+def _check_xml(path:Path, classes:list[str]|None, note:str='')->tuple[list[Problem], list[str]|None]:
+    "Problems of one VOC XML, and its object names (None when it does not parse)."
     try: names = xml_names(path)
-    except WoodInputError as e: return [Problem(e.where, e.problem, e.fix)]
-    if classes is None: return []
-    unknown = sorted(set(names) - set(classes))
-    return [Problem(str(path), f'names unknown class(es) {unknown}.', f'use the dataset classes ({", ".join(classes)}), or add them to classes.txt.')] if unknown else []
+    except WoodInputError as e: return [Problem(e.where, e.problem, e.fix)], None
+    unknown = sorted(set(names) - set(classes)) if classes is not None else []
+    if not unknown: return [], names
+    fix = f'use the dataset classes ({", ".join(classes)}), ' + (f'or fix the names. {note}' if note else 'or add them to classes.txt.')
+    return [Problem(str(path), f'names unknown class(es) {unknown}.', fix)], names
 
-def _check_item(root:Path, id:str, classes:list[str]|None, deep:bool, mask_dir:str)->list[Problem]:
-    "Every problem of one listed id (its image, mask, cue and XML)."
-    C = len(classes) if classes is not None else 254
-    size, p = probe_image(root/'JPEGImages'/f'{id}.jpg', deep)
-    probs = [p] if p else []
-    mp, cp, xp = root/mask_dir/f'{id}.png', root/'SegmentationCue'/f'{id}.png', root/'Annotations'/f'{id}.xml'
-    if mp.is_file(): probs += _check_mask(mp, size, C, True, deep, 'mask')
-    if cp.is_file(): probs += _check_mask(cp, size, C, False, deep, 'cue mask')
-    if xp.is_file(): probs += _check_xml(xp, classes)
+def _check_agree(mp:Path, vals, xp:Path, names:list[str], classes:list[str], note:str='')->list[Problem]:
+    "A problem when a mask holds a class its XML does not name (the XML may name more: small objects go unlabelled)."
+    fg = [int(v) for v in vals if 1 <= v <= len(classes)]
+    held, named = [classes[v - 1] for v in fg], sorted(set(names))
+    if set(held) <= set(names): return []
+    return [Problem(str(mp), f'mask holds class(es) {held} (values {fg}), but Annotations/{xp.name} names {named}: '
+                             f'{sorted(set(held) - set(names))} in the mask and not in the XML.',
+                    note + ' Otherwise fix the mask or the XML.' if note else
+                    'make them agree (mask value k is the k-th class of classes.txt): fix the mask, the XML or classes.txt, whichever is wrong.')]
+
+def _link_out(path:Path, real_root:Path, what:str)->Problem|None:
+    "A problem when the file `path` resolves (through symlinks) outside the resolved dataset root."
+    real = _outside(path, real_root)
+    return None if real is None else Problem(str(path), f'{what} resolves to {real}, outside the dataset root {real_root}.', _LINK_FIX)
+
+def _check_item(root:Path, id:str, classes:list[str]|None, deep:bool, mask_dir:str,
+                real_root:Path|None=None, # the resolved root (resolved here when None)
+                note:str='', # `_VOC_NOTE` when the root has no classes.txt
+               )->list[Problem]:
+    "Every problem of one listed id (its image, mask, cue and XML, and whether mask and XML agree)."
+    C, real_root = (len(classes) if classes is not None else 254), real_root or root.resolve()
+    ip, mp, cp, xp = root/'JPEGImages'/f'{id}.jpg', root/mask_dir/f'{id}.png', root/'SegmentationCue'/f'{id}.png', root/'Annotations'/f'{id}.xml'
+    probs, size, vals, names = [], None, None, None
+    if ip.is_file() and (p := _link_out(ip, real_root, 'image')): probs.append(p)
+    else:
+        size, p = probe_image(ip, deep)
+        if p: probs.append(p)
+    if mp.is_file():
+        if (p := _link_out(mp, real_root, 'mask')): probs.append(p)
+        else: ps, vals = _check_mask(mp, size, C, True, deep, 'mask', note); probs += ps
+    if cp.is_file(): probs += [p] if (p := _link_out(cp, real_root, 'cue mask')) else _check_mask(cp, size, C, False, deep, 'cue mask', note)[0]
+    if xp.is_file():
+        if (p := _link_out(xp, real_root, 'annotation')): probs.append(p)
+        else: ps, names = _check_xml(xp, classes, note); probs += ps
+    if vals is not None and names is not None and classes is not None: probs += _check_agree(mp, vals, xp, names, classes, note)
     if not mp.is_file() and not xp.is_file():
-        probs.append(Problem(str(root/'JPEGImages'/f'{id}.jpg'), f'has no label source: neither {mask_dir}/{id}.png nor Annotations/{id}.xml exists.',
+        probs.append(Problem(str(ip), f'has no label source: neither {mask_dir}/{id}.png nor Annotations/{id}.xml exists.',
                              'add its mask or its VOC XML, or remove the id from the split lists.'))
     return probs
 
@@ -481,6 +561,7 @@ def validate(root, # dataset root in the VOC layout
         return [Problem(str(jdir), 'image folder is missing.', 'put the images at JPEGImages/<id>.jpg under the dataset root (or fix the root path).')]
     try: classes = read_classes(root)
     except WoodInputError as e: probs.append(Problem(e.where, e.problem, e.fix)); classes = None
+    note, real_root = ('' if (root/'classes.txt').exists() else _VOC_NOTE), root.resolve()
     if splits is None:
         splits = available_splits(root)
         if not splits:
@@ -500,7 +581,7 @@ def validate(root, # dataset root in the VOC layout
                                      'add the image, or remove the line from the list.')); continue
             ids.add(i)
     with ThreadPoolExecutor(_n_threads(workers)) as ex:
-        for ps in ex.map(lambda i: _check_item(root, i, classes, deep, mask_dir), sorted(ids)): probs += ps
+        for ps in ex.map(lambda i: _check_item(root, i, classes, deep, mask_dir, real_root, note), sorted(ids)): probs += ps
     return probs
 
 # %% ../nbs/01_data.ipynb #ab009314
@@ -515,10 +596,13 @@ def validate_ood(root, # the OoD pool folder
     if not root.is_dir():
         return [Problem(str(root), 'OoD pool folder does not exist.', 'check the path: the pool is a folder of images plus a list file.')]
     entries, probs = scan_ood_list(root, list_file)
-    f, present = root/list_file, []
+    f, present, real_root = root/list_file, [], root.resolve()
     for n, rel in entries:
-        if (root/rel).is_file(): present.append(rel)
-        else: probs.append(Problem(str(f), f'line {n} names {rel!r}, which does not exist under the pool folder.', 'add the image, or remove the line.'))
+        if not (root/rel).is_file():
+            probs.append(Problem(str(f), f'line {n} names {rel!r}, which does not exist under the pool folder.', 'add the image, or remove the line.'))
+        elif (real := _outside(root/rel, real_root)) is not None:
+            probs.append(Problem(str(f), f'line {n}: {rel!r} resolves to {real}, outside the pool folder {real_root}.', _POOL_LINK_FIX))
+        else: present.append(rel)
     with ThreadPoolExecutor(_n_threads(workers)) as ex:
         for _, p in ex.map(lambda rel: probe_image(root/rel, deep), present):
             if p: probs.append(p)

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import timm
 
-from .core import WoodInputError, load_weights, save_weights
+from .core import WoodInputError, load_weights, save_weights, load_checkpoint, checkpoint_fits
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'PRESETS', 'measure_stride', 'create_backbone', 'lite0_package_path',
@@ -319,10 +319,11 @@ def load_classifier(path, # a file written by `save_classifier`
                     map_location='cpu',
                    )->CAMClassifier: # in eval mode; `.meta` holds the saved meta
     "Rebuild a `CAMClassifier` from a checkpoint alone."
-    ck = load_weights(path, map_location=map_location)
-    if not isinstance(ck, dict) or ck.get('format') != CKPT_FORMAT:
-        raise WoodInputError(path, 'is not a CAM classifier checkpoint written by save_classifier.',
-                             'for a bare backbone state dict use CAMClassifier(..., pretrained=path).')
+    ck = load_checkpoint(path, CKPT_FORMAT, 'CAM classifier checkpoint', 'give the model.pt of wood train-cls or train-wood '
+                         '(for a bare backbone state dict use CAMClassifier(..., pretrained=path)).', map_location)
+    with checkpoint_fits(path, 'CAM classifier checkpoint'): return _build_classifier(path, ck, num_classes, classes, output_stride)
+
+def _build_classifier(path, ck:dict, num_classes, classes, output_stride)->CAMClassifier:
     cfg = dict(ck['config'])
     if num_classes is not None and cfg['num_classes'] != num_classes:
         raise WoodInputError(path, f"holds a classifier for {cfg['num_classes']} classes, but {num_classes} were asked for.",

@@ -22,8 +22,8 @@ from .segment import (train_segmenter, predict_split, eval_seg_dir, load_segment
 __all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'STEPS', 'STEP_OUTPUTS', 'refine_planes',
            'refine_step', 'segment_step', 'refine_and_segment', 'chain_panels', 'plot_iou_change', 'MiningConfig',
            'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
-           'config_from_dict', 'config_dict', 'step_settings', 'fingerprints', 'pretrained_kw', 'check_run_inputs',
-           'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'run_pipeline']
+           'config_from_dict', 'config_dict', 'check_config', 'step_settings', 'fingerprints', 'pretrained_kw',
+           'check_run_inputs', 'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'run_pipeline']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 PLANE_MODES = ('irn', 'seed')
@@ -215,15 +215,15 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
     return fig
 
 # %% ../nbs/13_pipeline.ipynb #b006af9f
-import dataclasses, hashlib, os, platform, shutil
+import dataclasses, hashlib, math, os, platform, shutil
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
-from .core import write_text, atomic_path
+from .core import write_text, atomic_path, claim_dir, own, owned, is_owned, MARKER
 from .data import validate, validate_ood
 from .cam import DEFAULT_SCALES
 from .model import load_classifier, PRESETS
 from .segment import SEG_PRESETS
 from .train import train_classifier, init_distributed
-from .mining import mine
+from .mining import mine, CURATION_MODES
 from .prototypes import compute_prototypes
 from .wood import WoodConfig, train_wood, eval_block, chain_figures
 from .refine import boundary_train_config
@@ -307,12 +307,25 @@ def _flat_keys(obj, prefix='')->dict:
         else: out[f'{prefix}{f.name}'] = v
     return out
 
-def _coerce(key:str, value, default):
-    "`value` converted to the type of `default` (text is read as JSON first), or a clear error."
-    if isinstance(value, str) and not isinstance(default, str):
+_ANN_TYPES = {'int': 0, 'float': 0.0, 'str': '', 'tuple': (), 'bool': False}   # a default of each annotated type
+
+def _field_defaults(cls)->dict:
+    "Per field of a dataclass: a default value of its annotated type (for fields whose default is None)."
+    out = {}
+    for f in fields(cls):
+        names = [t.strip() for t in str(f.type).split('|') if t.strip() != 'None']
+        if len(names) == 1 and names[0] in _ANN_TYPES: out[f.name] = _ANN_TYPES[names[0]]
+    return out
+
+def _coerce(key:str, value, default, typed=None):
+    "`value` converted to the type of `default` (or of `typed` when the default is None; text is read as JSON first), or a clear error."
+    if isinstance(value, str) and not isinstance(default if default is not None else typed, str):
         try: value = json.loads(value)
         except json.JSONDecodeError: pass
-    if value is None or default is None: return tuple(value) if isinstance(value, list) else value
+    if value is None: return None
+    if default is None:
+        if typed is None: return tuple(value) if isinstance(value, list) else value
+        default = typed
     if isinstance(default, bool):
         if isinstance(value, bool): return value
     elif isinstance(default, int):
@@ -324,7 +337,8 @@ def _coerce(key:str, value, default):
         if isinstance(value, (int, float)) and not isinstance(value, bool): return (value,)
     elif isinstance(default, str):
         if isinstance(value, str): return value
-    raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} (the default is {default!r}).', f'give a {type(default).__name__}.')
+    shown = f'the default is {default!r}' if default is not typed else 'or null'
+    raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} ({shown}).', f'give a {type(default).__name__}.')
 
 def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
                overrides:dict|None=None, # dotted keys, e.g. {'cls.epochs': 3, 'voc_root': 'data/voc'}
@@ -342,7 +356,9 @@ def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
             sect = k.split('.')[0]
             near = sorted(x for x in flat if x.startswith(sect + '.')) or sorted(x for x in flat if '.' not in x)
             raise WoodInputError(f'config key {k!r}', 'does not exist.', f"use one of: {', '.join(near)}.")
-        flat[k] = _coerce(k, v, flat[k])
+        sect, _, name = k.rpartition('.')
+        owner = _section_type(sect)
+        flat[k] = _coerce(k, v, flat[k], _field_defaults(owner).get(name) if owner else None)
     if 'num_workers' in ov:                                     # one knob for every DataLoader
         for sect in _TRAIN_SECTIONS:
             if f'{sect}.num_workers' not in ov: flat[f'{sect}.num_workers'] = flat['num_workers']
@@ -367,13 +383,71 @@ def config_from_dict(d:dict)->RunConfig:
             if f.name not in dd: continue
             default = getattr(cls(), f.name)
             if is_dataclass(default): kw[f.name] = build(type(default), dd[f.name], f'{where}{f.name}.')
-            else: kw[f.name] = _coerce(f'{where}{f.name}', dd[f.name], default) if default is not None else (tuple(dd[f.name]) if isinstance(dd[f.name], list) else dd[f.name])
+            else: kw[f.name] = _coerce(f'{where}{f.name}', dd[f.name], default, _field_defaults(cls).get(f.name))
         return cls(**kw)
-    return build(RunConfig, d, '')
+    cfg = build(RunConfig, d, '')
+    check_config(cfg)
+    return cfg
+
+def _section_type(sect:str):
+    "The dataclass of a dotted section of `RunConfig` ('' for the top level), or None."
+    t = RunConfig
+    for part in [p for p in sect.split('.') if p]:
+        d = getattr(t(), part, None)
+        if not is_dataclass(d): return None
+        t = type(d)
+    return t
 
 def config_dict(cfg:RunConfig)->dict:
     "The JSON form of a `RunConfig` (tuples as lists)."
     return json.loads(json.dumps(asdict(cfg)))
+
+# %% ../nbs/13_pipeline.ipynb #47eb889c
+def _bad(key:str, value, want:str):
+    raise WoodInputError(f'config key {key!r}', f'{value!r} is out of range: it must be {want}.', f'set {key} to {want}.')
+
+def _check_train(sect:str, t:TrainConfig):
+    "Ranges of one training section."
+    fin = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
+    if not t.epochs >= 1: _bad(f'{sect}.epochs', t.epochs, 'an integer >= 1')
+    if not t.batch_size >= 1: _bad(f'{sect}.batch_size', t.batch_size, 'an integer >= 1')
+    for k in ('lr', 'head_mult'):
+        if not (fin(getattr(t, k)) and getattr(t, k) > 0): _bad(f'{sect}.{k}', getattr(t, k), 'a positive number')
+    if not (fin(t.momentum) and 0 <= t.momentum < 1): _bad(f'{sect}.momentum', t.momentum, 'a number in [0, 1)')
+    for k in ('weight_decay', 'poly_power'):
+        if not (fin(getattr(t, k)) and getattr(t, k) >= 0): _bad(f'{sect}.{k}', getattr(t, k), 'a number >= 0')
+    if t.crop is not None and not t.crop >= 1: _bad(f'{sect}.crop', t.crop, 'an integer >= 1 (pixels)')
+    ls = t.long_side
+    if ls is not None and not (len(ls) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in ls) and 1 <= ls[0] <= ls[1]):
+        _bad(f'{sect}.long_side', ls, 'two integers [lo, hi] with 1 <= lo <= hi')
+    if not t.num_workers >= 0: _bad(f'{sect}.num_workers', t.num_workers, 'an integer >= 0')
+
+def check_config(cfg:RunConfig)->RunConfig:
+    "Raise `WoodInputError` for the first setting out of its range (types are checked when the configuration is built)."
+    if cfg.preset not in RUN_PRESETS: _bad('preset', cfg.preset, f'one of {RUN_PRESETS}')
+    for sect in _TRAIN_SECTIONS: _check_train(sect, getattr(cfg, sect))
+    for key, sc in (('scales', cfg.scales), ('seg.scales', cfg.seg.scales)):
+        if sc is None and key == 'seg.scales': continue
+        if not sc or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in sc):
+            _bad(key, sc, 'a non-empty list of positive numbers, e.g. [1.0, 0.5, 1.5, 2.0]')
+    if not cfg.batch_size >= 1: _bad('batch_size', cfg.batch_size, 'an integer >= 1')
+    if not cfg.num_workers >= 0: _bad('num_workers', cfg.num_workers, 'an integer >= 0')
+    m = cfg.mining
+    if m.threshold is not None and not 0 <= m.threshold <= 1: _bad('mining.threshold', m.threshold, 'a probability in [0, 1] (or null)')
+    if m.top_k is not None and not m.top_k >= 1: _bad('mining.top_k', m.top_k, 'an integer >= 1 (or null)')
+    if m.curation not in CURATION_MODES: _bad('mining.curation', m.curation, f'one of {CURATION_MODES}')
+    if m.curation == 'list' and not m.curated_list: _bad('mining.curated_list', m.curated_list, "the path of a person's list when mining.curation is 'list'")
+    if not cfg.prototypes.k >= 1: _bad('prototypes.k', cfg.prototypes.k, 'an integer >= 1')
+    if not cfg.prototypes.iters >= 1: _bad('prototypes.iters', cfg.prototypes.iters, 'an integer >= 1')
+    r = cfg.refine
+    if r.planes not in ('auto', *PLANE_MODES): _bad('refine.planes', r.planes, f"one of {('auto', *PLANE_MODES)}")
+    if r.walk_radius is not None and not r.walk_radius >= 1: _bad('refine.walk_radius', r.walk_radius, 'an integer >= 1 (or null)')
+    if r.logt is not None and not 0 <= r.logt <= 16: _bad('refine.logt', r.logt, 'an integer in 0..16 (or null)')
+    if not (math.isfinite(r.beta) and r.beta > 0): _bad('refine.beta', r.beta, 'a positive number')
+    if cfg.seg.output_stride not in (None, 8, 16, 32): _bad('seg.output_stride', cfg.seg.output_stride, 'one of 8, 16, 32 (or null)')
+    for k in ('split', 'eval_split', 'voc_root', 'ood_root'):
+        if k in ('split', 'eval_split') and not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
+    return cfg
 
 # %% ../nbs/13_pipeline.ipynb #ac821cc9
 STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report')
@@ -627,14 +701,36 @@ def peak_rss_mib()->float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(r / (2**20 if sys.platform == 'darwin' else 2**10), 1)
 
+def _leftover(p:Path, name:str)->bool:
+    "True for the temporaries the kit's writers leave beside `name` when killed (`.name.*.part`, `.name.removing`)."
+    return p.name.startswith(f'.{name}.') and (p.name.endswith('.part') or p.name == f'.{name}.removing')
+
 def clean_partial(run:Path)->int:
-    "Remove what killed writes left under `run`: temporary `.*.part` files and half-removed folders; returns how many."
-    n = 0
-    for p in list(run.rglob('.*.part')) + list(run.rglob('.*.removing')):
-        if p.is_dir(): shutil.rmtree(p, ignore_errors=True)
-        elif p.exists(): p.unlink()
-        n += 1
-    return n
+    "Remove what killed writes left in the kit's own entries of `run` (temporary `.*.part` files, half-removed folders); returns how many."
+    run, found = Path(run), set()
+    for rel in owned(run) + [MARKER]:
+        p = run/rel
+        if p.parent.is_dir(): found |= {q for q in p.parent.iterdir() if _leftover(q, p.name)}   # beside the entry
+        if p.is_dir() and not p.is_symlink(): found |= {q for q in p.rglob('.*') if q.name.endswith('.part') or q.name.endswith('.removing')}
+    for p in sorted(found, reverse=True):
+        if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
+        elif p.exists() or p.is_symlink(): p.unlink()
+    return len(found)
+
+def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
+    "Claim the run folder, clean what a kill left, forget the steps of `redo` (only entries the kit owns), write `config.json`."
+    claim_dir(run, 'run', inputs)
+    doomed = [o for s in redo for o in STEP_OUTPUTS[s]]
+    alien = [o for o in doomed if (run/o).exists() and not is_owned(run, o)]
+    if alien: raise WoodInputError(run/alien[0], 'was not written by wood_nb, so --from does not delete it.', 'move it out of the run folder, or use a new --out folder.')
+    own(run, ['config.json', 'steps'])
+    n = clean_partial(run)
+    if n: _say(log, f'removed {n} temporary file(s) left by an interrupted run')
+    for s in redo:                                                     # --from: forget the step and everything after it
+        for o in STEP_OUTPUTS[s]:
+            if is_owned(run, o): _remove(run/o)
+        for f in (run/'steps'/f'{s}.json', run/'steps'/f'{s}.started.json'): _remove(f)
+    write_json(run/'config.json', config_dict(cfg))
 
 def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  run, # the run folder
@@ -645,6 +741,8 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  log=None)->dict: # the `metrics.json` content (after the report step), else the step summaries
     "The whole method in a resumable run folder: every step skipped when finished with the same settings."
     run = Path(run).absolute()                                             # a relative --out would be read against the pool folder
+    inputs = [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p]
+    claim_dir(run, 'run', inputs, create=False)                            # the user's own folder is refused before any work
     for name, v in (('from_step', from_step), ('only', only)):
         if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
     dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
@@ -673,15 +771,7 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
             if not r or r['fingerprint'] != fps[s]:
                 raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
     barrier()                                                              # every process has read the records before rank 0 changes them
-    if is_main():
-        run.mkdir(parents=True, exist_ok=True)
-        n = clean_partial(run)
-        if n: _say(log, f'removed {n} temporary file(s) left by an interrupted run')
-        for s in STEPS[first_redo:]:                                       # --from: forget the step and everything after it
-            if only and s != only: continue
-            for o in STEP_OUTPUTS[s]: _remove(run/o)
-            for f in (steps_dir/f'{s}.json', steps_dir/f'{s}.started.json'): _remove(f)
-        write_json(run/'config.json', config_dict(cfg))
+    main_result(lambda: _prepare_run(run, cfg, inputs, [s for s in STEPS[first_redo:] if not only or s == only], log))   # rank 0; its error stops all
     barrier()
     fns, summary = _step_fns(cfg, run, device, log), {}
     for s in todo:
@@ -689,6 +779,7 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         if r and r['fingerprint'] == fps[s]:
             summary[s] = r.get('summary', {}); continue
         started = steps_dir/f'{s}.started.json'
+        main_result(lambda: own(run, STEP_OUTPUTS[s]))                     # refused (on every process) when the user put something there
         if is_main():
             if started.exists() and json.loads(started.read_text())['fingerprint'] != fps[s]:
                 for o in STEP_OUTPUTS[s]: _remove(run/o)                      # partial outputs of other settings

@@ -16,7 +16,7 @@ from torch import nn
 import timm
 from torchvision import tv_tensors
 
-from .core import IGNORE_INDEX, WoodInputError, load_mask, load_weights, read_classes, save_mask, save_weights, seed_everything, write_json
+from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, _check_meta, _unwrap, lite0_package_path, lite0_to_timm
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
@@ -312,13 +312,12 @@ def save_boundary_net(model:BoundaryNet, path, meta:dict|None=None)->Path:
 
 def load_boundary_net(path, map_location='cpu')->BoundaryNet:
     "Rebuild a `BoundaryNet` from a checkpoint of `save_boundary_net` (in eval mode; `.meta` holds the meta)."
-    ck = load_weights(path, map_location=map_location)
-    if not isinstance(ck, dict) or ck.get('format') != BOUNDARY_FORMAT:
-        raise WoodInputError(path, 'is not a boundary-network checkpoint written by save_boundary_net.', 'pass the model.pt that train_boundary wrote.')
-    c = ck['config']
-    m = BoundaryNet(c['backbone'], None, c['freeze_backbone'], tuple(c['levels']), c['width'])
-    m.load_state_dict(ck['state_dict'], strict=True)
-    m.mean, m.std, m.pretrained, m.meta = tuple(c['mean']), tuple(c['std']), c.get('init'), ck.get('meta', {})
+    ck = load_checkpoint(path, BOUNDARY_FORMAT, 'boundary-network checkpoint', 'pass the model.pt that train_boundary wrote.', map_location)
+    with checkpoint_fits(path, 'boundary-network checkpoint'):
+        c = ck['config']
+        m = BoundaryNet(c['backbone'], None, c['freeze_backbone'], tuple(c['levels']), c['width'])
+        m.load_state_dict(ck['state_dict'], strict=True)
+        m.mean, m.std, m.pretrained, m.meta = tuple(c['mean']), tuple(c['std']), c.get('init'), ck.get('meta', {})
     return m.eval()
 
 # %% ../nbs/10_refine.ipynb #18042e59
@@ -376,7 +375,7 @@ def make_confident_labels(voc_root, # VOC-layout root
     for i in tqdm(_my_ids(ds.ids, out, skip_existing), desc='confident labels', disable=not progress, leave=False):
         r = load_cam_record(cam_dir/f'{i}.npz')
         lab = confident_labels(normalize_cams(r['high_res']), r['keys'], fg_thresh, bg_thresh, _rgb(ds.image_path(i)) if crf else None, gt_prob)
-        save_mask(lab, out/f'{i}.png'); n += 1
+        save_mask(lab, child_path(out, f'{i}.png')); n += 1
     barrier()
     return n
 
@@ -597,7 +596,7 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
                                  f'{b.shape[0]}x{b.shape[1]} grid.', 'recompute the CAM records of these images with wood_nb.cam.compute_cams.')
         T = transition_matrix(b, radius, beta, max_pixels, sparse=sparse)
         mask = random_walk(normalize_cams(torch.from_numpy(r['cam'])).to(device), T, r['keys'], logt, power, bg_plane, b, (H, W), normalize)
-        save_mask(mask, out/f'{i}.png'); n += 1
+        save_mask(mask, child_path(out, f'{i}.png')); n += 1
     barrier()
     return n
 

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import IGNORE_INDEX, WoodInputError, load_mask, load_weights, read_classes, save_mask, save_weights, seed_everything, voc_palette
+from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, _check_input, _check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
@@ -174,10 +174,11 @@ def load_segmenter(path, # a file written by `save_segmenter`
                    map_location='cpu',
                   )->DeepLabV2: # in eval mode; `.meta` holds the saved meta
     "Rebuild a `DeepLabV2` from a checkpoint alone."
-    ck = load_weights(path, map_location=map_location)
-    if not isinstance(ck, dict) or ck.get('format') != SEG_FORMAT:
-        raise WoodInputError(path, 'is not a segmentation checkpoint written by save_segmenter.',
-                             'pass the model.pt of a segmentation run (for ImageNet weights use DeepLabV2(..., pretrained=path)).')
+    ck = load_checkpoint(path, SEG_FORMAT, 'segmentation checkpoint', 'give the model.pt of wood train-seg '
+                         '(for ImageNet weights use DeepLabV2(..., pretrained=path)).', map_location)
+    with checkpoint_fits(path, 'segmentation checkpoint'): return _build_segmenter(path, ck, num_classes, classes)
+
+def _build_segmenter(path, ck:dict, num_classes, classes)->DeepLabV2:
     cfg = ck['config']
     if num_classes is not None and cfg['num_classes'] != num_classes:
         raise WoodInputError(path, f"holds a segmenter for {cfg['num_classes']} classes, but {num_classes} were asked for.",
@@ -384,7 +385,7 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
             for it, p in zip(group, probs):
                 if postprocess is None: lab = p.argmax(0).numpy().astype(np.uint8)
                 else: lab = _label_map(postprocess(it['raw'].permute(1, 2, 0).numpy(), p.numpy()), p.shape[1:], net.num_classes, it['id'])
-                save_mask(lab, out/f"{it['id']}.png"); n += 1
+                save_mask(lab, child_path(out, f"{it['id']}.png")); n += 1
     barrier()
     return n
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import IGNORE_INDEX, WoodInputError, atomic_dir, save_mask, voc_palette, write_json, write_text
+from .core import IGNORE_INDEX, MARKER, WoodInputError, atomic_dir, save_mask, voc_palette, write_json, write_text
 
 # %% auto #0
 __all__ = ['SHAPES', 'CUES', 'SynthConfig', 'render_scene', 'sample_content', 'generate', 'plot_benchmark']
@@ -340,7 +340,10 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
     "Generate the spurious-cue benchmark: a VOC-layout dataset and an OoD candidate pool."
     cfg = cfg or SynthConfig()
     out = Path(out)
+    if overwrite and out.is_dir() and any(out.iterdir()) and not ((out/MARKER).is_file() or (out/'synth.json').is_file()):
+        raise WoodInputError(out, 'is not a benchmark written by wood synth, so --overwrite does not replace it.', 'give a new output folder.')
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp/MARKER, {'kit': 'wood_nb', 'kind': 'benchmark', 'owned': []})
         voc, ood = tmp/'voc', tmp/'ood'
         for d in ('JPEGImages', 'SegmentationClass', 'SegmentationCue', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
         (ood/'images').mkdir(parents=True)

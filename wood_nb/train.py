@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .core import WoodInputError, atomic_path, load_weights, seed_everything
+from .core import WoodInputError, atomic_path, get_device, load_weights, seed_everything
 
 # %% auto #0
 __all__ = ['TrainConfig', 'poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'distributed',
@@ -73,11 +73,13 @@ def dist_info()->tuple[int, int, int]:
 def init_distributed(device:str='auto')->torch.device:
     "Join the process group when launched by `torchrun`; returns this process's device."
     rank, world, local = dist_info()
-    cuda = torch.cuda.is_available() and device != 'cpu'
+    want = get_device(device)                                  # an unknown or missing device stops here, by name
+    cuda = want.type == 'cuda'
     if world > 1 and not dist.is_initialized():
         if cuda: torch.cuda.set_device(local)
         dist.init_process_group('nccl' if cuda else 'gloo')
-    return torch.device(f'cuda:{local}' if cuda else 'cpu')
+    if cuda and (world > 1 or want.index is None): return torch.device(f'cuda:{local}')
+    return want
 
 def is_main()->bool:
     "True on rank 0 (the process that writes files)."
@@ -223,6 +225,9 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
     start, history = 0, []
     if ckpt is not None and resume and ckpt.exists():
         st = load_weights(ckpt, map_location=device)
+        if not isinstance(st, dict) or not {'total_steps', 'model', 'optimizer', 'scheduler', 'epoch', 'history', 'rng'} <= set(st):
+            raise WoodInputError(ckpt, 'is not a training checkpoint written by wood_nb (the resume state is missing).',
+                                 'delete it to start this training afresh, or use another output folder.')
         if st['total_steps'] != total: raise WoodInputError(ckpt, f"was written for {st['total_steps']} steps, this run has {total}.", 'use the same settings, or another output folder (or delete the checkpoint).')
         model.load_state_dict(st['model']); opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
         start, history = st['epoch'], st['history']; set_rng_state(st['rng'])
