@@ -219,3 +219,20 @@ def test_a_refused_stage_command_leaves_no_output_folder(capsys, bench, bad_chec
     rc, err = wood(capsys, 'eval-seg', bench/'voc', '--weights', bad_checkpoints/'text.pt', '--out', tmp_path/'pred', '--device', 'cpu')
     assert rc == 2 and 'text.pt' in err
     assert not (tmp_path/'pred').exists()
+
+
+@pytest.mark.parametrize('args,says', [
+    (['train-cls', '{voc}', '--out', '{out}', '--epochs', '-3'], '--epochs'),
+    (['train-cls', '{voc}', '--out', '{out}', '--lr', '-0.1'], '--lr'),
+    (['train-cls', '{voc}', '--out', '{out}', '--device', 'tpu:9'], '--device'),
+    (['mine', '{ood}', '--weights', '{w}', '--out', '{out}', '--threshold', '1.5'], '--threshold'),
+    (['cam', '{voc}', '--weights', '{w}', '--out', '{out}', '--batch-size', '0'], '--batch-size'),
+    (['prototypes', '{voc}', '--weights', '{w}', '--pool', '{ood}', '--ood-list', 'ood_list.txt', '--out', '{out}', '--k', '0'], '--k'),
+])
+def test_stage_command_options_out_of_range(capsys, bench, weights, tmp_path, args, says):
+    args = [a.format(voc=bench/'voc', ood=bench/'ood', out=tmp_path/'out', w=weights) for a in args]
+    try: rc = main(args)
+    except SystemExit as e: rc = e.code                     # argparse refuses a typed option itself
+    err = capsys.readouterr().err
+    assert rc == 2 and says in err and 'Traceback' not in err, err
+    assert not (tmp_path/'out').exists()

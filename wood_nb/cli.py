@@ -4,7 +4,7 @@
 
 # %% ../nbs/99_cli.ipynb #78975898
 from __future__ import annotations
-import argparse, json, sys, time
+import argparse, json, math, sys, time
 from dataclasses import fields
 from pathlib import Path
 
@@ -12,7 +12,7 @@ from .core import MARKER, WoodInputError, atomic_path, claim_dir, own, read_clas
 from .data import VOCDataset, eval_transforms, validate, validate_ood
 from .synth import SynthConfig, generate, plot_benchmark
 from .model import load_classifier
-from .train import TrainConfig, init_distributed, is_main, main_result, train_classifier
+from .train import TrainConfig, check_train_config, init_distributed, is_main, main_result, train_classifier
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
 from .mining import CURATION_MODES, mine
@@ -23,8 +23,9 @@ from .pipeline import PLANE_MODES, RUN_PRESETS, STEPS, refine_step, run_config, 
 from .wood import METRIC_FORMS, WoodConfig, train_wood
 
 # %% auto #0
-__all__ = ['DEMO_PROFILES', 'run_validate', 'run_eval_cam', 'run_refine', 'run_eval_seg', 'run_summary', 'run_demo',
-           'load_overrides', 'parse_sets', 'build_parser', 'main']
+__all__ = ['AT_LEAST_1', 'COUNT', 'POSITIVE', 'NON_NEGATIVE', 'SHARE', 'DEMO_PROFILES', 'run_validate', 'run_eval_cam',
+           'run_refine', 'run_eval_seg', 'run_summary', 'run_demo', 'load_overrides', 'parse_sets', 'build_parser',
+           'main']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -63,6 +64,21 @@ def _synth_config(a)->SynthConfig:
     "A `SynthConfig` from parsed options (unset options keep their defaults)."
     return SynthConfig(**{f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None})
 
+# %% ../nbs/99_cli.ipynb #0ee4c798
+def _number(kind, lo=None, hi=None, lo_open:bool=False, want:str=''):
+    "An argparse type: `kind` (int or float) within [lo, hi] (lo excluded with `lo_open`); a bad value is refused naming the option."
+    def parse(text:str):
+        try: v = kind(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f'{text} is out of range: give {want}')
+        return v
+    parse.__name__ = want
+    return parse
+
+AT_LEAST_1, COUNT = _number(int, 1, want='an integer >= 1'), _number(int, 0, want='an integer >= 0')
+POSITIVE, NON_NEGATIVE, SHARE = _number(float, 0, lo_open=True, want='a positive number'), _number(float, 0, want='a number >= 0'), _number(float, 0, 1, want='a number in [0, 1]')
+
 # %% ../nbs/99_cli.ipynb #72823210
 def _add_train_options(p:argparse.ArgumentParser):
     "One typed option for every `TrainConfig` field (default: the preset's value)."
@@ -73,8 +89,8 @@ def _add_train_options(p:argparse.ArgumentParser):
         else: p.add_argument(opt, type=type(v), default=None, help='default: the preset\'s')
 
 def _train_config(a)->TrainConfig:
-    "The preset's `TrainConfig` with the options given."
-    return TrainConfig.preset(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
+    "The preset's `TrainConfig` with the options given (ranges checked)."
+    return check_train_config(TrainConfig.preset(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
 
 def _model_kw(a)->dict:
     return {k: v for k, v in (('backbone', a.backbone), ('pretrained', a.pretrained), ('output_stride', a.output_stride)) if v is not None}
@@ -125,12 +141,12 @@ def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:T
 
 def _boundary_train_config(a)->TrainConfig:
     "The boundary preset's `TrainConfig` with the options given."
-    return boundary_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
+    return check_train_config(boundary_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
 
 # %% ../nbs/99_cli.ipynb #02f87f87
 def _seg_train_config(a)->TrainConfig:
     "The preset's segmentation `TrainConfig` with the options given."
-    return seg_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None})
+    return check_train_config(seg_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
 
 def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, crf:bool=False, device=None, log=None)->dict:
     "Predict `split` with a saved segmenter into `out` (dense CRF on the probabilities with `crf`), score it, print and return the result."
@@ -233,7 +249,7 @@ def build_parser()->argparse.ArgumentParser:
     s = sub.add_parser('synth', help='generate the embedded spurious-cue benchmark')
     s.add_argument('out', type=Path)
     s.add_argument('--seed', type=int, default=0)
-    s.add_argument('--workers', type=int, default=2, help='processes to render with (default: 2)')
+    s.add_argument('--workers', type=COUNT, default=2, help='processes to render with (default: 2)')
     s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False, help='replace an existing non-empty OUT')
     _add_synth_options(s)
     t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
@@ -247,34 +263,34 @@ def build_parser()->argparse.ArgumentParser:
     c = sub.add_parser('cam', help='write multi-scale CAM records for a split')
     c.add_argument('root', type=Path); c.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
     c.add_argument('--out', type=Path, required=True, help='folder for <id>.npz records'); c.add_argument('--split', default='train')
-    c.add_argument('--scales', type=float, nargs='+', default=list(DEFAULT_SCALES)); c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
+    c.add_argument('--scales', type=POSITIVE, nargs='+', default=list(DEFAULT_SCALES)); c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
     c.add_argument('--keys', choices=['label', 'all'], default='label', help="classes to keep: the image's labels, or all")
-    c.add_argument('--batch-size', type=int, default=16); c.add_argument('--device', default='auto')
+    c.add_argument('--batch-size', type=AT_LEAST_1, default=16); c.add_argument('--device', default='auto')
     c.add_argument('--seeds', choices=['cam', 'advcam'], default='cam',
                    help='cam: plain CAMs; advcam: AdvCAM anti-adversarial climbing (slow: (steps+1) forward/backward passes per class, scale and flip)')
-    c.add_argument('--adv-steps', type=int, default=27, help='AdvCAM climbing steps (official: 27)')
-    c.add_argument('--adv-step-size', type=float, default=0.08, help='AdvCAM step size (official: 0.08)')
-    c.add_argument('--adv-weight', type=float, default=7.0, help='AdvCAM regularisation weight on already-high regions (official: 7)')
-    c.add_argument('--adv-mask-thresh', type=float, default=0.5, help='AdvCAM mask threshold of already-high regions (official: 0.5)')
+    c.add_argument('--adv-steps', type=AT_LEAST_1, default=27, help='AdvCAM climbing steps (official: 27)')
+    c.add_argument('--adv-step-size', type=POSITIVE, default=0.08, help='AdvCAM step size (official: 0.08)')
+    c.add_argument('--adv-weight', type=NON_NEGATIVE, default=7.0, help='AdvCAM regularisation weight on already-high regions (official: 7)')
+    c.add_argument('--adv-mask-thresh', type=SHARE, default=0.5, help='AdvCAM mask threshold of already-high regions (official: 0.5)')
     e = sub.add_parser('eval-cam', help='seed mIoU (and cue activation) of CAM records against the masks')
     e.add_argument('root', type=Path); e.add_argument('--cams', type=Path, required=True); e.add_argument('--split', default='train')
     e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
     m = sub.add_parser('mine', help='score an OoD candidate pool with the baseline, rank, curate, write ood_list.txt')
     m.add_argument('pool', type=Path); m.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
     m.add_argument('--out', type=Path, required=True, help='folder for scores.csv, ranked.csv, ood_list.txt, mining.json')
-    m.add_argument('--threshold', type=float, default=0.5, help='keep candidates whose top class probability exceeds it (default 0.5)')
-    m.add_argument('--top-k', type=int, default=None, help='keep at most this many of the best')
+    m.add_argument('--threshold', type=SHARE, default=0.5, help='keep candidates whose top class probability exceeds it (default 0.5)')
+    m.add_argument('--top-k', type=AT_LEAST_1, default=None, help='keep at most this many of the best')
     m.add_argument('--curation', choices=list(CURATION_MODES), default='meta', help="'list': a person's list; 'meta': the pool's ood_meta.csv; 'none'")
     m.add_argument('--curated-list', type=Path, default=None, help='with --curation list: the file of kept paths')
-    m.add_argument('--list-file', default='ood_list.txt'); m.add_argument('--batch-size', type=int, default=32); m.add_argument('--device', default='auto')
+    m.add_argument('--list-file', default='ood_list.txt'); m.add_argument('--batch-size', type=AT_LEAST_1, default=32); m.add_argument('--device', default='auto')
     pr = sub.add_parser('prototypes', help='class prototypes and k-means OoD prototypes with the frozen baseline')
     pr.add_argument('root', type=Path, help='VOC-layout root'); pr.add_argument('--weights', type=Path, required=True)
     pr.add_argument('--pool', type=Path, required=True, help='the OoD pool folder'); pr.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
     pr.add_argument('--out', type=Path, required=True); pr.add_argument('--split', default='train')
-    pr.add_argument('--k', type=int, default=50); pr.add_argument('--iters', type=int, default=10)
+    pr.add_argument('--k', type=AT_LEAST_1, default=50); pr.add_argument('--iters', type=AT_LEAST_1, default=10)
     pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++'); pr.add_argument('--seed', type=int, default=0)
     pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False, help='fewer OoD images than k: use k = N')
-    pr.add_argument('--batch-size', type=int, default=32); pr.add_argument('--device', default='auto')
+    pr.add_argument('--batch-size', type=AT_LEAST_1, default=32); pr.add_argument('--device', default='auto')
     w = sub.add_parser('train-wood', help='fine-tune a baseline with the W-OoD loss (mined OoD images + prototypes)')
     w.add_argument('root', type=Path, help='VOC-layout root'); w.add_argument('--baseline', type=Path, required=True, help='model.pt from train-cls')
     w.add_argument('--pool', type=Path, required=True, help='the OoD pool folder')
@@ -292,11 +308,11 @@ def build_parser()->argparse.ArgumentParser:
     rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic')
     rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the confident labels (needs the crf extra)')
     rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto', help="confident-label and walk planes: IRN's, or at the seed threshold (auto: the preset's)")
-    rf.add_argument('--seed-threshold', type=float, default=None, help="t for --planes seed (default: found on the split's ground truth)")
-    rf.add_argument('--radius', type=int, default=None, help="boundary training pair radius on the stride-4 grid (default: the preset's, 5 synthetic / 10 VOC)")
-    rf.add_argument('--walk-radius', type=int, default=None, help="random-walk radius (default: the preset's, 3 synthetic / 5 VOC)")
-    rf.add_argument('--logt', type=int, default=None, help="random-walk steps: 2^logt (default: the preset's, 6 synthetic / 8 VOC)")
-    rf.add_argument('--beta', type=float, default=10.0); rf.add_argument('--bg-plane', type=float, default=None, help="override the walk's background plane")
+    rf.add_argument('--seed-threshold', type=SHARE, default=None, help="t for --planes seed (default: found on the split's ground truth)")
+    rf.add_argument('--radius', type=AT_LEAST_1, default=None, help="boundary training pair radius on the stride-4 grid (default: the preset's, 5 synthetic / 10 VOC)")
+    rf.add_argument('--walk-radius', type=AT_LEAST_1, default=None, help="random-walk radius (default: the preset's, 3 synthetic / 5 VOC)")
+    rf.add_argument('--logt', type=COUNT, default=None, help="random-walk steps: 2^logt (default: the preset's, 6 synthetic / 8 VOC)")
+    rf.add_argument('--beta', type=POSITIVE, default=10.0); rf.add_argument('--bg-plane', type=SHARE, default=None, help="override the walk's background plane")
     rf.add_argument('--device', default='auto')
     _add_train_options(rf)
     sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
@@ -310,7 +326,7 @@ def build_parser()->argparse.ArgumentParser:
     es = sub.add_parser('eval-seg', help='predict a split with a trained segmenter and score it against the masks')
     es.add_argument('root', type=Path); es.add_argument('--weights', type=Path, required=True, help='model.pt from train-seg')
     es.add_argument('--out', type=Path, required=True, help='folder for the predicted <id>.png'); es.add_argument('--split', default='val')
-    es.add_argument('--scales', type=float, nargs='+', default=[1.0], help=f'test scales (multi-scale: {" ".join(map(str, SEG_TEST_SCALES))})')
+    es.add_argument('--scales', type=POSITIVE, nargs='+', default=[1.0], help=f'test scales (multi-scale: {" ".join(map(str, SEG_TEST_SCALES))})')
     es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True); es.add_argument('--json', type=Path, default=None)
     es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the predicted probabilities (needs the crf extra)')
     es.add_argument('--device', default='auto')
@@ -323,14 +339,14 @@ def build_parser()->argparse.ArgumentParser:
     d.add_argument('--profile', choices=sorted(DEMO_PROFILES), default='quick',
                    help='quick: a 96-px benchmark of 320 training images up to the pseudo-masks, minutes on two CPU cores; '
                         'full: the default 128-px benchmark of 1,200, segmentation included (use a GPU)')
-    d.add_argument('--workers', type=int, default=2, help='processes that generate the benchmark')
+    d.add_argument('--workers', type=COUNT, default=2, help='processes that generate the benchmark')
     for q in (rn, d):
         if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')
         q.add_argument('--config', type=Path, default=None, help='JSON file of settings (dotted keys, or a run\'s config.json)')
         q.add_argument('--set', action='append', dest='sets', metavar='KEY=VALUE', help='one setting, e.g. cls.epochs=3 (repeatable; wins over --config)')
         q.add_argument('--from', dest='from_step', choices=list(STEPS), default=None, help='redo this step and every later one')
         q.add_argument('--only', choices=list(STEPS), default=None, help='run this step alone (its predecessors must be finished)')
-        q.add_argument('--num-workers', type=int, default=None, help='DataLoader workers of every training step')
+        q.add_argument('--num-workers', type=COUNT, default=None, help='DataLoader workers of every training step')
         q.add_argument('--device', default='auto')
     return p
 

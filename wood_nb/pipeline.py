@@ -222,7 +222,7 @@ from .data import validate, validate_ood
 from .cam import DEFAULT_SCALES
 from .model import load_classifier, PRESETS
 from .segment import SEG_PRESETS
-from .train import train_classifier, init_distributed
+from .train import train_classifier, init_distributed, check_train_config
 from .mining import mine, CURATION_MODES
 from .prototypes import compute_prototypes
 from .wood import WoodConfig, train_wood, eval_block, chain_figures
@@ -406,26 +406,10 @@ def config_dict(cfg:RunConfig)->dict:
 def _bad(key:str, value, want:str):
     raise WoodInputError(f'config key {key!r}', f'{value!r} is out of range: it must be {want}.', f'set {key} to {want}.')
 
-def _check_train(sect:str, t:TrainConfig):
-    "Ranges of one training section."
-    fin = lambda v: isinstance(v, (int, float)) and math.isfinite(v)
-    if not t.epochs >= 1: _bad(f'{sect}.epochs', t.epochs, 'an integer >= 1')
-    if not t.batch_size >= 1: _bad(f'{sect}.batch_size', t.batch_size, 'an integer >= 1')
-    for k in ('lr', 'head_mult'):
-        if not (fin(getattr(t, k)) and getattr(t, k) > 0): _bad(f'{sect}.{k}', getattr(t, k), 'a positive number')
-    if not (fin(t.momentum) and 0 <= t.momentum < 1): _bad(f'{sect}.momentum', t.momentum, 'a number in [0, 1)')
-    for k in ('weight_decay', 'poly_power'):
-        if not (fin(getattr(t, k)) and getattr(t, k) >= 0): _bad(f'{sect}.{k}', getattr(t, k), 'a number >= 0')
-    if t.crop is not None and not t.crop >= 1: _bad(f'{sect}.crop', t.crop, 'an integer >= 1 (pixels)')
-    ls = t.long_side
-    if ls is not None and not (len(ls) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in ls) and 1 <= ls[0] <= ls[1]):
-        _bad(f'{sect}.long_side', ls, 'two integers [lo, hi] with 1 <= lo <= hi')
-    if not t.num_workers >= 0: _bad(f'{sect}.num_workers', t.num_workers, 'an integer >= 0')
-
 def check_config(cfg:RunConfig)->RunConfig:
     "Raise `WoodInputError` for the first setting out of its range (types are checked when the configuration is built)."
     if cfg.preset not in RUN_PRESETS: _bad('preset', cfg.preset, f'one of {RUN_PRESETS}')
-    for sect in _TRAIN_SECTIONS: _check_train(sect, getattr(cfg, sect))
+    for sect in _TRAIN_SECTIONS: check_train_config(getattr(cfg, sect), name=lambda k, sect=sect: f"config key '{sect}.{k}'")
     for key, sc in (('scales', cfg.scales), ('seg.scales', cfg.seg.scales)):
         if sc is None and key == 'seg.scales': continue
         if not sc or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in sc):
