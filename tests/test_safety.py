@@ -236,3 +236,18 @@ def test_stage_command_options_out_of_range(capsys, bench, weights, tmp_path, ar
     err = capsys.readouterr().err
     assert rc == 2 and says in err and 'Traceback' not in err, err
     assert not (tmp_path/'out').exists()
+
+
+def test_run_refuses_a_kit_folder_of_another_kind(capsys, bench):
+    "A benchmark folder carries the marker too, but a run does not write into it."
+    before = snapshot(bench)
+    rc, err = wood(capsys, *run_args(bench, bench))
+    assert rc == 2 and 'not a run folder' in err
+    assert snapshot(bench) == before
+
+
+def test_damaged_step_record_names_itself(capsys, bench, tmp_path):
+    run = claim_dir(tmp_path/'run'); own(run, ['steps']); (run/'steps').mkdir()
+    (run/'steps'/'baseline.json').write_text('{"fingerprint": ')
+    rc, err = wood(capsys, *run_args(bench, run))
+    assert rc == 2 and 'baseline.json' in err and '--from baseline' in err

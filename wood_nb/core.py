@@ -269,7 +269,9 @@ def claim_dir(path, # the output folder (created when missing)
     if path.exists() and not path.is_dir():
         raise WoodInputError(path, 'exists and is not a folder.', f'give {option} a new folder (this one is a file).')
     if path.is_dir() and (path/MARKER).exists():
-        _read_marker(path); return path
+        k = _read_marker(path).get('kind')
+        if k != kind: raise WoodInputError(path, f"is a wood_nb {k} folder, not a {kind} folder; the kit does not mix them.", f'give {option} a new folder.')
+        return path
     if not create: return path
     if path.is_dir() and any(path.iterdir()):
         raise WoodInputError(path, f'exists, is not empty and was not created by wood_nb (it has no {MARKER}); '

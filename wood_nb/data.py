@@ -28,7 +28,9 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_HEADER', 'split_path', 'availa
 
 # %% ../nbs/01_data.ipynb #220e9578
 def split_path(root, split:str)->Path:
-    "The list file of a split: `root/ImageSets/Segmentation/<split>.txt`."
+    "The list file of a split: `root/ImageSets/Segmentation/<split>.txt` (a split is a plain name, never a path)."
+    if not isinstance(split, str) or split in ('', '.', '..') or any(c in split for c in '/\\') or not split.isprintable():
+        raise WoodInputError('split', f'{split!r} is not a split name.', 'give the name of a list in ImageSets/Segmentation, without folder or .txt (e.g. train).')
     return Path(root)/'ImageSets'/'Segmentation'/f'{split}.txt'
 
 def available_splits(root)->list[str]:

@@ -737,14 +737,19 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
     steps_dir = run/'steps'
     def record(s):
         f = steps_dir/f'{s}.json'
-        return json.loads(f.read_text()) if f.exists() else None
+        if not f.exists(): return None
+        try: r = json.loads(f.read_text())
+        except (OSError, ValueError): r = None
+        if not isinstance(r, dict) or not isinstance(r.get('fingerprint'), str) or not isinstance(r.get('settings'), dict):
+            raise WoodInputError(f, 'is not a readable step record (it is damaged).', f'rerun with --from {s} to redo that step and every later one.')
+        return r
     def done(s): return STEPS.index(s) < first_redo and (record(s) or {}).get('fingerprint') == fps[s]
     if check_inputs:                    # once (its error stops every process); decode every image only when a step will run
         pending = any(not done(s) for s in todo)
         main_result(lambda: check_run_inputs(cfg, deep=pending))
-    for i, s in enumerate(STEPS):                                          # refuse mixed configurations before any work
+    for i, s in enumerate(STEPS[:first_redo]):                             # refuse mixed configurations before any work
         r = record(s)
-        if r and r['fingerprint'] != fps[s] and i < first_redo:
+        if r and r['fingerprint'] != fps[s]:
             changed = _diff(r['settings'], step_settings(cfg, s))
             raise WoodInputError(steps_dir/f'{s}.json', f"step {s!r} finished with other settings" +
                                  (f" ({'; '.join(changed)})" if changed else ' (an earlier step changed)') + '.',
