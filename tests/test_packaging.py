@@ -31,3 +31,16 @@ def test_library_has_no_nbdev_import():
     for f in (ROOT/'wood_nb').glob('*.py'):
         src = f.read_text()
         assert 'import nbdev' not in src and 'from nbdev' not in src and 'fastcore' not in src, f
+
+
+def test_repo_is_self_contained():
+    "Method notes, licence and citation live in the repo; nothing points at notes outside it."
+    tracked = subprocess.run(['git', 'ls-files'], capture_output=True, text=True, cwd=ROOT).stdout.split()
+    outside = [f for f in tracked if f.endswith(('.py', '.ipynb', '.md', '.ini', '.in', '.toml', '.sh'))
+               and any(s in (ROOT/f).read_text(encoding='utf-8', errors='replace') for s in ('METHOD' + '.md', 'DESIGN' + '.md'))]
+    assert not outside, outside
+    lic = (ROOT/'LICENSE').read_text()
+    assert 'Apache License' in lic and 'Version 2.0' in lic and 'license = apache2' in (ROOT/'settings.ini').read_text()
+    readme = (ROOT/'README.md').read_text()
+    assert 'nbs/method.md' in readme and '@inproceedings' in readme and 'naver-ai/w-ood' in readme
+    assert (ROOT/'nbs'/'method.md').is_file()

@@ -347,7 +347,7 @@ def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
     if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
     cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=TrainConfig.preset(preset),
                     boundary=boundary_train_config(preset), seg_train=seg_train_config(preset),
-                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # METHOD.md: train on train_aug, score on train
+                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # `method.md`: train on train_aug, score on train
     flat = _flat_keys(cfg)
     ov = dict(overrides or {})
     if 'preset' in ov and ov.pop('preset') != preset: raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')

@@ -246,7 +246,7 @@ _SEG_TRAIN = {
                       long_side=(64, 256), poly_power=0.9),
 }
 
-def seg_train_config(preset:str='synthetic', # 'voc' (METHOD.md's DeepLab-v2 recipe) or 'synthetic'
+def seg_train_config(preset:str='synthetic', # 'voc' (`method.md`'s DeepLab-v2 recipe) or 'synthetic'
                      **overrides, # fields of `TrainConfig` that replace the preset's
                     )->TrainConfig:
     "The `TrainConfig` of a segmentation recipe, with overrides."
@@ -304,7 +304,7 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     return model
 
 # %% ../nbs/11_segment.ipynb #17e1e597
-SEG_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # a common multi-scale test set for DeepLab; METHOD.md names none
+SEG_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # a common multi-scale test set for DeepLab; `method.md` names none
 
 @torch.no_grad()
 def predict(model:nn.Module, # a `DeepLabV2` (or its DDP wrapper); run in eval mode, on its own device

@@ -45,7 +45,7 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name:str, **overrides)->'TrainConfig':
-        "The `voc` (IRN recipe, METHOD.md) or `synthetic` settings, with overrides."
+        "The `voc` (IRN recipe, `method.md`) or `synthetic` settings, with overrides."
         presets = {'voc': dict(epochs=5, batch_size=16, lr=0.1, head_mult=10.0, momentum=1e-4, weight_decay=1e-4,
                                crop=512, long_side=(320, 640)),
                    'synthetic': dict(epochs=5, batch_size=16, lr=1e-3, head_mult=10.0, momentum=0.9, weight_decay=1e-4,
