@@ -56,6 +56,11 @@ def test_run_writes_the_run_folder(reference):
     assert f"{m['wood']['seed_miou']:15.1f}" in r.stdout
     assert sorted(p.stem for p in (run/'steps').glob('*.json')) == sorted(
         ['baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report'])
+    for d, epochs in (('cls', 2), ('wood', 1), ('refine/baseline', 1), ('refine/wood', 1), ('seg/baseline', 1), ('seg/wood', 1)):
+        rows = (run/d/'history.csv').read_text().splitlines()              # one row an epoch of every training
+        assert rows[0].startswith('epoch,loss') and len(rows) == 1 + epochs, (d, rows)
+    for bar in ('cams', 'scoring', 'features', 'confident labels', 'pseudo-masks', 'segment'):   # inference shows progress too
+        assert f'{bar}' in r.stderr and '%|' in r.stderr, bar
 
 
 def test_rerun_refuses_changed_settings_and_redoes_from_a_step(bench, reference, tmp_path):

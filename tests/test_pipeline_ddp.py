@@ -102,7 +102,7 @@ def test_sharded_outputs_are_written_once_each(runs):
         for r in (0, 1):
             assert sorted(p.stem for p in mine[r] if p.parent == d) == sorted(ids[r::2]), (folder, r)
     counts = Counter(logs[0] + logs[1])
-    again = {p for p, c in counts.items() if c > 1 and Path(p).name not in ('checkpoint.pt', '.wood_nb.json')}   # checkpoints: once per epoch; the marker: once per step (its ledger of owned entries)
+    again = {p for p, c in counts.items() if c > 1 and Path(p).name not in ('checkpoint.pt', 'history.csv', '.wood_nb.json')}   # checkpoints and history: once per epoch; the marker: once per step (its ledger of owned entries)
     assert not again, sorted(again)[:5]
     shared = {str((run/f).resolve()) for f in ('cls/model.pt', 'wood/model.pt', 'prototypes/mined/prototypes.npz', 'mining/ood_list.txt',
                                                'mining/mining.json', 'eval/baseline.json', 'eval/wood.json', 'refine/wood/masks.json',

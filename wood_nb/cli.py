@@ -19,7 +19,7 @@ from .mining import CURATION_MODES, mine
 from .prototypes import compute_prototypes
 from .refine import boundary_train_config
 from .segment import SEG_TEST_SCALES, crf_postprocess, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
-from .pipeline import PLANE_MODES, RUN_PRESETS, STEPS, refine_step, run_config, run_pipeline
+from .pipeline import PLANE_MODES, RUN_PRESETS, STEPS, config_dict, plan_run, print_plan, refine_step, run_config, run_pipeline
 from .wood import METRIC_FORMS, WoodConfig, train_wood
 
 # %% auto #0
@@ -333,6 +333,8 @@ def build_parser()->argparse.ArgumentParser:
     rn = sub.add_parser('run', help='the whole method in a resumable run folder: baseline, seeds, mining, prototypes, W-OoD, masks, segmentation, report')
     rn.add_argument('--voc-root', type=Path, default=None, help='VOC-layout dataset root'); rn.add_argument('--ood-root', type=Path, default=None, help='the OoD candidate pool')
     rn.add_argument('--out', type=Path, required=True, help='the run folder')
+    rn.add_argument('--print-config', action='store_true', help='print the resolved settings (preset, --config, --set) as JSON and exit')
+    rn.add_argument('--dry-run', action='store_true', help='check the folder, inputs and weights, print the steps that would run and a rough time for each, and exit')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark (generated into RUN/data)')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=int, default=0, help='benchmark seed (also the baseline training seed)')
@@ -478,6 +480,8 @@ def _main(a)->int:
             ov = {**load_overrides(a.out/'config.json'), **ov}
         preset = a.preset or ov.get('preset') or 'synthetic'
         cfg = run_config(preset, ov)
+        if a.print_config: print(json.dumps(config_dict(cfg), indent=2)); return 0
+        if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, deep=False), cfg); return 0
         m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
         if is_main() and 'wood' in m: run_summary(m)
         return 0

@@ -19,11 +19,12 @@ from .refine import (BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_m
 from .segment import (train_segmenter, predict_split, eval_seg_dir, load_segmenter, predict, crf_postprocess)
 
 # %% auto #0
-__all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'STEPS', 'STEP_OUTPUTS', 'refine_planes',
-           'refine_step', 'segment_step', 'refine_and_segment', 'chain_panels', 'plot_iou_change', 'MiningConfig',
-           'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
+__all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'STEPS', 'STEP_OUTPUTS', 'STEP_COSTS',
+           'refine_planes', 'refine_step', 'segment_step', 'refine_and_segment', 'chain_panels', 'plot_iou_change',
+           'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
            'config_from_dict', 'config_dict', 'check_config', 'step_settings', 'fingerprints', 'pretrained_kw',
-           'check_run_inputs', 'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'run_pipeline']
+           'check_run_inputs', 'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'step_record',
+           'plan_run', 'run_pipeline', 'estimate_seconds', 'print_plan']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 PLANE_MODES = ('irn', 'seed')
@@ -67,6 +68,7 @@ def refine_step(voc_root, # VOC-layout root
                 device=None, log=None,
                 model_kw:dict|None=None, # overrides of the network preset (e.g. `pretrained='resnet50.pth'`)
                 score_split:str|None=None, # the split the masks are scored on (default: `split`; VOC: train inside train_aug)
+                progress:bool=False, # progress bars (labels, boundary training, pseudo-masks)
                )->dict|None: # the mask evaluation (None when the split has no ground truth)
     "Boundary network, random-walk pseudo-masks and their score for one model's CAMs; skipped when `out/masks.json` exists."
     out, voc_root = Path(out), Path(voc_root)
@@ -83,9 +85,9 @@ def refine_step(voc_root, # VOC-layout root
     if bg_plane is not None: p['bg_plane'] = float(bg_plane)
     w = {**BOUNDARY_PRESETS[preset]['walk'], **(walk or {})}
     net = train_boundary(voc_root, split, cam_dir, out, cfg=cfg, preset=preset, radius=radius, fg_thresh=p['fg_thresh'], bg_thresh=p['bg_thresh'], crf=crf,
-                         model_kw=model_kw, device=device, progress=False)
+                         model_kw=model_kw, device=device, progress=progress)
     make_pseudo_masks(net, voc_root, split, cam_dir, out/'masks', radius=int(w['radius']), beta=beta, logt=int(w['logt']),
-                      bg_plane=p['bg_plane'], device=device, progress=False)
+                      bg_plane=p['bg_plane'], device=device, progress=progress)
     if not has_gt: _say(log, f"pseudo-masks: {out/'masks'} (no ground truth for every image of {score_split!r}: not scored)"); return None
     def score():                                                   # once, on rank 0
         res = {**eval_mask_dir(voc_root, score_split, out/'masks'), 'score_split': score_split, 'planes': {'mode': mode, **p}, 'walk': w}
@@ -106,6 +108,8 @@ def segment_step(voc_root, # VOC-layout root
                  crf:bool=False, # dense CRF on the predicted probabilities (needs pydensecrf2)
                  device=None, log=None,
                  model_kw:dict|None=None, # overrides of the model preset (e.g. `pretrained='resnet101.pth'`)
+                 num_workers:int=0, # DataLoader workers of the prediction pass
+                 progress:bool=False, # a progress bar over the predicted images
                 )->dict|None: # the evaluation (None when `eval_split` has no ground truth)
     "DeepLab-v2 on one model's pseudo-masks, its predictions of `eval_split` and their score; skipped when `out/eval.json` exists."
     out, voc_root = Path(out), Path(voc_root)
@@ -114,7 +118,7 @@ def segment_step(voc_root, # VOC-layout root
     model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, model_kw=model_kw, device=device)
     dev = device or (torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu'))
     predict_split(model.to(dev), voc_root, eval_split, out/'pred', scales=tuple(scales or SEG_EVAL_SCALES.get(preset, (1.0,))), flip=flip,
-                  postprocess=post, device=dev, progress=False)
+                  postprocess=post, device=dev, num_workers=num_workers, progress=progress)
     if _without_masks(voc_root, eval_split):
         _say(log, f"predictions: {out/'pred'} (no ground truth for every image of {eval_split!r}: not scored)"); return None
     def score():                                                   # once, on rank 0
@@ -218,7 +222,7 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
 import dataclasses, hashlib, math, os, platform, shutil
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
 from .core import write_text, atomic_path, claim_dir, own, owned, is_owned, MARKER
-from .data import validate, validate_ood
+from .data import validate, validate_ood, read_ood_list
 from .cam import DEFAULT_SCALES
 from .model import load_classifier, PRESETS
 from .segment import SEG_PRESETS
@@ -282,7 +286,8 @@ class RunConfig:
     eval_split: str = 'val'       # the segmentation network's evaluation split
     scales: tuple = DEFAULT_SCALES # CAM scales
     batch_size: int = 32          # inference batch size
-    num_workers: int = 0          # DataLoader workers of every training
+    num_workers: int = 0          # DataLoader workers of every training and inference pass
+    progress: bool = True         # progress bars on every long step (rank 0)
     cls: TrainConfig = field(default_factory=TrainConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
@@ -359,9 +364,10 @@ def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
         sect, _, name = k.rpartition('.')
         owner = _section_type(sect)
         flat[k] = _coerce(k, v, flat[k], _field_defaults(owner).get(name) if owner else None)
-    if 'num_workers' in ov:                                     # one knob for every DataLoader
-        for sect in _TRAIN_SECTIONS:
-            if f'{sect}.num_workers' not in ov: flat[f'{sect}.num_workers'] = flat['num_workers']
+    for knob in ('num_workers', 'progress'):                    # one knob for every DataLoader / every bar
+        if knob in ov:
+            for sect in _TRAIN_SECTIONS:
+                if f'{sect}.{knob}' not in ov: flat[f'{sect}.{knob}'] = flat[knob]
     return config_from_dict(_nest(flat))
 
 def _nest(flat:dict)->dict:
@@ -528,6 +534,7 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     "The function of each step; each returns a small summary dict."
     root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
     classes = read_classes(root)
+    io = dict(num_workers=cfg.num_workers, progress=cfg.progress and is_main())   # every inference pass: workers and a bar on rank 0
     def baseline_model():
         f = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
         return load_classifier(f, num_classes=len(classes), classes=classes).to(device).eval()
@@ -539,20 +546,20 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         train_classifier(root, run/'cls', cfg.preset, cfg.split, cfg=cfg.cls, model_kw=kw, device=device)
         return {}
     def seeds(name, model_fn):
-        b = eval_block(model_fn(), root, cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device,
+        b = eval_block(model_fn(), root, cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device, **io,
                        score_split=cfg.score_split or None)
         _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
         return {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
     def mining():
         m = cfg.mining
         r = mine(baseline_model(), pool, run/'mining', threshold=m.threshold, top_k=m.top_k, curation=m.curation,
-                 curated_list=m.curated_list, batch_size=cfg.batch_size, device=device)
+                 curated_list=m.curated_list, batch_size=cfg.batch_size, device=device, **io)
         _say(log, f"mining: {r['candidates']} of {r['pool']} pool images above the threshold, {r['kept']} kept ({m.curation})")
         return r
     def prototypes():
         p = cfg.prototypes
         compute_prototypes(baseline_model(), root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined', k=p.k,
-                           iters=p.iters, seed=p.seed, clamp=True, batch_size=cfg.batch_size, device=device)
+                           iters=p.iters, seed=p.seed, clamp=True, batch_size=cfg.batch_size, device=device, **io)
         return {}
     def wood():
         base = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
@@ -566,7 +573,7 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         for n in ('baseline', 'wood'):
             t = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
             m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf,
-                            model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None, device=device, log=log)
+                            model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None, device=device, log=log, progress=io['progress'])
             if m: out[n] = {'mask_miou': round(m['miou'], 2), 'mask_cue_activation': m.get('cue_activation')}
             _say(log, f"{n}: pseudo-masks" + (f", mask mIoU {m['miou']:.1f}" if m else ''))
         return out
@@ -577,7 +584,7 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
             return {'enabled': False}
         for n in ('baseline', 'wood'):
             r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
-                             sc.scales, sc.flip, sc.crf, device=device, log=log,
+                             sc.scales, sc.flip, sc.crf, device=device, log=log, **io,
                              model_kw={**pretrained_kw(cfg, 'segmenter'), **({'output_stride': sc.output_stride} if sc.output_stride else {})})
             if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
             _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
@@ -716,6 +723,46 @@ def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
         for f in (run/'steps'/f'{s}.json', run/'steps'/f'{s}.started.json'): _remove(f)
     write_json(run/'config.json', config_dict(cfg))
 
+def step_record(run, # the run folder
+                step:str, # one of `STEPS`
+               )->dict|None: # the record of the finished step, or None
+    "The record `run/steps/<step>.json` of a finished step; a damaged one names itself and the `--from` that redoes it."
+    f = Path(run)/'steps'/f'{step}.json'
+    if not f.exists(): return None
+    try: r = json.loads(f.read_text())
+    except (OSError, ValueError): r = None
+    if not isinstance(r, dict) or not isinstance(r.get('fingerprint'), str) or not isinstance(r.get('settings'), dict):
+        raise WoodInputError(f, 'is not a readable step record (it is damaged).', f'rerun with --from {step} to redo that step and every later one.')
+    return r
+
+def plan_run(cfg:RunConfig, # the run's settings
+             run, # the run folder
+             from_step:str|None=None, only:str|None=None, # as for `run_pipeline`
+             check_inputs:bool=True, # validate the dataset, the pool and the weights
+             deep:bool|None=None, # decode every image (None: only when a step will run)
+            )->list[dict]: # per step: `step`, `run` (True when it would run), `fingerprint`
+    "Every check `run_pipeline` makes before work (folder, inputs, finished steps' settings), and which steps would run; writes nothing."
+    run = Path(run).absolute()
+    claim_dir(run, 'run', [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p], create=False)   # the user's own folder is refused
+    for name, v in (('from_step', from_step), ('only', only)):
+        if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
+    fps, first_redo = fingerprints(cfg), (STEPS.index(from_step) if from_step else len(STEPS))
+    recs = {s: step_record(run, s) for s in STEPS[:first_redo]}
+    done = {s: (recs.get(s) or {}).get('fingerprint') == fps[s] for s in STEPS}
+    plan = [{'step': s, 'run': (not only or s == only) and not done[s], 'fingerprint': fps[s]} for s in STEPS]
+    if check_inputs:                    # once (its error stops every process); decode every image only when a step will run
+        main_result(lambda: check_run_inputs(cfg, deep=any(p['run'] for p in plan) if deep is None else deep))
+    for s, r in recs.items():                                              # refuse mixed configurations before any work
+        if r and r['fingerprint'] != fps[s]:
+            changed = _diff(r['settings'], step_settings(cfg, s))
+            raise WoodInputError(run/'steps'/f'{s}.json', f"step {s!r} finished with other settings" +
+                                 (f" ({'; '.join(changed)})" if changed else ' (an earlier step changed)') + '.',
+                                 f'rerun with --from {s} to redo it and every later step, or write to another --out folder.')
+    if only:
+        for s in STEPS[:STEPS.index(only)]:
+            if not done[s]: raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
+    return plan
+
 def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  run, # the run folder
                  from_step:str|None=None, # redo this step and every later one
@@ -727,38 +774,11 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
     run = Path(run).absolute()                                             # a relative --out would be read against the pool folder
     inputs = [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p]
     claim_dir(run, 'run', inputs, create=False)                            # the user's own folder is refused before any work
-    for name, v in (('from_step', from_step), ('only', only)):
-        if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
     dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
     device = torch.device(device) if device is not None else dev
-    fps = fingerprints(cfg)
-    first_redo = STEPS.index(from_step) if from_step else len(STEPS)
-    todo = [only] if only else list(STEPS)
-    steps_dir = run/'steps'
-    def record(s):
-        f = steps_dir/f'{s}.json'
-        if not f.exists(): return None
-        try: r = json.loads(f.read_text())
-        except (OSError, ValueError): r = None
-        if not isinstance(r, dict) or not isinstance(r.get('fingerprint'), str) or not isinstance(r.get('settings'), dict):
-            raise WoodInputError(f, 'is not a readable step record (it is damaged).', f'rerun with --from {s} to redo that step and every later one.')
-        return r
-    def done(s): return STEPS.index(s) < first_redo and (record(s) or {}).get('fingerprint') == fps[s]
-    if check_inputs:                    # once (its error stops every process); decode every image only when a step will run
-        pending = any(not done(s) for s in todo)
-        main_result(lambda: check_run_inputs(cfg, deep=pending))
-    for i, s in enumerate(STEPS[:first_redo]):                             # refuse mixed configurations before any work
-        r = record(s)
-        if r and r['fingerprint'] != fps[s]:
-            changed = _diff(r['settings'], step_settings(cfg, s))
-            raise WoodInputError(steps_dir/f'{s}.json', f"step {s!r} finished with other settings" +
-                                 (f" ({'; '.join(changed)})" if changed else ' (an earlier step changed)') + '.',
-                                 f'rerun with --from {s} to redo it and every later step, or write to another --out folder.')
-    if only:
-        for s in STEPS[:STEPS.index(only)]:
-            r = record(s)
-            if not r or r['fingerprint'] != fps[s]:
-                raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
+    plan = plan_run(cfg, run, from_step, only, check_inputs)
+    fps, first_redo = {p['step']: p['fingerprint'] for p in plan}, (STEPS.index(from_step) if from_step else len(STEPS))
+    todo, steps_dir, record = [only] if only else list(STEPS), run/'steps', lambda s: step_record(run, s)
     barrier()                                                              # every process has read the records before rank 0 changes them
     main_result(lambda: _prepare_run(run, cfg, inputs, [s for s in STEPS[first_redo:] if not only or s == only], log))   # rank 0; its error stops all
     barrier()
@@ -785,3 +805,40 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
             _remove(started)
         barrier()
     return json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo else summary
+
+# %% ../nbs/13_pipeline.ipynb #7c0c1e87
+STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px`; None: not measured
+    'synthetic': dict(px=96, baseline=0.042, seeds=0.246, mining=0.0094, prototypes=0.0073, wood=0.095, refine=0.093, segment=0.092),
+    'voc': None,
+}
+
+def estimate_seconds(cfg:RunConfig, # the run's settings
+                     step:str, # one of `STEPS`
+                     counts:dict, # image counts: `train` (cfg.split), `eval` (cfg.eval_split), `pool`
+                    )->float|None: # rough seconds on the 2-core CPU, None where the preset was not measured
+    "A rough CPU time for one step, from `STEP_COSTS` scaled by counts, epochs, crops and CAM scales."
+    c = STEP_COSTS.get(cfg.preset)
+    if not c: return None
+    area = lambda t: ((t.crop or c['px']) / c['px'])**2
+    n, ns = counts['train'], len(cfg.scales) / 4
+    est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area(cfg.cls), 'baseline_seeds': c['seeds'] * n * ns, 'mining': c['mining'] * counts['pool'],
+           'prototypes': c['prototypes'] * (n + counts['pool']), 'wood': c['wood'] * n * cfg.wood_train.epochs * area(cfg.wood_train),
+           'wood_seeds': c['seeds'] * n * ns, 'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area(cfg.boundary),
+           'segment': 2 * c['segment'] * (n * cfg.seg_train.epochs * area(cfg.seg_train) + counts['eval']) if cfg.seg.enabled else 0.0,
+           'report': 10.0}
+    return est[step]
+
+def print_plan(plan:list[dict], # `plan_run`'s answer
+               cfg:RunConfig, out=None):
+    "Print the steps that would run or be skipped, with a rough CPU time for each."
+    out = out or sys.stdout
+    root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
+    counts = dict(train=len(read_split(root, cfg.split)), eval=len(read_split(root, cfg.eval_split)), pool=len(read_ood_list(pool)))
+    print(f"{counts['train']} training images ({cfg.split}), {counts['eval']} evaluation images ({cfg.eval_split}), {counts['pool']} pool images", file=out)
+    total = 0.0
+    for p in plan:
+        t = estimate_seconds(cfg, p['step'], counts) if p['run'] else None
+        total += t or 0.0
+        when = '' if not p['run'] else (f'  ~{t/60:.1f} min on 2 CPU cores' if t is not None else f'  (no cost measured for the {cfg.preset} preset)')
+        print(f"  {p['step']:15s} {'would run' if p['run'] else 'finished, skipped'}{when}", file=out)
+    print(f'rough total: {total/60:.1f} min on 2 CPU cores (a GPU is far faster)' if STEP_COSTS.get(cfg.preset) else 'no rough total: this preset has no measured cost', file=out)

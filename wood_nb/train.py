@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #52169dd5
 from __future__ import annotations
-import math, os, pickle, random, time
+import csv, math, os, pickle, random, tempfile, time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -21,8 +21,8 @@ from .core import WoodInputError, atomic_path, get_device, load_weights, seed_ev
 # %% auto #0
 __all__ = ['TrainConfig', 'check_train_config', 'poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main',
            'barrier', 'distributed', 'main_result', 'reduce_over_processes', 'cat_over_processes', 'make_loader',
-           'set_epoch', 'PairedLoader', 'rng_state', 'set_rng_state', 'unwrap', 'to_device', 'fit', 'multilabel_step',
-           'train_classifier']
+           'set_epoch', 'PairedLoader', 'rng_state', 'set_rng_state', 'unwrap', 'to_device', 'write_history', 'fit',
+           'multilabel_step', 'train_classifier']
 
 # %% ../nbs/04_train.ipynb #48bfa082
 @dataclass
@@ -220,6 +220,24 @@ def to_device(batch, device):
     if isinstance(batch, (list, tuple)): return type(batch)(to_device(v, device) for v in batch)
     return batch
 
+# %% ../nbs/04_train.ipynb #11018a71
+def write_history(out, # the training's output folder
+                  history:list[dict], # per-epoch mean logs, `{'epoch': n, 'loss': ..., ...}`
+                  name:str='train', # the run's name in TensorBoard
+                 )->Path:
+    "Write `out/history.csv` (one row an epoch, atomically) and, when `tensorboard` is installed, the last epoch's scalars under `out/tb/`."
+    keys = list(dict.fromkeys(k for h in history for k in h))
+    with atomic_path(Path(out)/'history.csv') as t:
+        with open(t, 'w', newline='') as f:
+            w = csv.DictWriter(f, fieldnames=keys); w.writeheader(); w.writerows(history)
+    try: from torch.utils.tensorboard import SummaryWriter
+    except ImportError: return Path(out)/'history.csv'      # the `tensorboard` extra is optional
+    if history:
+        with SummaryWriter(str(Path(out)/'tb')) as tb:
+            for k, v in history[-1].items():
+                if k != 'epoch': tb.add_scalar(f'{name}/{k}', v, history[-1]['epoch'])
+    return Path(out)/'history.csv'
+
 # %% ../nbs/04_train.ipynb #062a1b56
 def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives the groups when present)
         loader, # a loader from `make_loader`, or a `PairedLoader`
@@ -275,6 +293,7 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
             with atomic_path(ckpt) as t:
                 torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
                             'epoch': epoch + 1, 'total_steps': total, 'history': history, 'rng': rng_state(), 'config': asdict(cfg)}, t)
+            write_history(Path(out), history, desc)
         barrier()
         if on_epoch_end is not None: on_epoch_end(epoch + 1, history[-1])
     return history

@@ -415,12 +415,14 @@ def ablation_arms(scaled_lam:float|None=None, # also run the scaled metric term 
 # %% ../nbs/09_wood.ipynb #9fdb9a0a
 def eval_block(model, voc_root, split:str, cam_dir, json_path, scales=DEFAULT_SCALES, batch_size:int=32, device=None,
                score_split:str|None=None, # the split whose seeds are scored (default: `split`; VOC: train inside train_aug)
+               num_workers:int=0, # DataLoader workers of the CAM pass
+               progress:bool=False, # a progress bar over the images (rank 0)
               )->dict:
     "CAM seeds of `split` and their evaluation on `score_split`, cached in `json_path` (the `metrics.json` block plus details)."
     json_path = Path(json_path); score_split = score_split or split
     if json_path.exists(): return json.loads(json_path.read_text())
     ds = VOCDataset(voc_root, split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, progress=False)   # each process its share
+    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)   # each process its share
     def evaluate():                                                # once, on rank 0 (`main_result`)
         r = eval_cam_dir(voc_root, score_split, cam_dir); s = r.summary(read_classes(voc_root))
         block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold'], 'score_split': score_split}

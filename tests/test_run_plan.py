@@ -1,0 +1,39 @@
+"`wood run --print-config` and `--dry-run`: the resolved settings and the plan, with nothing written."
+import json, os, subprocess, sys
+from pathlib import Path
+
+import pytest
+
+from wood_nb.synth import SynthConfig, generate
+
+WOOD = [sys.executable, '-m', 'wood_nb.cli']
+ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': '1'}
+
+
+def wood(*args):
+    return subprocess.run([*WOOD, *map(str, args)], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope='module')
+def bench(tmp_path_factory):
+    return generate(tmp_path_factory.mktemp('plan')/'bench', seed=3, cfg=SynthConfig(image_size=48, n_train=8, n_val=4, n_ood=12))
+
+
+def test_print_config_resolves_preset_config_and_sets(tmp_path):
+    (tmp_path/'c.json').write_text(json.dumps({'wood': {'lam': 0.01}, 'cls.epochs': 4}))
+    r = wood('run', '--preset', 'voc', '--out', tmp_path/'run', '--config', tmp_path/'c.json', '--set', 'cls.epochs=2', '--print-config')
+    assert r.returncode == 0, r.stderr
+    cfg = json.loads(r.stdout)
+    assert cfg['preset'] == 'voc' and cfg['split'] == 'train_aug' and cfg['score_split'] == 'train'
+    assert cfg['cls']['epochs'] == 2 and cfg['wood']['lam'] == 0.01 and cfg['cls']['lr'] == 0.1   # --set wins over --config; the rest is the preset's
+    assert not (tmp_path/'run').exists()
+
+
+def test_dry_run_checks_and_plans_without_writing(bench, tmp_path):
+    r = wood('run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', tmp_path/'run', '--dry-run', '--set', 'cls.epochs=2')
+    assert r.returncode == 0, r.stderr
+    assert '8 training images (train), 4 evaluation images (val), 12 pool images' in r.stdout
+    assert r.stdout.count('would run') == 9 and 'min on 2 CPU cores' in r.stdout and 'rough total' in r.stdout
+    assert not (tmp_path/'run').exists()
+    r = wood('run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', bench, '--dry-run')   # the checks of a real run
+    assert r.returncode == 2 and 'not a run folder' in r.stderr
