@@ -276,10 +276,11 @@ def plot_cams(root, # VOC-layout root
     return fig
 
 # %% ../nbs/05_cam.ipynb #6bfd4764
-def cue_bearing_ids(root, # VOC-layout root with `SegmentationCue/`
+def cue_bearing_ids(root, # VOC-layout root, with `SegmentationCue/` or without (real VOC)
                     ids, # candidate image ids, in order
                     n:int=6)->list[str]: # at most `n` ids whose cue mask is not empty
-    "The first `n` ids whose cue mask holds a cue."
+    "The first `n` ids whose cue mask holds a cue; the first `n` ids when the dataset has no cue masks."
+    if not (Path(root)/'SegmentationCue').is_dir(): return list(ids)[:n]
     out = []
     for i in ids:
         if len(out) == n: break

@@ -154,6 +154,7 @@ def load_backbone_weights(model:nn.Module, # a `CAMClassifier`
             raise WoodInputError(where, f'holds a CAM head for {w.shape[0]} classes, but num_classes={model.num_classes} was asked for.',
                                  f'pass num_classes={w.shape[0]}, or start from a backbone-only file.')
         sd = {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')} | {'classifier.weight': w}
+    sd = {**{k: v for k, v in bb.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
     inet = model.backbone.pretrained_cfg.get('classifier', 'fc')
     dropped = [k for k in sd if k.split('.')[0] == inet and k not in bb and not (head and k == 'classifier.weight')]
     sd = {k: v for k, v in sd.items() if k not in dropped}

@@ -630,7 +630,7 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
     if not is_main(): return m
     from wood_nb.cam import cue_bearing_ids
     sc = cfg.score_split or cfg.split
-    ids = (cue_bearing_ids(root, read_split(root, sc), 3) if (root/'SegmentationCue').is_dir() else read_split(root, sc)[:3])
+    ids = cue_bearing_ids(root, read_split(root, sc), 3)                 # the first three where the dataset has no cue masks
     pics = {'chain': lambda: chain_panels(root, run, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
             'class_change_seeds': lambda: plot_iou_change(m['baseline']['per_class_iou'], m['wood']['per_class_iou'], f'seeds ({sc})')}
     if 'per_class_mask_iou' in m['wood']:
@@ -796,12 +796,14 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         barrier()
         _say(log, f'step {s} ...')
         t = time.perf_counter()
+        if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
         summary[s] = fns[s]() or {}
         secs = round(time.perf_counter() - t, 1)
         rss = round(float(reduce_over_processes(torch.tensor(peak_rss_mib(), dtype=torch.float64), 'max')), 1)   # the largest of the processes
+        gpu = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == 'cuda' else None   # this process's GPU
         if is_main():
             write_json(steps_dir/f'{s}.json', {'step': s, 'fingerprint': fps[s], 'settings': step_settings(cfg, s), 'seconds': secs,
-                                               'peak_rss_mib': rss, 'processes': dist_info()[1], 'summary': summary[s]})
+                                               'peak_rss_mib': rss, 'peak_gpu_mib': gpu, 'processes': dist_info()[1], 'summary': summary[s]})
             _remove(started)
         barrier()
     return json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo else summary

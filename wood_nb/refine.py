@@ -224,6 +224,7 @@ def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
             norm = (tuple(raw['config']['mean']), tuple(raw['config']['std']))
         else: sd = _unwrap(raw, where)
     own = enc.state_dict()
+    sd = {**{k: v for k, v in own.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
     missing = [k for k in own if k not in sd]
     bad = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     if missing or bad:

@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import IGNORE_INDEX, MARKER, WoodInputError, atomic_dir, save_mask, voc_palette, write_json, write_text
+from .core import IGNORE_INDEX, MARKER, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, voc_palette, write_json, write_text
 
 # %% auto #0
-__all__ = ['SHAPES', 'CUES', 'SynthConfig', 'render_scene', 'sample_content', 'generate', 'plot_benchmark']
+__all__ = ['SHAPES', 'CUES', 'SynthConfig', 'render_scene', 'sample_content', 'generate', 'plot_benchmark',
+           'generate_voc_rehearsal', 'write_standin_weights']
 
 # %% ../nbs/02_synth.ipynb #0e14ebf3
 def _ellipse(x0, y0, x1, y1, n=24):
@@ -113,8 +114,9 @@ def _sky(r, S, u, v, depth, tex):
 
 def _grass(r, S, u, v, depth, tex):
     img = np.array([r.uniform(50, 80), r.uniform(120, 160), r.uniform(35, 60)], np.float32)
-    seeds = r.choice(np.array([-1, 0, 1], np.float32), size=(S + 8, S), p=[0.12, 0.76, 0.12])
-    c = np.cumsum(seeds, 0); L = max(3, S//24)
+    L = max(3, S//24)
+    seeds = r.choice(np.array([-1, 0, 1], np.float32), size=(S + max(8, L), S), p=[0.12, 0.76, 0.12])   # 8 spare rows up to 192 px
+    c = np.cumsum(seeds, 0)
     blades = (c[L:L + S] - c[:S]).clip(-1.5, 1.5)/1.5          # vertical strokes of length L
     return img + blades[..., None]*tex*np.array([35, 60, 25], np.float32)
 
@@ -188,9 +190,9 @@ def _assign_sides(r, cue_classes):
     return out
 
 # %% ../nbs/02_synth.ipynb #c12df31b
-def _draw_object(r, S, cls, size):
-    "Rasterise one instance of `cls`: returns (index map of its polygons, their shades)."
-    fn, aspect = SHAPES[cls]
+def _draw_object(r, S, cls, size, shapes=None):
+    "Rasterise one instance of `cls` (drawn as in `shapes`, default `SHAPES`): returns (index map of its polygons, their shades)."
+    fn, aspect = (shapes or SHAPES)[cls]
     prims = fn(r)
     aspect *= r.uniform(0.85, 1.15)
     w, h = (size*S, size*S/aspect) if aspect >= 1 else (size*S*aspect, size*S)
@@ -247,12 +249,14 @@ def render_scene(r:np.random.Generator, # the image's own random generator
                  cfg:SynthConfig, # benchmark knobs
                  objects:list, # class indices (1..C) of the objects to draw
                  cues:list, # class indices (1..C) whose cues to draw
+                 classes:tuple|None=None, # the class names the indices refer to (default `cfg.classes`)
+                 shapes:dict|None=None, # the drawing of each class (default `SHAPES`)
                 )->dict: # image (H,W,3) uint8, mask, cue (H,W) uint8, boxes [(k, x0, y0, x1, y1)]
     "Draw one scene: background, clutter, cue bands, objects, ignore border and noise."
-    S = cfg.image_size
+    S, classes = cfg.image_size, classes or cfg.classes
     img = _background(r, S, cfg.clutter)
     cue = np.zeros((S, S), np.uint8)
-    names = [cfg.classes[k - 1] for k in cues]
+    names = [classes[k - 1] for k in cues]
     for k, name, side in zip(cues, names, _assign_sides(r, names)):
         region, u, v = _cue_band(r, S, side, r.uniform(*cfg.cue_depth))
         tex = CUES[name][1](r, S, u, v, float(region.mean()) + 0.035, cfg.texture)
@@ -260,7 +264,7 @@ def render_scene(r:np.random.Generator, # the image's own random generator
     mask, inst = np.zeros((S, S), np.uint8), np.zeros((S, S), np.uint8)
     for i, k in enumerate(objects, 1):
         for _ in range(10):  # retry placements that would hide much of an earlier object or of this one
-            idx, shades = _draw_object(r, S, cfg.classes[k - 1], r.uniform(*cfg.object_size))
+            idx, shades = _draw_object(r, S, classes[k - 1], r.uniform(*cfg.object_size), shapes)
             on = idx > 0
             if (on & (inst > 0)).sum() <= 0.2*min(on.sum(), max(1, (inst > 0).sum())): break
         n = int(on.sum())
@@ -290,13 +294,17 @@ def sample_content(r, cfg:SynthConfig, kind:str='in')->tuple[list, list]:
 # %% ../nbs/02_synth.ipynb #e8f0a79d
 _SPLITS = {'train': 0, 'val': 1, 'ood': 2}
 
-def _voc_xml(img_id, S, boxes, classes)->str:
-    "A minimal PASCAL VOC annotation."
+def _box(x0, y0, x1, y1)->str: return f"<bndbox><xmin>{x0+1}</xmin><ymin>{y0+1}</ymin><xmax>{x1+1}</xmax><ymax>{y1+1}</ymax></bndbox>"
+
+def _voc_xml(img_id, S, boxes, classes, segmented:int=1, folder:str='synth')->str:
+    "A minimal PASCAL VOC annotation of a square image of side `S`, or of size `S=(W, H)`; a person gets a head <part>, as in VOC."
+    W, H = (S, S) if isinstance(S, int) else S
+    part = lambda k, x0, y0, x1, y1: (f"<part><name>head</name>{_box(x0 + (x1-x0)//4, y0, x1 - (x1-x0)//4, y0 + (y1-y0)//4)}</part>"
+                                      if classes[k-1] == 'person' else '')
     objs = ''.join(f"<object><name>{classes[k-1]}</name><pose>Unspecified</pose><truncated>0</truncated>"
-                   f"<difficult>0</difficult><bndbox><xmin>{x0+1}</xmin><ymin>{y0+1}</ymin><xmax>{x1+1}</xmax>"
-                   f"<ymax>{y1+1}</ymax></bndbox></object>" for k, x0, y0, x1, y1 in boxes)
-    return (f"<annotation><folder>synth</folder><filename>{img_id}.jpg</filename><size><width>{S}</width>"
-            f"<height>{S}</height><depth>3</depth></size><segmented>1</segmented>{objs}</annotation>\n")
+                   f"<difficult>0</difficult>{_box(x0, y0, x1, y1)}{part(k, x0, y0, x1, y1)}</object>" for k, x0, y0, x1, y1 in boxes)
+    return (f"<annotation><folder>{folder}</folder><filename>{img_id}.jpg</filename><size><width>{W}</width>"
+            f"<height>{H}</height><depth>3</depth></size><segmented>{segmented}</segmented>{objs}</annotation>\n")
 
 def _jpeg(img, path, quality):
     Image.fromarray(img).save(path, format='JPEG', quality=quality)
@@ -393,3 +401,145 @@ def plot_benchmark(root, # a folder written by `generate`
     fig.legend(handles=[Patch(color=pal[k]/255, label=f'{k} {c}') for k, c in enumerate(classes, 1)], loc='lower center', ncol=len(classes), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0.02, 0.03, 1, 1))
     return fig
+
+# %% ../nbs/02_synth.ipynb #36f6d27d
+def _generic_shape(i:int):
+    "A stand-in drawing for a VOC class without one in `SHAPES`: a body, a smaller part and 2-4 legs, varied by `i`."
+    def fn(r):
+        body = _rect(0.04, 0.28, 0.96, 0.74) if i % 2 else _ellipse(0.04, 0.24, 0.96, 0.76)
+        part = _ellipse(0.62, 0.02, 0.94, 0.36) if i % 3 else _rect(0.08, 0.04, 0.42, 0.32)
+        legs = [(_bar((x, 0.68), (x + r.uniform(-0.04, 0.04), 0.98), 0.07), 0.45) for x in np.linspace(0.18, 0.82, 2 + i % 3)]
+        return [(body, 1.0), (part, 0.75)] + legs
+    return fn, 0.6 + 0.2*(i % 5)
+
+_VOC_SHAPES = {c: SHAPES.get(c) or _generic_shape(i) for i, c in enumerate(VOC_CLASSES)}   # the drawing of each VOC class
+_CUED = tuple(VOC_CLASSES.index(c) + 1 for c in CUES)                                      # VOC indices of the classes with a cue
+
+def _voc_size(r, portrait:bool)->tuple[int, int]:
+    "A VOC image size `(W, H)`: long side 500 (sometimes 400-499), short side mostly 333-375."
+    long = 500 if r.random() < 0.85 else int(r.integers(400, 500))
+    short = int(r.integers(333, 376)) if r.random() < 0.8 else int(r.integers(250, 333))
+    return (short, long) if portrait else (long, short)
+
+def _rehearsal_scene(r, W:int, H:int, objects:list, cues:list, band:int=2, clutter:int=6)->dict:
+    "A `W`x`H` scene of VOC classes (indices 1..20): drawn square at the long side, resized, its 255 band drawn at the final size."
+    S, n = max(W, H), max(1, len(objects))
+    hi = 0.6 - 0.06*(n - 1)                                          # smaller objects when there are more of them
+    sc = render_scene(r, SynthConfig(image_size=S, boundary=0, object_size=(hi - 0.2, hi), clutter=clutter), objects, cues,
+                      classes=VOC_CLASSES, shapes=_VOC_SHAPES)
+    img = np.asarray(Image.fromarray(sc['image']).resize((W, H), Image.BILINEAR))
+    mask = _border(np.asarray(Image.fromarray(sc['mask']).resize((W, H), Image.NEAREST)), band)
+    boxes = [(k, int(x0*W/S), int(y0*H/S), min(W - 1, int(x1*W/S)), min(H - 1, int(y1*H/S))) for k, x0, y0, x1, y1 in sc['boxes']]
+    return dict(image=img, mask=mask, boxes=boxes)
+
+# %% ../nbs/02_synth.ipynb #e5040c0c
+_REHEARSAL = {'train': 10, 'sbd': 11, 'val': 12, 'ood': 13}   # the random streams of the groups
+
+def _rehearsal_content(r, need:tuple=())->tuple[list, list]:
+    "Object classes (VOC indices) of one image, `need` first, 1-3 in all (more when `need` asks); the cues of its cued classes (p 0.9)."
+    n = max(len(need), int(r.choice([1, 2, 3], p=[0.55, 0.3, 0.15])))
+    objects = list(need) + [int(k) for k in r.integers(1, len(VOC_CLASSES) + 1, n - len(need))]
+    return objects, [k for k in sorted(set(objects)) if k in _CUED and r.random() < 0.9]
+
+def _write_rehearsal_image(args)->list[int]:
+    "Render and write one VOC-sized image, its XML and (when `segmented`) its mask; returns the classes it holds (a process-pool worker)."
+    root, seed, group, i, img_id, need, segmented, quality = args
+    for attempt in range(8):                                          # redraw while a class it must hold is hidden
+        r = np.random.default_rng([seed, _REHEARSAL[group], i, attempt])
+        W, H = _voc_size(r, portrait=i % 3 == 1)
+        sc = _rehearsal_scene(r, W, H, *_rehearsal_content(r, need))
+        present = set(np.unique(sc['mask']).tolist())
+        if set(need) <= present: break
+    _jpeg(sc['image'], root/'JPEGImages'/f'{img_id}.jpg', quality)
+    if segmented: save_mask(sc['mask'], root/'SegmentationClass'/f'{img_id}.png')
+    boxes = [b for b in sc['boxes'] if b[0] in present]                # the XML names what the mask holds (and no hidden instance)
+    write_text(root/'Annotations'/f'{img_id}.xml', _voc_xml(img_id, (W, H), boxes, VOC_CLASSES, int(segmented), 'VOC2012'))
+    return sorted(k for k in present if 0 < k < IGNORE_INDEX)
+
+def _write_rehearsal_ood(args)->list:
+    "Render and write one OoD candidate of a web-image size; returns its `ood_meta.csv` row (a process-pool worker)."
+    root, seed, i, kind, quality = args
+    r = np.random.default_rng([seed, _REHEARSAL['ood'], i])
+    long = int(r.integers(320, 641)); short = int(long*r.uniform(0.55, 0.8))
+    W, H = (short, long) if r.random() < 0.3 else (long, short)
+    if kind == 'hard': objects, cues = [], sorted(int(k) for k in r.choice(_CUED, 1 + int(r.random() < 0.25), replace=False))
+    elif kind == 'easy': objects, cues = [], []
+    else: objects, cues = _rehearsal_content(r, (int(r.integers(1, len(VOC_CLASSES) + 1)),))[0][:1], []
+    sc = _rehearsal_scene(r, W, H, objects, cues, clutter=12 if kind == 'easy' else 6)
+    rel = f'images/{int(r.integers(2**63)):016x}.jpg'                   # an OpenImages-like name
+    _jpeg(sc['image'], root/rel, quality)
+    names = lambda ks: ';'.join(VOC_CLASSES[k-1] for k in ks)
+    return [rel, int(bool(objects)), kind, names(cues), names(objects)]
+
+# %% ../nbs/02_synth.ipynb #dc5e2d8e
+def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `out/sbd` (SBD's lists), `out/ood` (OoD pool)
+                           seed:int=0, # fixes every byte of the output
+                           n_train_aug:int=6, # train_aug images (train and the XML-only ones); at least 5, so that all 20 classes appear
+                           n_train:int=3, # of those, the ones with masks (VOC's `train`, the split seeds and masks are scored on)
+                           n_val:int=2, # validation images (with masks)
+                           n_ood:int=8, # OoD candidates
+                           workers:int=1, # processes to render with (0 or 1: in this process)
+                           overwrite:bool=False, # replace a set written earlier at `out`
+                          )->Path:
+    "A few images with VOC 2012's shapes and structure (20 classes, no classes.txt, XML-only train_aug ids, 255 bands) and an OoD pool."
+    from wood_nb.data import build_train_aug
+    C = len(VOC_CLASSES)
+    def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
+    if n_train_aug * 4 < C: err('n_train_aug', f'{n_train_aug} images cannot hold all {C} VOC classes (4 objects an image at most).', 'use n_train_aug >= 5.')
+    if not 1 <= n_train <= n_train_aug: err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).', 'train is a non-empty part of train_aug.')
+    if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
+    out = Path(out)
+    if overwrite and out.is_dir() and any(out.iterdir()) and not ((out/MARKER).is_file() or (out/'rehearsal.json').is_file()):
+        raise WoodInputError(out, 'is not a set written by wood_nb, so overwrite does not replace it.', 'give a new output folder.')
+    m = min(4, -(-C // n_train_aug))                                   # classes each train_aug image must hold, round robin
+    need = lambda j: tuple(sorted({(j*m + t) % C + 1 for t in range(m)}))
+    ids = {'train': [f'2007_{2*i:06d}' for i in range(n_train)], 'sbd': [f'2007_{2*i + 1:06d}' for i in range(n_train_aug - n_train)],
+           'val': [f'2008_{i:06d}' for i in range(n_val)]}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_json(tmp/MARKER, {'kit': 'wood_nb', 'kind': 'benchmark', 'owned': []})
+        voc, sbd, ood = tmp/'voc', tmp/'sbd', tmp/'ood'
+        for d in ('JPEGImages', 'SegmentationClass', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
+        sbd.mkdir(); (ood/'images').mkdir(parents=True)
+        jobs = ([(voc, seed, 'train', i, x, need(i), True, 90) for i, x in enumerate(ids['train'])]
+                + [(voc, seed, 'sbd', i, x, need(n_train + i), False, 90) for i, x in enumerate(ids['sbd'])]
+                + [(voc, seed, 'val', i, x, (), True, 90) for i, x in enumerate(ids['val'])])
+        held = _pool_map(_write_rehearsal_image, jobs, workers)
+        lost = sorted(set(range(1, C + 1)) - set().union(*held[:n_train_aug]))
+        if lost: raise RuntimeError(f'seed {seed}: train_aug lost classes {[VOC_CLASSES[k-1] for k in lost]} (a drawing hid them 8 times).')
+        lists = {'train': ids['train'], 'val': ids['val'], 'trainval': sorted(ids['train'] + ids['val'])}
+        for s, l in lists.items(): write_text(voc/'ImageSets'/'Segmentation'/f'{s}.txt', '\n'.join(l) + '\n')
+        cut = len(ids['sbd']) - len(ids['sbd'])//3                       # SBD's lists overlap VOC's train and val
+        write_text(sbd/'train.txt', '\n'.join(sorted(ids['sbd'][:cut] + ids['train'][:1])) + '\n')
+        write_text(sbd/'val.txt', '\n'.join(sorted(ids['sbd'][cut:] + ids['val'][:1])) + '\n')
+        build_train_aug(voc, [sbd/'train.txt', sbd/'val.txt'])
+        n_cont = max(1, round(0.1*n_ood)) if n_ood >= 3 else 0; n_easy = round(0.3*n_ood)
+        kinds = np.random.default_rng([seed, _REHEARSAL['ood']]).permutation(['contaminated']*n_cont + ['easy']*n_easy + ['hard']*(n_ood - n_cont - n_easy))
+        rows = _pool_map(_write_rehearsal_ood, [(ood, seed, i, str(k), 90) for i, k in enumerate(kinds)], workers)
+        write_text(ood/'ood_list.txt', '\n'.join(r[0] for r in rows) + '\n')
+        buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
+        w.writerow(['path', 'contains_foreground', 'kind', 'cues', 'objects']); w.writerows(rows)
+        write_text(ood/'ood_meta.csv', buf.getvalue())
+        write_json(tmp/'rehearsal.json', {'generator': 'wood_nb.synth.voc_rehearsal/1', 'seed': seed,
+                                          'counts': {'train_aug': n_train_aug, 'train': n_train, 'val': n_val, 'ood': n_ood},
+                                          'voc_root': 'voc', 'ood_root': 'ood', 'sbd_lists': ['sbd/train.txt', 'sbd/val.txt']})
+    return out
+
+# %% ../nbs/02_synth.ipynb #cdf45d2c
+def write_standin_weights(out, # folder for the files, one per backbone (`resnet50.pth`, `resnet101.pth`)
+                          seed:int=0, # fixes the random initialisation
+                         )->dict: # the file of each `weights.*` key of the `voc` preset: classifier, boundary, segmenter
+    "Randomly initialised stand-ins for the ImageNet backbone files of the `voc` preset's networks, in torchvision's format."
+    import timm, torch
+    from wood_nb.core import atomic_path
+    from wood_nb.model import PRESETS
+    from wood_nb.refine import BOUNDARY_PRESETS
+    from wood_nb.segment import SEG_PRESETS
+    nets = {'classifier': PRESETS['voc']['backbone'], 'boundary': BOUNDARY_PRESETS['voc']['backbone'], 'segmenter': SEG_PRESETS['voc']['backbone']}
+    out, files = Path(out), {}
+    for name in dict.fromkeys(nets.values()):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed); sd = timm.create_model(name, pretrained=False).state_dict()
+        sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}   # torchvision's ImageNet files predate these counters
+        with atomic_path(out/f'{name}.pth') as f: torch.save(sd, f)
+        files[name] = out/f'{name}.pth'
+    return {k: files[v] for k, v in nets.items()}
