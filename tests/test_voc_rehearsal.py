@@ -103,3 +103,32 @@ def test_predictions_cover_val(run):
     for n in ('baseline', 'wood'):
         for i in val:
             with Image.open(out/'seg'/n/'pred'/f'{i}.png') as im: assert im.size == s[i], (n, i, im.size, s[i])
+
+
+# --- the random walk at VOC's size: memory bounded by the sparse transition matrix
+WALK_CHILD = r'''
+import json, resource, sys, time, numpy as np, torch
+from wood_nb.refine import BOUNDARY_PRESETS, pair_offsets, random_walk, transition_matrix
+h, w = 94, 125                                             # a 375x500 image at stride 4
+g = torch.Generator().manual_seed(0)
+b = torch.rand(h, w, generator=g) * 0.2; b[:, 60:62] = 0.95        # a wall across the image
+cams = torch.rand(3, h, w, generator=g)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+r, logt = BOUNDARY_PRESETS['voc']['walk']['radius'], BOUNDARY_PRESETS['voc']['walk']['logt']
+t = time.perf_counter()
+T = transition_matrix(b, r, 10.0, sparse=True)
+mask = random_walk(cams / cams.amax((1, 2), keepdim=True), T, keys=[1, 5, 9], logt=logt, size=(375, 500))
+print(json.dumps({'nnz': int(T.values().numel()), 'n': h * w, 'pairs': len(pair_offsets(r)), 'shape': list(mask.shape),
+                  'classes': sorted(int(v) for v in np.unique(mask)), 'seconds': time.perf_counter() - t,
+                  'rss_growth_mib': (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024}))
+'''
+
+
+def test_random_walk_memory_at_voc_size():
+    "The voc walk (radius and 2^logt steps of the preset) on a 375x500 image: the sparse matrix holds at most n * (2P + 1) entries."
+    r = subprocess.run([sys.executable, '-c', WALK_CHILD], capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '2'}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m['shape'] == [375, 500] and set(m['classes']) <= {0, 1, 5, 9}
+    assert m['nnz'] <= m['n'] * (2 * m['pairs'] + 1)                       # self-loop + both directions of every pair
+    assert m['rss_growth_mib'] < 512, m                                     # a dense matrix alone would take 4 n^2 bytes = 527 MiB

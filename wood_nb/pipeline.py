@@ -809,9 +809,11 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
     return json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo else summary
 
 # %% ../nbs/13_pipeline.ipynb #7c0c1e87
-STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px`; None: not measured
-    'synthetic': dict(px=96, baseline=0.042, seeds=0.246, mining=0.0094, prototypes=0.0073, wood=0.095, refine=0.093, segment=0.092),
-    'voc': None,
+STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px` of each training section
+    'synthetic': dict(px=dict(cls=96, wood_train=96, boundary=96, seg_train=96), baseline=0.042, seeds=0.246, mining=0.0094,
+                      prototypes=0.0073, wood=0.095, refine=0.093, segment=0.092, seg_predict=0.092),   # quick demo record (96 px)
+    'voc': dict(px=dict(cls=512, wood_train=512, boundary=512, seg_train=321), baseline=0.71, seeds=3.86, mining=0.14,
+                prototypes=0.13, wood=1.77, refine=1.71, segment=1.78, seg_predict=11.08),              # benchmarks/bench_voc_cost.py
 }
 
 def estimate_seconds(cfg:RunConfig, # the run's settings
@@ -821,12 +823,12 @@ def estimate_seconds(cfg:RunConfig, # the run's settings
     "A rough CPU time for one step, from `STEP_COSTS` scaled by counts, epochs, crops and CAM scales."
     c = STEP_COSTS.get(cfg.preset)
     if not c: return None
-    area = lambda t: ((t.crop or c['px']) / c['px'])**2
+    area = lambda sect: ((getattr(cfg, sect).crop or c['px'][sect]) / c['px'][sect])**2
     n, ns = counts['train'], len(cfg.scales) / 4
-    est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area(cfg.cls), 'baseline_seeds': c['seeds'] * n * ns, 'mining': c['mining'] * counts['pool'],
-           'prototypes': c['prototypes'] * (n + counts['pool']), 'wood': c['wood'] * n * cfg.wood_train.epochs * area(cfg.wood_train),
-           'wood_seeds': c['seeds'] * n * ns, 'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area(cfg.boundary),
-           'segment': 2 * c['segment'] * (n * cfg.seg_train.epochs * area(cfg.seg_train) + counts['eval']) if cfg.seg.enabled else 0.0,
+    est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area('cls'), 'baseline_seeds': c['seeds'] * n * ns, 'mining': c['mining'] * counts['pool'],
+           'prototypes': c['prototypes'] * (n + counts['pool']), 'wood': c['wood'] * n * cfg.wood_train.epochs * area('wood_train'),
+           'wood_seeds': c['seeds'] * n * ns, 'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area('boundary'),
+           'segment': 2 * (c['segment'] * n * cfg.seg_train.epochs * area('seg_train') + c['seg_predict'] * counts['eval']) if cfg.seg.enabled else 0.0,
            'report': 10.0}
     return est[step]
 
@@ -843,4 +845,4 @@ def print_plan(plan:list[dict], # `plan_run`'s answer
         total += t or 0.0
         when = '' if not p['run'] else (f'  ~{t/60:.1f} min on 2 CPU cores' if t is not None else f'  (no cost measured for the {cfg.preset} preset)')
         print(f"  {p['step']:15s} {'would run' if p['run'] else 'finished, skipped'}{when}", file=out)
-    print(f'rough total: {total/60:.1f} min on 2 CPU cores (a GPU is far faster)' if STEP_COSTS.get(cfg.preset) else 'no rough total: this preset has no measured cost', file=out)
+    print(f'rough total: {total/60:.1f} min on 2 CPU cores' if STEP_COSTS.get(cfg.preset) else 'no rough total: this preset has no measured cost', file=out)
