@@ -33,6 +33,7 @@ def multiscale_cams(model:nn.Module, # has `cams(x) -> (B, C, h, w)` raw ReLU'd 
                     scales=DEFAULT_SCALES, # resize factors
                     flip:bool=True, # add each scale's horizontal flip
                     stride:int=4, # the low-resolution map's stride
+                    channels_last:bool=False, # feed the network NHWC inputs (faster on CPUs when its weights are channels-last too)
                    )->tuple[torch.Tensor, torch.Tensor]: # `(B, C, H/4, W/4)` and `(B, C, H, W)`, summed over passes
     "Raw CAMs summed over scales and flips, at stride `stride` and at full resolution."
     if images.ndim != 4: raise WoodInputError('images', f'expected (B, 3, H, W), got {tuple(images.shape)}.', 'batch images of one size.')
@@ -41,7 +42,8 @@ def multiscale_cams(model:nn.Module, # has `cams(x) -> (B, C, h, w)` raw ReLU'd 
     for s in scales:
         x = images if s == 1 else F.interpolate(images, size=(max(1, round(H*s)), max(1, round(W*s))), mode='bilinear', align_corners=False)
         if flip: x = torch.cat([x, x.flip(-1)])
-        cam = model.cams(x).float()
+        if channels_last: x = x.contiguous(memory_format=torch.channels_last)
+        cam = model.cams(x).float().contiguous()
         if flip: cam = cam[:B] + cam[B:].flip(-1)
         l = F.interpolate(cam, size=strided_size(H, W, stride), mode='bilinear', align_corners=False)
         h = F.interpolate(cam, size=(H, W), mode='bilinear', align_corners=False)
@@ -195,9 +197,10 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
                  skip_existing:bool=True, # resume: keep records already written
                  progress:bool=True, # show a progress bar
                  method:str='cam', # 'cam': plain multi-scale CAMs; 'advcam': AdvCAM (`advcam_maps`, slow)
-                 adv:dict|None=None)->int: # `advcam_maps` settings for 'advcam' (`steps`, `step_size`, `weight`, `mask_thresh`, `max_pairs`)
+                 adv:dict|None=None, # `advcam_maps` settings for 'advcam' (`steps`, `step_size`, `weight`, `mask_thresh`, `max_pairs`)
+                 channels_last:bool=True, # plain CAMs with channels-last weights and inputs (same maps within float noise; faster on CPUs)
+                )->int: # records this process wrote
     "Write a CAM record for every image of `ds` (this process's share of it under `torchrun`)."
-    from tqdm.auto import tqdm
     if keys not in ('label', 'all'): raise WoodInputError('keys', f'{keys!r} is not a choice.', "use 'label' or 'all'.")
     if method not in ('cam', 'advcam'): raise WoodInputError('method', f'{method!r} is not a choice.', "use 'cam' or 'advcam'.")
     adv = dict(adv or {})
@@ -205,10 +208,21 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
     bad = set(adv) - set(ADV_OPTIONS)
     if bad: raise WoodInputError('adv', f'unknown AdvCAM settings {sorted(bad)}.', f'use some of {list(ADV_OPTIONS)}.')
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
-    rank, world, _ = dist_info()
     device = torch.device(device) if device is not None else next(unwrap(model).parameters()).device
     model = unwrap(model).to(device).eval()
     if method == 'advcam': _check_climb_model(model)
+    fast = channels_last and method == 'cam'
+    if fast: model = model.to(memory_format=torch.channels_last)     # in place (the caller's model): restored below
+    try: n = _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)
+    finally:
+        if fast: model.to(memory_format=torch.contiguous_format)
+    barrier()
+    return n
+
+def _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)->int:
+    "The image loop of `compute_cams` (this process's share of `ds`)."
+    from tqdm.auto import tqdm
+    rank, world, _ = dist_info()
     C = model.num_classes
     mine = list(range(rank, len(ds), world))
     ids = getattr(ds, 'ids', None)
@@ -225,11 +239,10 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
                 lows, highs = advcam_maps(model, x, [k - 1 for k in ks], scales, flip, **adv)
                 maps = [(l.cpu().numpy(), h.cpu().numpy()) for l, h in zip(lows, highs)]
             else:
-                low, high = multiscale_cams(model, x, scales, flip)
+                low, high = multiscale_cams(model, x, scales, flip, channels_last=fast)
                 maps = [(l[k - 1], h[k - 1]) for l, h, k in zip(low.cpu().numpy(), high.cpu().numpy(), ks)]
             for it, k, (l, h) in zip(group, ks, maps):
                 save_cam_record(child_path(out, f"{it['id']}.npz"), k, l, h); n += 1
-    barrier()
     return n
 
 # %% ../nbs/05_cam.ipynb #d7f40f6a

@@ -8,6 +8,7 @@ import argparse, json, math, sys, time
 from dataclasses import fields
 from pathlib import Path
 
+from . import __version__
 from .core import MARKER, WoodInputError, atomic_path, claim_dir, own, read_classes, write_json
 from .data import VOCDataset, eval_transforms, validate, validate_ood
 from .synth import SynthConfig, generate, plot_benchmark
@@ -240,6 +241,7 @@ def parse_sets(items:list|None)->dict:
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
+    p.add_argument('--version', action='version', version=f'wood_nb {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
     v = sub.add_parser('validate', help='check a dataset root or an OoD pool and list every problem')
     v.add_argument('root', type=Path)
