@@ -44,3 +44,14 @@ def test_repo_is_self_contained():
     readme = (ROOT/'README.md').read_text()
     assert 'nbs/method.md' in readme and '@inproceedings' in readme and 'naver-ai/w-ood' in readme
     assert (ROOT/'nbs'/'method.md').is_file()
+
+
+def test_no_private_name_crosses_modules():
+    "A module imports only public names from another module of the kit (private helpers stay where they are defined)."
+    import ast
+    bad = []
+    for f in sorted((ROOT/'wood_nb').glob('*.py')):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').startswith('wood_nb')):
+                bad += [f'{f.name}: {a.name}' for a in node.names if a.name.startswith('_') and a.name != '__version__']
+    assert not bad, bad

@@ -17,8 +17,8 @@ from .train import dist_info, barrier, unwrap
 
 # %% auto #0
 __all__ = ['DEFAULT_SCALES', 'ADV_OPTIONS', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
-           'load_cam_record', 'anti_adversarial_climb', 'advcam_maps', 'compute_cams', 'cam_overlay', 'plot_cams',
-           'cue_bearing_ids']
+           'load_cam_record', 'anti_adversarial_climb', 'advcam_maps', 'list_collate', 'compute_cams', 'cam_overlay',
+           'plot_cams', 'cue_bearing_ids']
 
 # %% ../nbs/05_cam.ipynb #6cdae42f
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -177,7 +177,7 @@ def advcam_maps(model:nn.Module, # has `forward_all`, `fmap_to_cams` and `num_cl
 # %% ../nbs/05_cam.ipynb #139ba10b
 ADV_OPTIONS = ('steps', 'step_size', 'weight', 'mask_thresh', 'max_pairs')   # the `adv` settings of `compute_cams`
 
-def _list_collate(items): return items
+def list_collate(items): return items
 
 def _keys_of(item, num_classes:int, keys:str)->np.ndarray:
     if keys == 'all': return np.arange(1, num_classes + 1)
@@ -227,7 +227,7 @@ def _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_worke
     mine = list(range(rank, len(ds), world))
     ids = getattr(ds, 'ids', None)
     if skip_existing and ids is not None: mine = [i for i in mine if not (out/f'{ids[i]}.npz').exists()]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=_list_collate)
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
     n = 0
     for items in tqdm(loader, desc=f'{method}s{f" rank {rank}" if world > 1 else ""}', disable=not progress, leave=False):
         groups = {}

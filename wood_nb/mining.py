@@ -16,14 +16,13 @@ from torch import nn
 from .core import WoodInputError, write_json, write_text
 from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, eval_transforms, read_ood_list, read_ood_meta
 from .train import barrier, dist_info, is_main, unwrap, main_result, reduce_over_processes, cat_over_processes, distributed
+from .cam import list_collate
 
 # %% auto #0
 __all__ = ['RANKED_HEADER', 'CURATION_MODES', 'map_dataset', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked',
            'read_ranked', 'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates']
 
 # %% ../nbs/07_mining.ipynb #ae3dd0a8
-def _list_collate(items): return items
-
 def _pure(t)->torch.Tensor:
     "A plain tensor (tv_tensors and friends unwrapped)."
     return torch.as_tensor(t).as_subclass(torch.Tensor)
@@ -49,7 +48,7 @@ def map_dataset(model:nn.Module, # the frozen model (put in eval mode for the pa
     net.to(device).eval()
     mine = list(range(rank, len(ds), world))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=_list_collate)
+                                         num_workers=num_workers, collate_fn=list_collate)
     out = []
     try:
         for items in tqdm(loader, desc=desc, disable=not progress, leave=False):

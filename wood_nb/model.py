@@ -16,8 +16,9 @@ from .core import WoodInputError, load_weights, save_weights, load_checkpoint, c
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'PRESETS', 'measure_stride', 'create_backbone', 'lite0_package_path',
-           'lite0_to_timm', 'load_backbone_weights', 'CAMClassifier', 'classifier_config', 'save_classifier',
-           'load_classifier', 'preset_kwargs', 'make_classifier', 'time_train_step']
+           'lite0_to_timm', 'state_dict_in', 'load_backbone_weights', 'CAMClassifier', 'check_image_batch',
+           'check_meta', 'classifier_config', 'save_classifier', 'load_classifier', 'preset_kwargs', 'make_classifier',
+           'time_train_step']
 
 # %% ../nbs/03_model.ipynb #c065972e
 def _strided_first(block:nn.Module)->list[tuple[nn.Module, str, nn.Module]]:
@@ -113,7 +114,7 @@ def lite0_to_timm(sd:dict)->dict:
     return out
 
 # %% ../nbs/03_model.ipynb #60301fca
-def _unwrap(obj, where)->dict:
+def state_dict_in(obj, where)->dict:
     "The state dict inside a loaded file."
     if isinstance(obj, dict) and 'state_dict' in obj and isinstance(obj['state_dict'], dict): obj = obj['state_dict']
     elif isinstance(obj, dict) and 'model' in obj and isinstance(obj['model'], dict): obj = obj['model']
@@ -142,7 +143,7 @@ def load_backbone_weights(model:nn.Module, # a `CAMClassifier`
         where, sd = lite0_package_path(), lite0_to_timm(load_weights(lite0_package_path()))
         norm = ((0.5,) * 3, (0.5,) * 3)  # TensorFlow's [-1, 1] input scaling
     else:
-        where = Path(src); raw = load_weights(where); sd = _unwrap(raw, where)
+        where = Path(src); raw = load_weights(where); sd = state_dict_in(raw, where)
         if isinstance(raw, dict) and raw.get('format') == CKPT_FORMAT: norm = (tuple(raw['config']['mean']), tuple(raw['config']['std']))
     bb = model.backbone.state_dict()
     head = 'classifier.weight' in sd and any(k.startswith('backbone.') for k in sd)
@@ -235,14 +236,14 @@ class CAMClassifier(nn.Module):
                 f'dilate={self.dilate}, freeze_stages={self.freeze_stages}, freeze_bn={self.freeze_bn!r}, pretrained={self.pretrained!r}')
 
 # %% ../nbs/03_model.ipynb #e0ef8aff
-def _check_input(x):
+def check_image_batch(x):
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
         raise WoodInputError('input', f'expected a (B, 3, H, W) image tensor, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.',
                              'batch the images and put channels first.')
 
 def _features(self, x:torch.Tensor)->torch.Tensor:
     "The last feature map `(B, D, h, w)`."
-    _check_input(x)
+    check_image_batch(x)
     return self.backbone.forward_features(x)
 
 def _forward_all(self, x:torch.Tensor)->dict:
@@ -290,14 +291,14 @@ _param_groups.__name__, _param_groups.__qualname__ = 'param_groups', 'CAMClassif
 CAMClassifier.param_groups = _param_groups
 
 # %% ../nbs/03_model.ipynb #adf4e92a
-def _check_meta(x, where='meta'):
+def check_meta(x, where='meta'):
     "Refuse values that `weights_only` loading could not read back."
     if isinstance(x, dict):
         for k, v in x.items():
             if not isinstance(k, str): raise WoodInputError(where, f'key {k!r} is not a string.', 'use string keys.')
-            _check_meta(v, f'{where}[{k!r}]')
+            check_meta(v, f'{where}[{k!r}]')
     elif isinstance(x, (list, tuple)):
-        for i, v in enumerate(x): _check_meta(v, f'{where}[{i}]')
+        for i, v in enumerate(x): check_meta(v, f'{where}[{i}]')
     elif not (x is None or isinstance(x, (str, int, float, bool))):
         raise WoodInputError(where, f'holds a {type(x).__name__}, which a weights_only load cannot read.', 'store only str, int, float, bool, None, lists and dicts.')
 
@@ -309,7 +310,7 @@ def classifier_config(model:CAMClassifier)->dict:
 
 def save_classifier(model:CAMClassifier, path, meta:dict|None=None)->Path:
     "Write `model`'s weights and config (and JSON-like `meta`) to `path`, atomically."
-    meta = dict(meta or {}); _check_meta(meta)
+    meta = dict(meta or {}); check_meta(meta)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_weights(dict(format=CKPT_FORMAT, config=classifier_config(model), meta=meta, state_dict=sd), path)
 

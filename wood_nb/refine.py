@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 
 from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, _check_meta, _unwrap, lite0_package_path, lite0_to_timm
+from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, check_meta, state_dict_in, lite0_package_path, lite0_to_timm
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import load_cam_record, normalize_cams, strided_size
 from .metrics import ConfusionMatrix, CueActivation, seed_from_cams
@@ -222,7 +222,7 @@ def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
         if isinstance(raw, dict) and raw.get('format') == CKPT_FORMAT:   # a CAM classifier: take its backbone
             sd = {k[9:]: v for k, v in raw['state_dict'].items() if k.startswith('backbone.')}
             norm = (tuple(raw['config']['mean']), tuple(raw['config']['std']))
-        else: sd = _unwrap(raw, where)
+        else: sd = state_dict_in(raw, where)
     own = enc.state_dict()
     sd = {**{k: v for k, v in own.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
     missing = [k for k in own if k not in sd]
@@ -305,7 +305,7 @@ class BoundaryNet(nn.Module):
 # %% ../nbs/10_refine.ipynb #9689f270
 def save_boundary_net(model:BoundaryNet, path, meta:dict|None=None)->Path:
     "Write a boundary network's weights and configuration (and JSON-like `meta`) to `path`, atomically."
-    model = unwrap(model); meta = dict(meta or {}); _check_meta(meta)
+    model = unwrap(model); meta = dict(meta or {}); check_meta(meta)
     cfg = dict(backbone=model.backbone_name, levels=list(model.levels), width=model.width, freeze_backbone=model.freeze_backbone,
                mean=list(model.mean), std=list(model.std), init=model.pretrained)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import PACKAGE_WEIGHTS, _check_input, _check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
+from .model import PACKAGE_WEIGHTS, check_image_batch, check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
-from .cam import _list_collate
+from .cam import list_collate
 from .metrics import ConfusionMatrix, CueActivation
 
 # %% auto #0
@@ -110,7 +110,7 @@ class DeepLabV2(nn.Module):
 
     def features(self, x:torch.Tensor)->torch.Tensor:
         "The backbone's feature map `(B, D, H/os, W/os)`."
-        _check_input(x)
+        check_image_batch(x)
         return self.backbone.forward_features(x)
 
     def forward(self, x:torch.Tensor, # `(B, 3, H, W)` normalised images
@@ -164,7 +164,7 @@ def segmenter_config(model:DeepLabV2)->dict:
 def save_segmenter(model:DeepLabV2, path, meta:dict|None=None)->Path:
     "Write `model`'s weights and settings (and JSON-like `meta`) to `path`, atomically."
     model = unwrap(model)
-    meta = dict(meta or {}); _check_meta(meta)
+    meta = dict(meta or {}); check_meta(meta)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_weights(dict(format=SEG_FORMAT, config=segmenter_config(model), meta=meta, state_dict=sd), path)
 
@@ -317,7 +317,7 @@ def predict(model:nn.Module, # a `DeepLabV2` (or its DDP wrapper); run in eval m
     if not scales or any(not s > 0 for s in scales): raise WoodInputError('scales', f'{scales!r} is not a list of positive factors.', 'use e.g. (1.0,) or (0.5, 1.0, 1.5).')
     net = unwrap(model); single = isinstance(image, torch.Tensor) and image.ndim == 3
     x = image[None] if single else image
-    _check_input(x)
+    check_image_batch(x)
     was = net.training; net.eval()
     try:
         x = x.to(next(net.parameters()).device).float()
@@ -375,7 +375,7 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
     net = net.to(device).eval()
     ds = SplitImages(voc_root, split, net.mean, net.std)
     mine = [i for i in range(rank, len(ds), world) if not (skip_existing and (out/f'{ds.ids[i]}.png').exists())]
-    loader = DataLoader(Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=_list_collate)
+    loader = DataLoader(Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
     n = 0
     for items in tqdm(loader, desc=f'segment{f" rank {rank}" if world > 1 else ""}', disable=not progress, leave=False):
         groups = {}
