@@ -184,7 +184,7 @@ def test_bad_checkpoints_name_the_file(capsys, bench, bad_checkpoints, tmp_path,
 
 @pytest.mark.parametrize('setting,says', [('cls.lr=-0.1', "'cls.lr'"), ('cls.epochs=-3', "'cls.epochs'"), ('mining.top_k=abc', "'mining.top_k'"),
                                           ('mining.threshold=2', '[0, 1]'), ('scales=[0]', "'scales'"), ('wood.tau=1.5', 'tau'),
-                                          ('boundary.long_side=[60,40]', 'lo <= hi')])
+                                          ('boundary.long_side=[60,40]', 'lo <= hi'), ('cls.seed=-1', "'cls.seed'")])
 def test_config_values_out_of_range(capsys, bench, tmp_path, setting, says):
     rc, err = wood(capsys, *run_args(bench, tmp_path/'run'), '--set', setting)
     assert rc == 2 and says in err, err
@@ -228,6 +228,9 @@ def test_a_refused_stage_command_leaves_no_output_folder(capsys, bench, bad_chec
     (['mine', '{ood}', '--weights', '{w}', '--out', '{out}', '--threshold', '1.5'], '--threshold'),
     (['cam', '{voc}', '--weights', '{w}', '--out', '{out}', '--batch-size', '0'], '--batch-size'),
     (['prototypes', '{voc}', '--weights', '{w}', '--pool', '{ood}', '--ood-list', 'ood_list.txt', '--out', '{out}', '--k', '0'], '--k'),
+    (['synth', '{out}', '--seed', '-1'], '--seed'),
+    (['demo', '--out', '{out}', '--seed', '-5'], '--seed'),
+    (['run', '--voc-root', '{voc}', '--ood-root', '{ood}', '--out', '{out}', '--config', '{voc}'], 'is not a file'),
 ])
 def test_stage_command_options_out_of_range(capsys, bench, weights, tmp_path, args, says):
     args = [a.format(voc=bench/'voc', ood=bench/'ood', out=tmp_path/'out', w=weights) for a in args]

@@ -216,7 +216,7 @@ def run_demo(out, # the run folder
 def load_overrides(path)->dict:
     "Dotted-key settings from a JSON file: flat (`{'cls.epochs': 3}`) or nested (a run's `config.json`)."
     path = Path(path)
-    if not path.is_file(): raise WoodInputError(path, 'does not exist.', 'give a JSON file of settings.')
+    if not path.is_file(): raise WoodInputError(path, 'is not a file.' if path.exists() else 'does not exist.', 'give a JSON file of settings.')
     try: d = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise WoodInputError(path, f'is not JSON ({e}).', 'write the settings as a JSON object.') from e
     if not isinstance(d, dict): raise WoodInputError(path, 'is not a JSON object.', 'write {"key": value, ...}.')
@@ -250,7 +250,7 @@ def build_parser()->argparse.ArgumentParser:
     v.add_argument('--deep', action=argparse.BooleanOptionalAction, default=True, help='decode every image fully (default: on)')
     s = sub.add_parser('synth', help='generate the embedded spurious-cue benchmark')
     s.add_argument('out', type=Path)
-    s.add_argument('--seed', type=int, default=0)
+    s.add_argument('--seed', type=COUNT, default=0)
     s.add_argument('--workers', type=COUNT, default=2, help='processes to render with (default: 2)')
     s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False, help='replace an existing non-empty OUT')
     _add_synth_options(s)
@@ -290,7 +290,7 @@ def build_parser()->argparse.ArgumentParser:
     pr.add_argument('--pool', type=Path, required=True, help='the OoD pool folder'); pr.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
     pr.add_argument('--out', type=Path, required=True); pr.add_argument('--split', default='train')
     pr.add_argument('--k', type=AT_LEAST_1, default=50); pr.add_argument('--iters', type=AT_LEAST_1, default=10)
-    pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++'); pr.add_argument('--seed', type=int, default=0)
+    pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++'); pr.add_argument('--seed', type=COUNT, default=0)
     pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False, help='fewer OoD images than k: use k = N')
     pr.add_argument('--batch-size', type=AT_LEAST_1, default=32); pr.add_argument('--device', default='auto')
     w = sub.add_parser('train-wood', help='fine-tune a baseline with the W-OoD loss (mined OoD images + prototypes)')
@@ -339,7 +339,7 @@ def build_parser()->argparse.ArgumentParser:
     rn.add_argument('--dry-run', action='store_true', help='check the folder, inputs and weights, print the steps that would run and a rough time for each, and exit')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark (generated into RUN/data)')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
-    d.add_argument('--seed', type=int, default=0, help='benchmark seed (also the baseline training seed)')
+    d.add_argument('--seed', type=COUNT, default=0, help='benchmark seed (also the baseline training seed)')
     d.add_argument('--profile', choices=sorted(DEMO_PROFILES), default='quick',
                    help='quick: a 96-px benchmark of 320 training images up to the pseudo-masks, minutes on two CPU cores; '
                         'full: the default 128-px benchmark of 1,200, segmentation included (use a GPU)')

@@ -429,6 +429,7 @@ def check_config(cfg:RunConfig)->RunConfig:
     if m.curation == 'list' and not m.curated_list: _bad('mining.curated_list', m.curated_list, "the path of a person's list when mining.curation is 'list'")
     if not cfg.prototypes.k >= 1: _bad('prototypes.k', cfg.prototypes.k, 'an integer >= 1')
     if not cfg.prototypes.iters >= 1: _bad('prototypes.iters', cfg.prototypes.iters, 'an integer >= 1')
+    if not cfg.prototypes.seed >= 0: _bad('prototypes.seed', cfg.prototypes.seed, 'an integer >= 0')
     r = cfg.refine
     if r.planes not in ('auto', *PLANE_MODES): _bad('refine.planes', r.planes, f"one of {('auto', *PLANE_MODES)}")
     if r.walk_radius is not None and not r.walk_radius >= 1: _bad('refine.walk_radius', r.walk_radius, 'an integer >= 1 (or null)')

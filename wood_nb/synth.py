@@ -348,6 +348,7 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
     "Generate the spurious-cue benchmark: a VOC-layout dataset and an OoD candidate pool."
     cfg = cfg or SynthConfig()
     out = Path(out)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise WoodInputError('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
     if overwrite and out.is_dir() and any(out.iterdir()) and not ((out/MARKER).is_file() or (out/'synth.json').is_file()):
         raise WoodInputError(out, 'is not a benchmark written by wood synth, so --overwrite does not replace it.', 'give a new output folder.')
     with atomic_dir(out, overwrite=overwrite) as tmp:
@@ -485,6 +486,7 @@ def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `o
     from wood_nb.data import build_train_aug
     C = len(VOC_CLASSES)
     def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: err('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
     if n_train_aug * 4 < C: err('n_train_aug', f'{n_train_aug} images cannot hold all {C} VOC classes (4 objects an image at most).', 'use n_train_aug >= 5.')
     if not 1 <= n_train <= n_train_aug: err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).', 'train is a non-empty part of train_aug.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')

@@ -74,6 +74,7 @@ def check_train_config(t:TrainConfig, # the settings to check
     ls = t.long_side
     if ls is not None and not (len(ls) == 2 and all(whole(x) for x in ls) and 1 <= ls[0] <= ls[1]): bad('long_side', 'two integers lo hi with 1 <= lo <= hi')
     if not (whole(t.num_workers) and t.num_workers >= 0): bad('num_workers', 'an integer >= 0')
+    if not (whole(t.seed) and t.seed >= 0): bad('seed', 'an integer >= 0')
     return t
 
 # %% ../nbs/04_train.ipynb #2cf083f6
