@@ -37,3 +37,13 @@ def test_dry_run_checks_and_plans_without_writing(bench, tmp_path):
     assert not (tmp_path/'run').exists()
     r = wood('run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', bench, '--dry-run')   # the checks of a real run
     assert r.returncode == 2 and 'not a run folder' in r.stderr
+
+
+def test_help_shows_real_defaults_and_version():
+    import wood_nb
+    r = wood('train-seg', '--help')
+    assert r.returncode == 0 and 'default: 12 (synthetic), 28 (voc)' in r.stdout          # DeepLab-v2 epochs of each preset
+    r = wood('refine', '--help')
+    assert 'default: 3 (synthetic), 3 (voc)' in r.stdout and "the preset's" not in r.stdout.split('--epochs')[1][:80]
+    r = wood('--version')
+    assert r.returncode == 0 and r.stdout.strip() == f'wood_nb {wood_nb.__version__}'

@@ -81,13 +81,19 @@ AT_LEAST_1, COUNT = _number(int, 1, want='an integer >= 1'), _number(int, 0, wan
 POSITIVE, NON_NEGATIVE, SHARE = _number(float, 0, lo_open=True, want='a positive number'), _number(float, 0, want='a number >= 0'), _number(float, 0, 1, want='a number in [0, 1]')
 
 # %% ../nbs/99_cli.ipynb #72823210
-def _add_train_options(p:argparse.ArgumentParser):
-    "One typed option for every `TrainConfig` field (default: the preset's value)."
+def _add_train_options(p:argparse.ArgumentParser,
+                       presets=None, # `name -> TrainConfig` of the command's recipe (default: `TrainConfig.preset`)
+                      ):
+    "One typed option for every `TrainConfig` field; the help shows each preset's value."
+    presets = presets or TrainConfig.preset
+    cfgs = {name: presets(name) for name in ('synthetic', 'voc')}
+    show = lambda v: ' '.join(map(str, v)) if isinstance(v, tuple) else str(v)
     for f in fields(TrainConfig):
         v, opt = getattr(TrainConfig(), f.name), '--' + f.name.replace('_', '-')
-        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help='default: the preset\'s')
-        elif isinstance(v, tuple): p.add_argument(opt, nargs=len(v), type=type(v[0]), default=None, metavar='N', help='default: the preset\'s')
-        else: p.add_argument(opt, type=type(v), default=None, help='default: the preset\'s')
+        h = 'default: ' + ', '.join(f'{show(getattr(c, f.name))} ({name})' for name, c in cfgs.items())
+        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=h)
+        elif isinstance(v, tuple): p.add_argument(opt, nargs=len(v), type=type(v[0]), default=None, metavar='N', help=h)
+        else: p.add_argument(opt, type=type(v), default=None, help=h)
 
 def _train_config(a)->TrainConfig:
     "The preset's `TrainConfig` with the options given (ranges checked)."
@@ -316,7 +322,7 @@ def build_parser()->argparse.ArgumentParser:
     rf.add_argument('--logt', type=COUNT, default=None, help="random-walk steps: 2^logt (default: the preset's, 6 synthetic / 8 VOC)")
     rf.add_argument('--beta', type=POSITIVE, default=10.0); rf.add_argument('--bg-plane', type=SHARE, default=None, help="override the walk's background plane")
     rf.add_argument('--device', default='auto')
-    _add_train_options(rf)
+    _add_train_options(rf, boundary_train_config)
     sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
     sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
     sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
@@ -324,7 +330,7 @@ def build_parser()->argparse.ArgumentParser:
     sg.add_argument('--balanced', action=argparse.BooleanOptionalAction, default=False, help='class-balanced cross-entropy')
     sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg'")
     sg.add_argument('--backbone', default=None); sg.add_argument('--device', default='auto')
-    _add_train_options(sg)
+    _add_train_options(sg, seg_train_config)
     es = sub.add_parser('eval-seg', help='predict a split with a trained segmenter and score it against the masks')
     es.add_argument('root', type=Path); es.add_argument('--weights', type=Path, required=True, help='model.pt from train-seg')
     es.add_argument('--out', type=Path, required=True, help='folder for the predicted <id>.png'); es.add_argument('--split', default='val')
