@@ -811,8 +811,8 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
 
 # %% ../nbs/13_pipeline.ipynb #7c0c1e87
 STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px` of each training section
-    'synthetic': dict(px=dict(cls=96, wood_train=96, boundary=96, seg_train=96), baseline=0.042, seeds=0.246, mining=0.0094,
-                      prototypes=0.0073, wood=0.095, refine=0.093, segment=0.092, seg_predict=0.092),   # quick demo record (96 px)
+    'synthetic': dict(px=dict(cls=96, wood_train=96, boundary=96, seg_train=96), baseline=0.0135, seeds=0.0527, mining=0.0031,
+                      prototypes=0.0027, wood=0.0294, refine=0.032, segment=0.092, seg_predict=0.092),   # quick demo record (96 px); segment: see below
     'voc': dict(px=dict(cls=512, wood_train=512, boundary=512, seg_train=321), baseline=0.71, seeds=3.86, mining=0.14,
                 prototypes=0.13, wood=1.77, refine=1.71, segment=1.78, seg_predict=11.08),              # benchmarks/bench_voc_cost.py
 }
