@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from wood_nb.cli import run_demo
-from wood_nb.data import read_split
-from wood_nb.pipeline import STEPS, config_from_dict, estimate_seconds, run_config, run_pipeline
+from wood_nb.pipeline import STEPS, config_from_dict, estimate_seconds, image_counts, run_config, run_pipeline
 from wood_nb.synth import SynthConfig, generate_voc_rehearsal, write_standin_weights
 
 # (benchmark knobs, run settings) of each part at each size; only counts, epochs and (tiny) crops are shrunk
@@ -68,9 +67,7 @@ def main(argv=None)->int:
     over = {'num_workers': a.num_workers, **(DEMO_TINY_SETS if a.tiny else {})}
     run_demo(a.out/'demo', seed=0, profile='full', cfg=DEMO_TINY if a.tiny else None, overrides=over, device=dev)
     demo_cfg = config_from_dict(json.loads((a.out/'demo'/'config.json').read_text()))
-    root = Path(demo_cfg.voc_root)
-    counts = dict(train=len(read_split(root, demo_cfg.split)), eval=len(read_split(root, demo_cfg.eval_split)),
-                  pool=len((Path(demo_cfg.ood_root)/'ood_list.txt').read_text().split()))
+    counts = image_counts(demo_cfg)
     rec['demo'] = {'wall_s': round(time.perf_counter() - t, 1), 'counts': counts, 'steps': step_table(a.out/'demo', demo_cfg, counts),
                    'metrics': {b: {k: m.get(k) for k in ('seed_miou', 'cue_activation', 'mask_miou', 'seg_miou')}
                                for b, m in json.loads((a.out/'demo'/'metrics.json').read_text()).items() if b in ('baseline', 'wood')}}
@@ -82,7 +79,7 @@ def main(argv=None)->int:
     cfg = run_config('voc', {'voc_root': str(data/'voc'), 'ood_root': str(data/'ood'), 'num_workers': a.num_workers,
                              **{f'weights.{k}': str(v) for k, v in w.items()}, **VOC_SETS[size]})
     run_pipeline(cfg, a.out/'voc_run', device=dev)
-    counts = dict(train=len(read_split(data/'voc', cfg.split)), eval=len(read_split(data/'voc', cfg.eval_split)), pool=VOC_COUNTS[size]['n_ood'])
+    counts = image_counts(cfg)
     rec['voc'] = {'wall_s': round(time.perf_counter() - t, 1), 'counts': counts, 'steps': step_table(a.out/'voc_run', cfg, counts)}
     show(f"VOC rehearsal ({counts['train']} train_aug images) on {a.device}: {rec['voc']['wall_s']} s", rec['voc']['steps'])
     if a.record: a.record.parent.mkdir(parents=True, exist_ok=True); a.record.write_text(json.dumps(rec, indent=1) + '\n')

@@ -131,7 +131,7 @@ def test_stage_command_reuses_its_own_folder(capsys, bench, weights, tmp_path):
 def test_synth_overwrite_replaces_only_a_benchmark(capsys, user_dir):
     before = snapshot(user_dir)
     rc, err = wood(capsys, 'synth', user_dir, '--overwrite', '--image-size', 48, '--n-train', 4, '--n-val', 2, '--n-ood', 4, '--workers', 1)
-    assert rc == 2 and 'not a benchmark written by wood synth' in err
+    assert rc == 2 and 'not a benchmark folder written by wood_nb' in err
     assert snapshot(user_dir) == before
 
 

@@ -415,7 +415,6 @@ def _main(a)->int:
         out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
         print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
     if a.cmd == 'train-cls':
-        if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
         cfg = _train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-cls', a.root)
         train_classifier(a.root, a.out, a.preset, a.split, cfg=cfg, model_kw=_model_kw(a), device=device)
         if is_main(): print(f"classifier: {a.out/'model.pt'}")
@@ -447,7 +446,7 @@ def _main(a)->int:
                                init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
         print(f'prototypes: {f}'); return 0
     if a.cmd == 'train-wood':
-        for f, what in ((a.root, 'a VOC-layout root'), (a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):
+        for f, what in ((a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):   # the root: `_check_inputs`
             if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
         wcfg = _wood_config(a); device = init_distributed(a.device); _claim(a.out, 'train-wood', a.root, a.pool)
         preset = a.preset or load_classifier(a.baseline).meta.get('preset') or 'synthetic'
@@ -457,14 +456,12 @@ def _main(a)->int:
         if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
         return 0
     if a.cmd == 'refine':
-        for f, what in ((a.root, 'a VOC-layout root'), (a.cams, 'the CAM records of wood cam')):
-            if not f.is_dir(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
+        if not a.cams.is_dir(): raise WoodInputError(a.cams, 'does not exist.', 'give the path of the CAM records of wood cam.')
         cfg = _boundary_train_config(a); device = init_distributed(a.device); _claim(a.out, 'refine', a.root, a.cams)
         run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.planes, a.seed_threshold, a.radius, a.walk_radius, a.logt,
                    a.bg_plane, a.crf, a.beta, device)
         return 0
     if a.cmd == 'train-seg':
-        if not a.root.is_dir(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root.')
         cfg = _seg_train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-seg', a.root, a.masks)
         kw = {k: v for k, v in (('pretrained', a.pretrained), ('backbone', a.backbone)) if v is not None}
         train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)

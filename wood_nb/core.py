@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #607ef905
 from __future__ import annotations
-import contextlib, functools, hashlib, json, os, pickle, random, shutil, tempfile, zipfile
+import contextlib, functools, hashlib, json, os, pickle, random, secrets, shutil, tempfile, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,8 @@ from PIL import Image
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'WoodInputError', 'read_classes', 'voc_palette', 'seed_everything',
            'get_device', 'atomic_path', 'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz',
-           'load_npz', 'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits', 'is_inside', 'claim_dir',
-           'owned', 'is_owned', 'own', 'child_path', 'tree_digest']
+           'load_npz', 'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside',
+           'is_inside', 'claim_dir', 'owned', 'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest']
 
 # %% ../nbs/00_core.ipynb #6b706c77
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -91,28 +91,21 @@ def get_device(pref:str='auto')->torch.device:
     return dev
 
 # %% ../nbs/00_core.ipynb #643830cf
-def _umask()->int:
-    "This process's umask (read without changing it where /proc allows)."
-    try:
-        for line in Path('/proc/self/status').read_text().splitlines():
-            if line.startswith('Umask:'): return int(line.split()[1], 8)
-    except OSError: pass
-    m = os.umask(0o022); os.umask(m); return m
-
-def _follow_umask(path:Path, folder:bool=False):
-    "Give a temporary file (0600) or folder (0700) the mode an ordinary `open`/`mkdir` would have given it."
-    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+def _temp_name(path:Path)->Path:
+    "A fresh hidden name beside `path` (`.name.<random>.part`) for a write that is renamed into place."
+    return path.with_name(f'.{path.name}.{secrets.token_hex(6)}.part')
 
 @contextlib.contextmanager
 def atomic_path(path, # the final file name
                ):
     "Context manager yielding a temporary path that is renamed to `path` only if the block succeeds."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.part', dir=path.parent)
-    os.close(fd); tmp = Path(tmp)
+    while True:                           # created as `open` creates files: mode 0666 less the umask (mkstemp would make it 0600)
+        tmp = _temp_name(path)
+        try: os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)); break
+        except FileExistsError: continue
     try:
         yield tmp
-        if tmp.exists(): _follow_umask(tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
@@ -130,18 +123,21 @@ def write_json(path, obj)->Path:
 # %% ../nbs/00_core.ipynb #e7059eba
 @contextlib.contextmanager
 def atomic_dir(path, # the final folder
-               overwrite:bool=False, # replace an existing non-empty folder
+               overwrite:bool=False, # replace an existing non-empty folder (with `kind`: only one the kit marked with that kind)
+               kind:str|None=None, # mark the folder as the kit's own output of this kind (see `claim_dir`)
               ):
     "Context manager yielding a temporary folder that becomes `path` only if the block succeeds."
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise WoodInputError(path, 'exists and is not a folder.', 'choose another output path.')
-    if path.is_dir() and any(path.iterdir()) and not overwrite:
-        raise WoodInputError(path, 'exists and is not empty.', 'choose a new output path, or pass --overwrite.')
+    if path.is_dir() and any(path.iterdir()):
+        if not overwrite: raise WoodInputError(path, 'exists and is not empty.', 'choose a new output path, or pass --overwrite.')
+        if kind is not None and _marked_kind(path) != kind:
+            raise WoodInputError(path, f'is not a {kind} folder written by wood_nb, so it is not replaced.', 'give a new output folder.')
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.part', dir=path.parent))
-    _follow_umask(tmp, folder=True)
+    tmp = _temp_name(path); os.mkdir(tmp, 0o777)                        # as `mkdir` makes folders: 0777 less the umask
     try:
+        if kind is not None: _write_marker(tmp, kind)
         yield tmp
         if path.exists():
             old = path.with_name(f'.{path.name}.old-{os.getpid()}')
@@ -248,10 +244,24 @@ def _read_marker(path:Path)->dict:
         raise WoodInputError(f, 'is not a wood_nb marker.', 'use a new output folder.')
     return d
 
+def _write_marker(path:Path, kind:str, owned:list|None=None):
+    "Write (or rewrite) the marker of a kit folder."
+    write_json(Path(path)/MARKER, {'kit': 'wood_nb', 'kind': kind, 'owned': list(owned or [])})
+
+def _marked_kind(path:Path)->str|None:
+    "The kind a kit folder was marked with; None for a folder without the marker."
+    return _read_marker(path).get('kind') if (Path(path)/MARKER).exists() else None
+
+def resolves_outside(path, # a file or folder (need not exist)
+                     real_root:Path, # an already resolved root (resolve it once for many paths)
+                    )->Path|None: # where `path` really lies when that is outside `real_root`, else None
+    "Follow symlinks and `..` in `path`; its real location when it is neither `real_root` nor under it."
+    real = Path(path).resolve()
+    return None if real.is_relative_to(real_root) else real
+
 def is_inside(path, root)->bool:
     "True when `path` is `root` or lies under it (both resolved: symlinks and `..` followed)."
-    p, r = Path(path).resolve(), Path(root).resolve()
-    return p == r or r in p.parents
+    return resolves_outside(path, Path(root).resolve()) is None
 
 # %% ../nbs/00_core.ipynb #26ce917e
 def claim_dir(path, # the output folder (created when missing)
@@ -268,8 +278,7 @@ def claim_dir(path, # the output folder (created when missing)
                                  f'give {option} a new folder outside the dataset and the pool.')
     if path.exists() and not path.is_dir():
         raise WoodInputError(path, 'exists and is not a folder.', f'give {option} a new folder (this one is a file).')
-    if path.is_dir() and (path/MARKER).exists():
-        k = _read_marker(path).get('kind')
+    if path.is_dir() and (k := _marked_kind(path)) is not None:
         if k != kind: raise WoodInputError(path, f"is a wood_nb {k} folder, not a {kind} folder; the kit does not mix them.", f'give {option} a new folder.')
         return path
     if not create: return path
@@ -279,7 +288,7 @@ def claim_dir(path, # the output folder (created when missing)
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK | os.X_OK): raise PermissionError(13, 'Permission denied')
-        write_json(path/MARKER, {'kit': 'wood_nb', 'kind': kind, 'owned': []})
+        _write_marker(path, kind)
     except OSError as e:
         raise WoodInputError(path, f'cannot be created or written ({e.strerror or type(e).__name__}).', f'give {option} a folder you can write to.') from None
     return path
@@ -291,10 +300,14 @@ def owned(path, # a folder made by `claim_dir`
     path = Path(path)
     return list(_read_marker(path).get('owned', [])) if (path/MARKER).exists() else []
 
+def covered_by(rel:str, entries:list)->bool:
+    "True when `rel` is one of `entries` or lies under one of them."
+    parts = Path(rel).parts
+    return any(Path(o).parts == parts[:len(Path(o).parts)] for o in entries)
+
 def is_owned(path, rel:str)->bool:
     "True when `rel` (or a folder above it) is recorded as created by the kit in the kit folder `path`."
-    parts = Path(rel).parts
-    return any(Path(o).parts == parts[:len(Path(o).parts)] for o in owned(path))
+    return covered_by(rel, owned(path))
 
 def own(path, # a folder made by `claim_dir`
         rels, # entries the kit is about to create in it (relative paths)
@@ -304,18 +317,19 @@ def own(path, # a folder made by `claim_dir`
     d = _read_marker(path)
     for r in rels:
         if Path(r).is_absolute() or '..' in Path(r).parts: raise ValueError(f'{r!r} is not a path inside {path}')
-        if (path/r).exists() and not is_owned(path, r):
+        if (path/r).exists() and not covered_by(r, d['owned']):
             raise WoodInputError(path/r, 'exists but was not written by wood_nb; the kit does not overwrite it.', 'move it out of the run folder, or use a new output folder.')
     new = [r for r in rels if r not in d['owned']]
-    if new: write_json(path/MARKER, {**d, 'owned': d['owned'] + new})
+    if new: _write_marker(path, d['kind'], d['owned'] + new)
 
 # %% ../nbs/00_core.ipynb #d9e45d77
 def child_path(root, # the folder every result must stay inside
                *parts:str, # path parts (an id with its suffix, a relative list entry, ...)
               )->Path:
-    "`root/parts...`, refused with a `WoodInputError` when it would lie outside `root`."
-    p = Path(root).joinpath(*parts)
-    if any(Path(s).is_absolute() for s in parts) or '..' in Path(*parts).parts or not is_inside(p, root) or p.resolve() == Path(root).resolve():
+    "`root/parts...`, refused with a `WoodInputError` when it would lie outside `root` (or be `root` itself)."
+    p, real_root = Path(root).joinpath(*parts), Path(root).resolve()
+    real = p.resolve()                                                   # an absolute part lands outside too
+    if '..' in Path(*parts).parts or real == real_root or not real.is_relative_to(real_root):
         raise WoodInputError(p, f'lies outside {root}: an id or list entry may not hold "..", an absolute path or a link out of its folder.',
                              'fix the id or the list entry (an id is the image file name without folder or extension).')
     return p

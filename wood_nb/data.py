@@ -17,7 +17,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
-from .core import IGNORE_INDEX, WoodInputError, load_mask, read_classes, write_text
+from .core import IGNORE_INDEX, WoodInputError, load_mask, read_classes, resolves_outside, write_text
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_HEADER', 'split_path', 'available_splits', 'Problem', 'check_id',
@@ -177,11 +177,6 @@ def xml_label(path, # a VOC XML
 def _n_threads(workers:int|None=None)->int:
     return workers or min(16, 2 * (os.cpu_count() or 1))
 
-def _outside(path, real_root:Path)->Path|None:
-    "Where `path` really lies (symlinks followed) when that is outside `real_root` (an already resolved root); else None."
-    real = Path(path).resolve()
-    return None if real.is_relative_to(real_root) else real
-
 _LINK_FIX = ('copy the file into the dataset folder instead of linking to it (links that stay inside the root are fine), '
              'or remove its id from the split lists.')
 
@@ -219,7 +214,7 @@ class VOCDataset(Dataset):
     def _confined(self, path:Path, base:Path|None=None)->Path:
         "`path`, refused (`WoodInputError`) when it resolves, through symlinks, outside the dataset root (or `base`, already resolved)."
         base = base or self._real_root
-        real = _outside(path, base)
+        real = resolves_outside(path, base)
         what = 'the dataset root' if base == self._real_root else 'the mask folder'
         if real is not None: raise WoodInputError(path, f'resolves to {real}, outside {what} {base}.', _LINK_FIX)
         return path
@@ -418,7 +413,7 @@ class OoDDataset(Dataset):
     def __len__(self): return len(self.ids)
     def __getitem__(self, i:int)->dict:
         rel = self.ids[i]; path = self.root/rel
-        real = _outside(path, self._real_root)
+        real = resolves_outside(path, self._real_root)
         if real is not None:
             raise WoodInputError(path, f'the {self.list_file} entry {rel!r} resolves to {real}, outside the pool folder {self._real_root}.', _POOL_LINK_FIX)
         sample = {'image': read_image(path)}
@@ -519,7 +514,7 @@ def _check_agree(mp:Path, vals, xp:Path, names:list[str], classes:list[str], not
 
 def _link_out(path:Path, real_root:Path, what:str)->Problem|None:
     "A problem when the file `path` resolves (through symlinks) outside the resolved dataset root."
-    real = _outside(path, real_root)
+    real = resolves_outside(path, real_root)
     return None if real is None else Problem(str(path), f'{what} resolves to {real}, outside the dataset root {real_root}.', _LINK_FIX)
 
 def _check_item(root:Path, id:str, classes:list[str]|None, deep:bool, mask_dir:str,
@@ -602,7 +597,7 @@ def validate_ood(root, # the OoD pool folder
     for n, rel in entries:
         if not (root/rel).is_file():
             probs.append(Problem(str(f), f'line {n} names {rel!r}, which does not exist under the pool folder.', 'add the image, or remove the line.'))
-        elif (real := _outside(root/rel, real_root)) is not None:
+        elif (real := resolves_outside(root/rel, real_root)) is not None:
             probs.append(Problem(str(f), f'line {n}: {rel!r} resolves to {real}, outside the pool folder {real_root}.', _POOL_LINK_FIX))
         else: present.append(rel)
     with ThreadPoolExecutor(_n_threads(workers)) as ex:

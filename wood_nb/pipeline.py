@@ -24,7 +24,7 @@ __all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'S
            'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
            'config_from_dict', 'config_dict', 'check_config', 'step_settings', 'fingerprints', 'pretrained_kw',
            'check_run_inputs', 'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'step_record',
-           'plan_run', 'run_pipeline', 'estimate_seconds', 'print_plan']
+           'plan_run', 'run_pipeline', 'image_counts', 'estimate_seconds', 'print_plan']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 PLANE_MODES = ('irn', 'seed')
@@ -221,7 +221,7 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
 # %% ../nbs/13_pipeline.ipynb #b006af9f
 import dataclasses, hashlib, math, os, platform, shutil
 from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
-from .core import write_text, atomic_path, claim_dir, own, owned, is_owned, MARKER
+from .core import write_text, atomic_path, claim_dir, own, owned, MARKER, covered_by
 from .data import validate, validate_ood, read_ood_list
 from .cam import DEFAULT_SCALES
 from .model import load_classifier, PRESETS
@@ -436,8 +436,8 @@ def check_config(cfg:RunConfig)->RunConfig:
     if r.logt is not None and not 0 <= r.logt <= 16: _bad('refine.logt', r.logt, 'an integer in 0..16 (or null)')
     if not (math.isfinite(r.beta) and r.beta > 0): _bad('refine.beta', r.beta, 'a positive number')
     if cfg.seg.output_stride not in (None, 8, 16, 32): _bad('seg.output_stride', cfg.seg.output_stride, 'one of 8, 16, 32 (or null)')
-    for k in ('split', 'eval_split', 'voc_root', 'ood_root'):
-        if k in ('split', 'eval_split') and not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
+    for k in ('split', 'eval_split'):
+        if not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
     return cfg
 
 # %% ../nbs/13_pipeline.ipynb #ac821cc9
@@ -712,15 +712,15 @@ def clean_partial(run:Path)->int:
 def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
     "Claim the run folder, clean what a kill left, forget the steps of `redo` (only entries the kit owns), write `config.json`."
     claim_dir(run, 'run', inputs)
-    doomed = [o for s in redo for o in STEP_OUTPUTS[s]]
-    alien = [o for o in doomed if (run/o).exists() and not is_owned(run, o)]
+    mine = owned(run)
+    alien = [o for s in redo for o in STEP_OUTPUTS[s] if (run/o).exists() and not covered_by(o, mine)]
     if alien: raise WoodInputError(run/alien[0], 'was not written by wood_nb, so --from does not delete it.', 'move it out of the run folder, or use a new --out folder.')
     own(run, ['config.json', 'steps'])
     n = clean_partial(run)
     if n: _say(log, f'removed {n} temporary file(s) left by an interrupted run')
     for s in redo:                                                     # --from: forget the step and everything after it
         for o in STEP_OUTPUTS[s]:
-            if is_owned(run, o): _remove(run/o)
+            if covered_by(o, mine): _remove(run/o)
         for f in (run/'steps'/f'{s}.json', run/'steps'/f'{s}.started.json'): _remove(f)
     write_json(run/'config.json', config_dict(cfg))
 
@@ -774,10 +774,9 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
     "The whole method in a resumable run folder: every step skipped when finished with the same settings."
     run = Path(run).absolute()                                             # a relative --out would be read against the pool folder
     inputs = [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p]
-    claim_dir(run, 'run', inputs, create=False)                            # the user's own folder is refused before any work
     dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
     device = torch.device(device) if device is not None else dev
-    plan = plan_run(cfg, run, from_step, only, check_inputs)
+    plan = plan_run(cfg, run, from_step, only, check_inputs)               # the user's own folder and bad input are refused here
     fps, first_redo = {p['step']: p['fingerprint'] for p in plan}, (STEPS.index(from_step) if from_step else len(STEPS))
     todo, steps_dir, record = [only] if only else list(STEPS), run/'steps', lambda s: step_record(run, s)
     barrier()                                                              # every process has read the records before rank 0 changes them
@@ -817,6 +816,10 @@ STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and e
                 prototypes=0.13, wood=1.77, refine=1.71, segment=1.78, seg_predict=11.08),              # benchmarks/bench_voc_cost.py
 }
 
+def image_counts(cfg:RunConfig)->dict:
+    "The image counts a run's cost scales with: `train` (cfg.split), `eval` (cfg.eval_split) and `pool` (the OoD list)."
+    return dict(train=len(read_split(cfg.voc_root, cfg.split)), eval=len(read_split(cfg.voc_root, cfg.eval_split)), pool=len(read_ood_list(cfg.ood_root)))
+
 def estimate_seconds(cfg:RunConfig, # the run's settings
                      step:str, # one of `STEPS`
                      counts:dict, # image counts: `train` (cfg.split), `eval` (cfg.eval_split), `pool`
@@ -837,8 +840,7 @@ def print_plan(plan:list[dict], # `plan_run`'s answer
                cfg:RunConfig, out=None):
     "Print the steps that would run or be skipped, with a rough CPU time for each."
     out = out or sys.stdout
-    root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
-    counts = dict(train=len(read_split(root, cfg.split)), eval=len(read_split(root, cfg.eval_split)), pool=len(read_ood_list(pool)))
+    counts = image_counts(cfg)
     print(f"{counts['train']} training images ({cfg.split}), {counts['eval']} evaluation images ({cfg.eval_split}), {counts['pool']} pool images", file=out)
     total = 0.0
     for p in plan:

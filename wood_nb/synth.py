@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import IGNORE_INDEX, MARKER, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, voc_palette, write_json, write_text
+from .core import IGNORE_INDEX, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, save_weights, voc_palette, write_json, write_text
 
 # %% auto #0
 __all__ = ['SHAPES', 'CUES', 'SynthConfig', 'render_scene', 'sample_content', 'generate', 'plot_benchmark',
@@ -349,10 +349,7 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
     cfg = cfg or SynthConfig()
     out = Path(out)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise WoodInputError('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
-    if overwrite and out.is_dir() and any(out.iterdir()) and not ((out/MARKER).is_file() or (out/'synth.json').is_file()):
-        raise WoodInputError(out, 'is not a benchmark written by wood synth, so --overwrite does not replace it.', 'give a new output folder.')
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_json(tmp/MARKER, {'kit': 'wood_nb', 'kind': 'benchmark', 'owned': []})
+    with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:   # --overwrite replaces only a benchmark the kit wrote
         voc, ood = tmp/'voc', tmp/'ood'
         for d in ('JPEGImages', 'SegmentationClass', 'SegmentationCue', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
         (ood/'images').mkdir(parents=True)
@@ -491,14 +488,11 @@ def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `o
     if not 1 <= n_train <= n_train_aug: err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).', 'train is a non-empty part of train_aug.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
     out = Path(out)
-    if overwrite and out.is_dir() and any(out.iterdir()) and not ((out/MARKER).is_file() or (out/'rehearsal.json').is_file()):
-        raise WoodInputError(out, 'is not a set written by wood_nb, so overwrite does not replace it.', 'give a new output folder.')
     m = min(4, -(-C // n_train_aug))                                   # classes each train_aug image must hold, round robin
     need = lambda j: tuple(sorted({(j*m + t) % C + 1 for t in range(m)}))
     ids = {'train': [f'2007_{2*i:06d}' for i in range(n_train)], 'sbd': [f'2007_{2*i + 1:06d}' for i in range(n_train_aug - n_train)],
            'val': [f'2008_{i:06d}' for i in range(n_val)]}
-    with atomic_dir(out, overwrite=overwrite) as tmp:
-        write_json(tmp/MARKER, {'kit': 'wood_nb', 'kind': 'benchmark', 'owned': []})
+    with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:
         voc, sbd, ood = tmp/'voc', tmp/'sbd', tmp/'ood'
         for d in ('JPEGImages', 'SegmentationClass', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
         sbd.mkdir(); (ood/'images').mkdir(parents=True)
@@ -532,7 +526,6 @@ def write_standin_weights(out, # folder for the files, one per backbone (`resnet
                          )->dict: # the file of each `weights.*` key of the `voc` preset: classifier, boundary, segmenter
     "Randomly initialised stand-ins for the ImageNet backbone files of the `voc` preset's networks, in torchvision's format."
     import timm, torch
-    from wood_nb.core import atomic_path
     from wood_nb.model import PRESETS
     from wood_nb.refine import BOUNDARY_PRESETS
     from wood_nb.segment import SEG_PRESETS
@@ -542,6 +535,5 @@ def write_standin_weights(out, # folder for the files, one per backbone (`resnet
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed); sd = timm.create_model(name, pretrained=False).state_dict()
         sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}   # torchvision's ImageNet files predate these counters
-        with atomic_path(out/f'{name}.pth') as f: torch.save(sd, f)
-        files[name] = out/f'{name}.pth'
+        files[name] = save_weights(sd, out/f'{name}.pth')
     return {k: files[v] for k, v in nets.items()}
