@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from .core import WoodInputError, child_path, load_mask, load_npz, save_npz
+from .config import DEFAULT_SCALES
+_all_ = ['DEFAULT_SCALES']   # re-exported: still part of `from wood_nb.cam import *`
 from .train import dist_info, barrier, unwrap
 
 # %% auto #0
-__all__ = ['DEFAULT_SCALES', 'ADV_OPTIONS', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
+__all__ = ['ADV_OPTIONS', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
            'load_cam_record', 'anti_adversarial_climb', 'advcam_maps', 'list_collate', 'compute_cams', 'cam_overlay',
-           'plot_cams', 'cue_bearing_ids']
+           'plot_cams', 'cue_bearing_ids', 'DEFAULT_SCALES']
 
 # %% ../nbs/05_cam.ipynb #6cdae42f
-DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
-
 def strided_size(h:int, w:int, stride:int=4)->tuple[int, int]:
     "Size of a map at `stride`: `ceil(h/stride), ceil(w/stride)`."
     return math.ceil(h/stride), math.ceil(w/stride)

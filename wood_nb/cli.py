@@ -9,24 +9,14 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .core import MARKER, WoodInputError, atomic_path, claim_dir, own, read_classes, write_json
-from .data import VOCDataset, eval_transforms, validate, validate_ood
-from .synth import SynthConfig, generate, plot_benchmark
-from .model import load_classifier
-from .train import TrainConfig, check_train_config, init_distributed, is_main, main_result, train_classifier
-from .cam import DEFAULT_SCALES, compute_cams
-from .metrics import eval_cam_dir
-from .mining import CURATION_MODES, mine
-from .prototypes import compute_prototypes
-from .refine import boundary_train_config
-from .segment import SEG_TEST_SCALES, crf_postprocess, eval_seg_dir, load_segmenter, predict_split, seg_train_config, train_segmenter
-from .pipeline import PLANE_MODES, RUN_PRESETS, STEPS, config_dict, plan_run, print_plan, refine_step, run_config, run_pipeline
-from .wood import METRIC_FORMS, WoodConfig, train_wood
+from .config import (CURATION_MODES, DEFAULT_SCALES, DEMO_PROFILES, METRIC_FORMS, PLANE_MODES, RUN_PRESETS, SEG_TEST_SCALES, STEPS,
+                            SynthConfig, TrainConfig, WoodConfig, WoodInputError, boundary_train_config, check_train_config, seg_train_config)
+_all_ = ['DEMO_PROFILES']   # re-exported: still part of `from wood_nb.cli import *`
 
 # %% auto #0
-__all__ = ['AT_LEAST_1', 'COUNT', 'POSITIVE', 'NON_NEGATIVE', 'SHARE', 'DEMO_PROFILES', 'run_validate', 'run_eval_cam',
-           'run_refine', 'run_eval_seg', 'run_summary', 'run_demo', 'load_overrides', 'parse_sets', 'build_parser',
-           'main']
+__all__ = ['AT_LEAST_1', 'COUNT', 'POSITIVE', 'NON_NEGATIVE', 'SHARE', 'run_validate', 'run_eval_cam', 'run_refine',
+           'run_eval_seg', 'run_summary', 'run_demo', 'load_overrides', 'parse_sets', 'build_parser', 'main',
+           'DEMO_PROFILES']
 
 # %% ../nbs/99_cli.ipynb #80318570
 def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
@@ -43,6 +33,7 @@ def run_validate(root, # a VOC-layout root, an OoD pool, or a folder written by 
                  deep:bool=True, # decode every image fully (catches truncated files)
                  out=None)->int: # number of problems found
     "Validate `root` and print every problem; returns how many were found."
+    from wood_nb.data import validate, validate_ood
     out = out or sys.stdout; root = Path(root); n = 0
     for kind, path in _targets(root, list_file):
         probs = validate(path, splits=splits, deep=deep) if kind == 'voc' else validate_ood(path, list_file=list_file, deep=deep)
@@ -122,6 +113,8 @@ def _wood_config(a)->WoodConfig:
 # %% ../nbs/99_cli.ipynb #d008b5f1
 def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     "Evaluate CAM records, print the result and return the `metrics.json` block."
+    from wood_nb.core import read_classes
+    from wood_nb.metrics import eval_cam_dir
     classes = read_classes(root)
     r = eval_cam_dir(root, split, cam_dir); s = r.summary(classes)
     block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold']}
@@ -138,6 +131,7 @@ def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:T
                seed_threshold:float|None=None, radius:int|None=None, walk_radius:int|None=None, logt:int|None=None,
                bg_plane:float|None=None, crf:bool=False, beta:float=10.0, device=None, log=None)->dict|None:
     "Boundary network, random walk and pseudo-masks from CAM records (`pipeline.refine_step`); prints and returns the mask evaluation."
+    from wood_nb.pipeline import refine_step
     walk = {k: v for k, v in (('radius', walk_radius), ('logt', logt)) if v is not None}
     res = refine_step(root, cams, out, split, preset, planes, seed_threshold, cfg, walk, beta, crf, radius, bg_plane, device=device, log=log)
     if res is None: return None
@@ -157,6 +151,8 @@ def _seg_train_config(a)->TrainConfig:
 
 def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, crf:bool=False, device=None, log=None)->dict:
     "Predict `split` with a saved segmenter into `out` (dense CRF on the probabilities with `crf`), score it, print and return the result."
+    from wood_nb.core import read_classes
+    from wood_nb.segment import crf_postprocess, eval_seg_dir, load_segmenter, predict_split
     post = crf_postprocess() if crf else None
     classes = read_classes(root)
     model = load_segmenter(weights, num_classes=len(classes), classes=classes)
@@ -175,17 +171,6 @@ def run_summary(m:dict, log=None)->None:
     for name, blk in (('baseline', m['baseline']), ('W-OoD', m['wood'])):
         print(f"{name:10s}" + ''.join(f" {blk.get(key) if blk.get(key) is not None else float('nan'):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log or sys.stdout)
 
-def _small_crops(size:int)->dict:
-    "Crop and resize ranges of every training for images of `size` pixels (the synthetic preset's, scaled)."
-    return {k: v for sec, ls in (('cls', (0.75, 1.25)), ('wood_train', (0.75, 1.25)), ('boundary', (0.5, 1.5)), ('seg_train', (0.5, 2.0)))
-            for k, v in ((f'{sec}.crop', size), (f'{sec}.long_side', [round(size*ls[0]), round(size*ls[1])]))}
-
-DEMO_PROFILES = {  # benchmark knobs and run settings of each demo profile
-    'quick': (dict(image_size=96, n_train=320, n_val=80, n_ood=320),      # minutes on two CPU cores: seeds and pseudo-masks
-              {**_small_crops(96), 'wood_train.epochs': 3, 'seg.enabled': False}),
-    'full': ({}, {}),                                                    # the default benchmark with the synthetic preset
-}
-
 def run_demo(out, # the run folder
              seed:int=0, # benchmark seed (also the baseline's training seed)
              profile:str='quick', # 'quick' (96-px benchmark of 320 training images, up to the pseudo-masks, minutes on a CPU) or 'full' (the default benchmark, every step; use a GPU)
@@ -196,6 +181,9 @@ def run_demo(out, # the run folder
     "The embedded benchmark end to end (`run_pipeline` with the synthetic preset); returns `metrics.json`'s content."
     import matplotlib; matplotlib.use('Agg')
     from dataclasses import asdict
+    from wood_nb.core import atomic_path, claim_dir, own
+    from wood_nb.synth import generate, plot_benchmark
+    from wood_nb.pipeline import run_config, run_pipeline
     if profile not in DEMO_PROFILES: raise WoodInputError('--profile', f'{profile!r} is not a demo profile.', f'choose one of {sorted(DEMO_PROFILES)}.')
     knobs, prof_ov = DEMO_PROFILES[profile]
     log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(**knobs); data = out/'data'
@@ -364,11 +352,16 @@ _CREATED = []   # output folders this command created: removed again when it sto
 
 def _claim(out, kind:str, *inputs)->Path:
     "The stage command's `--out` as a folder the kit owns (on rank 0; its refusal stops every process)."
+    from wood_nb.core import claim_dir
+    from wood_nb.train import main_result
     if not Path(out).exists(): _CREATED.append(Path(out))
     return main_result(lambda: claim_dir(out, kind, [i for i in inputs if i is not None]))
 
 def _forget_created():
     "Remove the folders this command created that still hold nothing but the kit's marker."
+    if not _CREATED: return
+    from wood_nb.core import MARKER
+    from wood_nb.train import is_main
     while _CREATED:
         p = _CREATED.pop()
         if is_main() and p.is_dir() and [q.name for q in p.iterdir()] == [MARKER]: (p/MARKER).unlink(); p.rmdir()
@@ -383,6 +376,7 @@ def _json_out(path)->None:
 
 def _check_inputs(a)->None:
     "Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, missing files), before any work."
+    from wood_nb.data import validate, validate_ood
     root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine') else None
     if root is not None:
         if not Path(root).is_dir(): raise WoodInputError(root, 'does not exist.', 'give the path of a VOC-layout root.')
@@ -405,21 +399,28 @@ def main(argv:list|None=None)->int:
     finally: _CREATED.clear()
 
 def _main(a)->int:
-    "Run the parsed sub-command (raises `WoodInputError` for bad input)."
+    "Run the parsed sub-command (raises `WoodInputError` for bad input); each command imports its stages here, not when the module loads."
     _check_inputs(a)
+    from wood_nb.core import read_classes, write_json
+    from wood_nb.train import init_distributed, is_main
     if a.cmd == 'validate':
         if not a.root.exists(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root or an OoD pool.')
         return 1 if run_validate(a.root, splits=a.splits, list_file=a.list_file, deep=a.deep) else 0
     if a.cmd == 'synth':
+        from wood_nb.synth import generate
         t = time.perf_counter()
         out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
         print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
     if a.cmd == 'train-cls':
+        from wood_nb.train import train_classifier
         cfg = _train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-cls', a.root)
         train_classifier(a.root, a.out, a.preset, a.split, cfg=cfg, model_kw=_model_kw(a), device=device)
         if is_main(): print(f"classifier: {a.out/'model.pt'}")
         return 0
     if a.cmd == 'cam':
+        from wood_nb.data import VOCDataset, eval_transforms
+        from wood_nb.model import load_classifier
+        from wood_nb.cam import compute_cams
         device = init_distributed(a.device)
         classes = read_classes(a.root)
         model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
@@ -435,6 +436,9 @@ def _main(a)->int:
         if a.json: write_json(a.json, block)
         return 0
     if a.cmd in ('mine', 'prototypes'):
+        from wood_nb.model import load_classifier
+        from wood_nb.mining import mine
+        from wood_nb.prototypes import compute_prototypes
         device = init_distributed(a.device)
         model = load_classifier(a.weights)
         _claim(a.out, a.cmd, a.pool, getattr(a, 'root', None))
@@ -446,6 +450,8 @@ def _main(a)->int:
                                init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
         print(f'prototypes: {f}'); return 0
     if a.cmd == 'train-wood':
+        from wood_nb.model import load_classifier
+        from wood_nb.wood import train_wood
         for f, what in ((a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):   # the root: `_check_inputs`
             if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
         wcfg = _wood_config(a); device = init_distributed(a.device); _claim(a.out, 'train-wood', a.root, a.pool)
@@ -462,6 +468,7 @@ def _main(a)->int:
                    a.bg_plane, a.crf, a.beta, device)
         return 0
     if a.cmd == 'train-seg':
+        from wood_nb.segment import train_segmenter
         cfg = _seg_train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-seg', a.root, a.masks)
         kw = {k: v for k, v in (('pretrained', a.pretrained), ('backbone', a.backbone)) if v is not None}
         train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)
@@ -474,6 +481,7 @@ def _main(a)->int:
         if a.json and is_main(): write_json(a.json, r)
         return 0
     if a.cmd in ('run', 'demo'):
+        from wood_nb.pipeline import config_dict, plan_run, print_plan, run_config, run_pipeline
         ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
         if a.num_workers is not None: ov['num_workers'] = a.num_workers
         if a.cmd == 'demo':

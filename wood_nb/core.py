@@ -12,10 +12,10 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'WoodInputError', 'read_classes', 'voc_palette', 'seed_everything',
-           'get_device', 'atomic_path', 'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz',
-           'load_npz', 'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside',
-           'is_inside', 'claim_dir', 'owned', 'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest']
+__all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'read_classes', 'voc_palette', 'seed_everything', 'get_device', 'atomic_path',
+           'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz', 'load_npz', 'save_weights',
+           'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside', 'is_inside', 'claim_dir', 'owned',
+           'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest', 'WoodInputError']
 
 # %% ../nbs/00_core.ipynb #6b706c77
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -24,11 +24,8 @@ VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', '
 IGNORE_INDEX = 255  # mask value for pixels that no metric or loss counts
 
 # %% ../nbs/00_core.ipynb #a47d099b
-class WoodInputError(ValueError):
-    "Bad input: names the file or option at fault and what to do about it."
-    def __init__(self, where, problem:str, fix:str=''):
-        self.where, self.problem, self.fix = str(where), problem, fix
-        super().__init__(f"{where}: {problem}" + (f" Fix: {fix}" if fix else ''))
+from .config import WoodInputError   # defined in 00a_config; the same class from either module
+_all_ = ['WoodInputError']   # re-exported: still part of `from wood_nb.core import *`
 
 # %% ../nbs/00_core.ipynb #f692da86
 def read_classes(root, # dataset root; `root/classes.txt` is read when present

@@ -14,13 +14,16 @@ import torch.distributed as dist
 from torch import nn
 
 from .core import WoodInputError, write_json, write_text
+from .config import CURATION_MODES
+_all_ = ['CURATION_MODES']   # re-exported: still part of `from wood_nb.mining import *`
 from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, eval_transforms, read_ood_list, read_ood_meta
 from .train import barrier, dist_info, is_main, unwrap, main_result, reduce_over_processes, cat_over_processes, distributed
 from .cam import list_collate
 
 # %% auto #0
-__all__ = ['RANKED_HEADER', 'CURATION_MODES', 'map_dataset', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked',
-           'read_ranked', 'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates']
+__all__ = ['RANKED_HEADER', 'map_dataset', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked', 'read_ranked',
+           'write_ood_list', 'read_curated_list', 'curate', 'mining_summary', 'mine', 'plot_candidates',
+           'CURATION_MODES']
 
 # %% ../nbs/07_mining.ipynb #ae3dd0a8
 def _pure(t)->torch.Tensor:
@@ -167,8 +170,6 @@ def write_ood_list(path, # the list file to write (e.g. `mining/ood_list.txt`)
     return write_text(path, '\n'.join(paths) + '\n')
 
 # %% ../nbs/07_mining.ipynb #4d96e3c3
-CURATION_MODES = ('meta', 'list', 'none')
-
 def _check_curation(mode, pool_root, curated_list, list_file:str='ood_list.txt', meta_file:str='ood_meta.csv'):
     "Refuse a curation setting that cannot work, before any image is scored."
     if mode not in CURATION_MODES:

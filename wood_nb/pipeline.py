@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .config import PLANE_MODES, RUN_PRESETS, STEPS
+_all_ = ['PLANE_MODES', 'RUN_PRESETS', 'STEPS']   # re-exported: still part of `from wood_nb.pipeline import *`
 from .core import WoodInputError, IGNORE_INDEX, read_classes, voc_palette, write_json, load_mask
 from .data import read_split, read_image, eval_transforms
 from .train import TrainConfig, is_main, barrier, dist_info, main_result, reduce_over_processes
@@ -19,15 +21,14 @@ from .refine import (BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_m
 from .segment import (train_segmenter, predict_split, eval_seg_dir, load_segmenter, predict, crf_postprocess)
 
 # %% auto #0
-__all__ = ['PLANE_MODES', 'DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'RUN_PRESETS', 'STEPS', 'STEP_OUTPUTS', 'STEP_COSTS',
-           'refine_planes', 'refine_step', 'segment_step', 'refine_and_segment', 'chain_panels', 'plot_iou_change',
-           'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config',
-           'config_from_dict', 'config_dict', 'check_config', 'step_settings', 'fingerprints', 'pretrained_kw',
-           'check_run_inputs', 'collect_metrics', 'write_report', 'peak_rss_mib', 'clean_partial', 'step_record',
-           'plan_run', 'run_pipeline', 'image_counts', 'estimate_seconds', 'print_plan']
+__all__ = ['DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'STEP_OUTPUTS', 'STEP_COSTS', 'refine_planes', 'refine_step', 'segment_step',
+           'refine_and_segment', 'chain_panels', 'plot_iou_change', 'MiningConfig', 'PrototypeConfig', 'RefineConfig',
+           'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config', 'config_from_dict', 'config_dict', 'check_config',
+           'step_settings', 'fingerprints', 'pretrained_kw', 'check_run_inputs', 'collect_metrics', 'write_report',
+           'peak_rss_mib', 'clean_partial', 'step_record', 'plan_run', 'run_pipeline', 'image_counts',
+           'estimate_seconds', 'print_plan', 'PLANE_MODES', 'RUN_PRESETS', 'STEPS']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
-PLANE_MODES = ('irn', 'seed')
 DEFAULT_PLANES = {'voc': 'irn', 'synthetic': 'seed'}  # the plane mode of each preset ('auto')
 SEG_EVAL_SCALES = {'voc': (0.5, 0.75, 1.0, 1.25, 1.5), 'synthetic': (1.0,)}  # test scales (with flips) of each preset
 
@@ -300,7 +301,6 @@ class RunConfig:
     weights: WeightsConfig = field(default_factory=WeightsConfig)
 
 # %% ../nbs/13_pipeline.ipynb #3ebce916
-RUN_PRESETS = ('synthetic', 'voc')
 _TRAIN_SECTIONS = ('cls', 'wood_train', 'boundary', 'seg_train')
 
 def _flat_keys(obj, prefix='')->dict:
@@ -441,7 +441,6 @@ def check_config(cfg:RunConfig)->RunConfig:
     return cfg
 
 # %% ../nbs/13_pipeline.ipynb #ac821cc9
-STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report')
 STEP_OUTPUTS = {'baseline': ('cls',), 'baseline_seeds': ('cam/baseline', 'eval/baseline.json'), 'mining': ('mining',),
                 'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'),
                 'refine': ('refine',), 'segment': ('seg',), 'report': ('metrics.json', 'report.md', 'figures')}

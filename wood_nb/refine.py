@@ -19,6 +19,8 @@ from torchvision import tv_tensors
 from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, check_meta, state_dict_in, lite0_package_path, lite0_to_timm
+from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
+_all_ = ['boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import load_cam_record, normalize_cams, strided_size
 from .metrics import ConfusionMatrix, CueActivation, seed_from_cams
@@ -27,8 +29,8 @@ from .metrics import ConfusionMatrix, CueActivation, seed_from_cams
 __all__ = ['CRF_FIX', 'BOUNDARY_FORMAT', 'BOUNDARY_PRESETS', 'confident_labels', 'crf_available', 'dense_crf', 'crf_labels',
            'pair_offsets', 'strided_labels', 'pair_labels', 'segment_points', 'pair_affinities', 'affinity_loss',
            'BoundaryNet', 'save_boundary_net', 'load_boundary_net', 'boundary_step', 'make_confident_labels',
-           'ConfidentLabelDataset', 'boundary_train_config', 'make_boundary_net', 'train_boundary', 'transition_matrix',
-           'propagate', 'random_walk', 'make_pseudo_masks', 'eval_mask_dir']
+           'ConfidentLabelDataset', 'make_boundary_net', 'train_boundary', 'transition_matrix', 'propagate',
+           'random_walk', 'make_pseudo_masks', 'eval_mask_dir', 'boundary_train_config']
 
 # %% ../nbs/10_refine.ipynb #77834713
 def _table(keys)->np.ndarray:
@@ -403,12 +405,12 @@ class ConfidentLabelDataset(torch.utils.data.Dataset):
         return {'id': id, 'image': s['image'], 'mask': s['mask']}
 
 # %% ../nbs/10_refine.ipynb #c953ffef
-BOUNDARY_PRESETS = {  # network, pair radius, training settings and random-walk settings of each recipe
+BOUNDARY_PRESETS = {  # network, pair radius, training settings and random-walk settings of each recipe (training: `config.BOUNDARY_TRAIN_PRESETS`)
     'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
-                train=dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(250, 750)),
+                train=BOUNDARY_TRAIN_PRESETS['voc'],
                 walk=dict(radius=5, logt=8)),
     'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5, needs_pretrained=True,
-                      train=dict(epochs=3, batch_size=16, lr=0.01, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128, long_side=(64, 192)),
+                      train=BOUNDARY_TRAIN_PRESETS['synthetic'],
                       walk=dict(radius=3, logt=6)),
 }
 _NET_KEYS = ('backbone', 'pretrained', 'freeze_backbone', 'levels', 'width')
@@ -416,12 +418,6 @@ _NET_KEYS = ('backbone', 'pretrained', 'freeze_backbone', 'levels', 'width')
 def _preset(preset:str)->dict:
     if preset not in BOUNDARY_PRESETS: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(BOUNDARY_PRESETS)}.')
     return BOUNDARY_PRESETS[preset]
-
-def boundary_train_config(preset:str='synthetic', **overrides)->TrainConfig:
-    "The training settings of a boundary-network preset, with overrides."
-    bad = [k for k in overrides if k not in TrainConfig.__dataclass_fields__]
-    if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
-    return TrainConfig(**{**_preset(preset)['train'], **overrides})
 
 def make_boundary_net(preset:str='synthetic', **overrides)->BoundaryNet:
     "The `BoundaryNet` of a preset, with constructor overrides (`backbone`, `pretrained`, `freeze_backbone`, `levels`, `width`)."

@@ -19,15 +19,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, check_image_batch, check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
+from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
+_all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import list_collate
 from .metrics import ConfusionMatrix, CueActivation
 
 # %% auto #0
-__all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'SEG_TEST_SCALES', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config',
-           'save_segmenter', 'load_segmenter', 'seg_loss', 'seg_step', 'seg_train_config', 'resolve_mask_dir',
-           'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'crf_postprocess', 'eval_seg_dir',
-           'plot_segmentation']
+__all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config', 'save_segmenter',
+           'load_segmenter', 'seg_loss', 'seg_step', 'resolve_mask_dir', 'train_segmenter', 'predict', 'SplitImages',
+           'predict_split', 'crf_postprocess', 'eval_seg_dir', 'plot_segmentation', 'SEG_TEST_SCALES',
+           'seg_train_config']
 
 # %% ../nbs/11_segment.ipynb #797d5011
 class ASPP(nn.Module):
@@ -238,23 +240,6 @@ def seg_step(balanced:bool=False, # class-balanced cross-entropy
         return loss, {'pixel_acc': float(acc)}
     return step
 
-# %% ../nbs/11_segment.ipynb #28f0ff23
-_SEG_TRAIN = {
-    'voc': dict(epochs=28, batch_size=10, lr=2.5e-4, head_mult=10.0, momentum=0.9, weight_decay=5e-4, crop=321,
-                long_side=(250, 1000), poly_power=0.9),
-    'synthetic': dict(epochs=12, batch_size=16, lr=2e-3, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128,
-                      long_side=(64, 256), poly_power=0.9),
-}
-
-def seg_train_config(preset:str='synthetic', # 'voc' (`method.md`'s DeepLab-v2 recipe) or 'synthetic'
-                     **overrides, # fields of `TrainConfig` that replace the preset's
-                    )->TrainConfig:
-    "The `TrainConfig` of a segmentation recipe, with overrides."
-    if preset not in _SEG_TRAIN: raise WoodInputError('preset', f'{preset!r} is not a segmentation preset.', f'choose one of {sorted(_SEG_TRAIN)}.')
-    bad = [k for k in overrides if k not in TrainConfig.__dataclass_fields__]
-    if bad: raise WoodInputError('seg_train_config', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
-    return TrainConfig(**{**_SEG_TRAIN[preset], **overrides})
-
 # %% ../nbs/11_segment.ipynb #c1ead28a
 def resolve_mask_dir(voc_root, # VOC-layout root
                      split:str, # the split whose ids need a mask
@@ -304,8 +289,6 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     return model
 
 # %% ../nbs/11_segment.ipynb #17e1e597
-SEG_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # a common multi-scale test set for DeepLab; `method.md` names none
-
 @torch.no_grad()
 def predict(model:nn.Module, # a `DeepLabV2` (or its DDP wrapper); run in eval mode, on its own device
             image:torch.Tensor, # `(3, H, W)` or `(B, 3, H, W)` normalised image(s) of one size

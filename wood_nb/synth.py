@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from .core import IGNORE_INDEX, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, save_weights, voc_palette, write_json, write_text
 
 # %% auto #0
-__all__ = ['SHAPES', 'CUES', 'SynthConfig', 'render_scene', 'sample_content', 'generate', 'plot_benchmark',
-           'generate_voc_rehearsal', 'write_standin_weights']
+__all__ = ['SHAPES', 'CUES', 'render_scene', 'sample_content', 'generate', 'plot_benchmark', 'generate_voc_rehearsal',
+           'write_standin_weights', 'SynthConfig']
 
 # %% ../nbs/02_synth.ipynb #0e14ebf3
 def _ellipse(x0, y0, x1, y1, n=24):
@@ -131,46 +131,8 @@ CUES = {'boat': ('water', _water, ('bottom',)), 'train': ('rails', _rails, ('bot
         'sheep': ('grass', _grass, ('bottom', 'left', 'right')), 'tvmonitor': ('keyboard', _keyboard, ('bottom', 'left', 'right'))}
 
 # %% ../nbs/02_synth.ipynb #c6391534
-@dataclass
-class SynthConfig:
-    "Every knob of the synthetic benchmark."
-    classes: tuple = ('boat', 'train', 'bird', 'aeroplane', 'sheep', 'tvmonitor') # foreground classes (names in `SHAPES`)
-    image_size: int = 128          # square images, pixels
-    n_train: int = 1200            # training images
-    n_val: int = 300               # validation images
-    n_ood: int = 1000              # OoD candidates
-    ood_mix: tuple = (0.6, 0.3, 0.1) # shares of hard (cue, no object), easy (clutter only), contaminated (holds an object)
-    objects: tuple = (0.55, 0.3, 0.15) # probabilities of 1, 2, 3 objects an image
-    object_size: tuple = (0.35, 0.6) # object's long side as a fraction of the image side
-    object_texture: float = 12.0   # std of the per-pixel shading on objects (0-255 scale)
-    cue_rate: float = 0.9          # P(class k's cue is present | class k is present)
-    stray_cue_rate: float = 0.05   # P(one cue of an absent class appears) for each in-distribution image
-    cue_depth: tuple = (0.35, 0.55) # band depth as a fraction of the image side
-    texture: float = 1.0           # contrast of cue textures, 0..1
-    clutter: int = 6               # at most this many clutter shapes an image
-    noise: float = 6.0             # std of Gaussian pixel noise (0-255 scale)
-    boundary: int = 1              # width of the 255 (ignore) border around objects in masks; 0 for none
-    jpeg_quality: int = 92
-
-    def __post_init__(self):
-        self.classes = tuple(self.classes); self.ood_mix = tuple(self.ood_mix); self.objects = tuple(self.objects)
-        self.object_size = tuple(self.object_size); self.cue_depth = tuple(self.cue_depth)
-        bad = [c for c in self.classes if c not in SHAPES]
-        def err(opt, prob, fix): raise WoodInputError(f'SynthConfig.{opt}', prob, fix)
-        if bad: err('classes', f'unknown classes {bad}.', f'choose from {list(SHAPES)}.')
-        if len(set(self.classes)) != len(self.classes) or not self.classes: err('classes', 'must be distinct and non-empty.', 'list each class once.')
-        if self.image_size < 32: err('image_size', f'{self.image_size} is too small.', 'use at least 32 pixels.')
-        if min(self.n_train, self.n_val, self.n_ood) < 1: err('n_train/n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
-        for opt in ('ood_mix', 'objects'):
-            p = np.asarray(getattr(self, opt), float)
-            if (p < 0).any() or not np.isclose(p.sum(), 1): err(opt, f'{getattr(self, opt)} is not a probability vector.', 'give non-negative shares that sum to 1.')
-        if len(self.objects) > 4: err('objects', 'at most 4 objects an image are supported.', 'give at most 4 probabilities.')
-        for opt in ('object_size', 'cue_depth'):
-            lo, hi = getattr(self, opt)
-            if not 0 < lo <= hi <= 1: err(opt, f'({lo}, {hi}) is not a range inside (0, 1].', 'give 0 < low <= high <= 1.')
-        for opt in ('cue_rate', 'stray_cue_rate', 'texture'):
-            if not 0 <= getattr(self, opt) <= 1: err(opt, f'{getattr(self, opt)} is outside 0..1.', 'give a value in 0..1.')
-        if not 1 <= self.jpeg_quality <= 100: err('jpeg_quality', f'{self.jpeg_quality} is outside 1..100.', 'give 1..100.')
+from .config import SYNTH_CLASSES, SynthConfig
+_all_ = ['SynthConfig']   # re-exported: still part of `from wood_nb.synth import *`
 
 # %% ../nbs/02_synth.ipynb #25d94de1
 def _cue_band(r, S, side, depth):

@@ -19,63 +19,14 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from .core import WoodInputError, atomic_path, get_device, load_weights, seed_everything
 
 # %% auto #0
-__all__ = ['TrainConfig', 'check_train_config', 'poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main',
-           'barrier', 'distributed', 'main_result', 'reduce_over_processes', 'cat_over_processes', 'make_loader',
-           'set_epoch', 'PairedLoader', 'rng_state', 'set_rng_state', 'unwrap', 'to_device', 'write_history', 'fit',
-           'multilabel_step', 'train_classifier']
+__all__ = ['poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'distributed', 'main_result',
+           'reduce_over_processes', 'cat_over_processes', 'make_loader', 'set_epoch', 'PairedLoader', 'rng_state',
+           'set_rng_state', 'unwrap', 'to_device', 'write_history', 'fit', 'multilabel_step', 'train_classifier',
+           'TrainConfig', 'check_train_config']
 
 # %% ../nbs/04_train.ipynb #48bfa082
-@dataclass
-class TrainConfig:
-    "Settings of one training run."
-    epochs: int = 5              # passes over the data
-    batch_size: int = 16         # global batch (split over processes under torchrun)
-    lr: float = 0.1              # backbone learning rate; the head gets `lr * head_mult`
-    head_mult: float = 10.0      # learning-rate multiplier of newly added layers
-    momentum: float = 1e-4       # IRN as run (see above)
-    weight_decay: float = 1e-4   # L2 penalty on every trainable parameter
-    crop: int = 512              # training crop (pixels; padded with ignore where the image is smaller)
-    long_side: tuple = (320, 640) # random resize: the long side is drawn from this range
-    poly_power: float = 0.9      # poly schedule exponent
-    seed: int = 0                # seeds the model init, the data order and the augmentations
-    num_workers: int = 0         # DataLoader worker processes
-    amp: bool = True             # bfloat16 autocast on CUDA (ignored on CPU)
-    progress: bool = True        # show progress bars
-    drop_last: bool = True       # drop the last incomplete batch of an epoch
-
-    @classmethod
-    def preset(cls, name:str, **overrides)->'TrainConfig':
-        "The `voc` (IRN recipe, `method.md`) or `synthetic` settings, with overrides."
-        presets = {'voc': dict(epochs=5, batch_size=16, lr=0.1, head_mult=10.0, momentum=1e-4, weight_decay=1e-4,
-                               crop=512, long_side=(320, 640)),
-                   'synthetic': dict(epochs=5, batch_size=16, lr=1e-3, head_mult=10.0, momentum=0.9, weight_decay=1e-4,
-                                     crop=128, long_side=(96, 160))}
-        if name not in presets: raise WoodInputError('--preset', f'{name!r} is not a preset.', f'choose one of {sorted(presets)}.')
-        bad = [k for k in overrides if k not in cls.__dataclass_fields__]
-        if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(cls.__dataclass_fields__)}.')
-        return cls(**{**presets[name], **overrides})
-
-# %% ../nbs/04_train.ipynb #16eaf2d6
-def check_train_config(t:TrainConfig, # the settings to check
-                       name=lambda k: '--' + k.replace('_', '-'), # how messages name a field (an option, a config key)
-                      )->TrainConfig:
-    "Raise `WoodInputError` for the first training setting out of its range (epochs, batch, rates, crop, resize range, workers)."
-    def bad(k, want): raise WoodInputError(name(k), f'{getattr(t, k)!r} is out of range: it must be {want}.', f'set {name(k)} to {want}.')
-    num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-    whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
-    if not (whole(t.epochs) and t.epochs >= 1): bad('epochs', 'an integer >= 1')
-    if not (whole(t.batch_size) and t.batch_size >= 1): bad('batch_size', 'an integer >= 1')
-    for k in ('lr', 'head_mult'):
-        if not (num(getattr(t, k)) and getattr(t, k) > 0): bad(k, 'a positive number')
-    if not (num(t.momentum) and 0 <= t.momentum < 1): bad('momentum', 'a number in [0, 1)')
-    for k in ('weight_decay', 'poly_power'):
-        if not (num(getattr(t, k)) and getattr(t, k) >= 0): bad(k, 'a number >= 0')
-    if t.crop is not None and not (whole(t.crop) and t.crop >= 1): bad('crop', 'an integer >= 1 (pixels)')
-    ls = t.long_side
-    if ls is not None and not (len(ls) == 2 and all(whole(x) for x in ls) and 1 <= ls[0] <= ls[1]): bad('long_side', 'two integers lo hi with 1 <= lo <= hi')
-    if not (whole(t.num_workers) and t.num_workers >= 0): bad('num_workers', 'an integer >= 0')
-    if not (whole(t.seed) and t.seed >= 0): bad('seed', 'an integer >= 0')
-    return t
+from .config import TrainConfig, check_train_config
+_all_ = ['TrainConfig', 'check_train_config']   # re-exported: still part of `from wood_nb.train import *`
 
 # %% ../nbs/04_train.ipynb #2cf083f6
 def poly_lambda(total_steps:int, power:float=0.9)->Callable[[int], float]:

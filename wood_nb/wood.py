@@ -25,10 +25,10 @@ from .mining import mine
 from .prototypes import compute_prototypes, load_prototypes
 
 # %% auto #0
-__all__ = ['METRIC_FORMS', 'centre_distances', 'ood_threshold', 'metric_loss_code', 'n_near', 'metric_loss_paper',
-           'ood_zero_loss', 'drop_top_class_mask', 'anti_adversarial', 'WoodConfig', 'as_protos', 'wood_step',
-           'prototype_pair', 'train_wood', 'plot_wood_history', 'Arm', 'ablation_arms', 'eval_block', 'random_ood_list',
-           'ablation_table', 'run_wood_chain', 'chain_figures']
+__all__ = ['centre_distances', 'ood_threshold', 'metric_loss_code', 'n_near', 'metric_loss_paper', 'ood_zero_loss',
+           'drop_top_class_mask', 'anti_adversarial', 'as_protos', 'wood_step', 'prototype_pair', 'train_wood',
+           'plot_wood_history', 'Arm', 'ablation_arms', 'eval_block', 'random_ood_list', 'ablation_table',
+           'run_wood_chain', 'chain_figures', 'METRIC_FORMS', 'WoodConfig']
 
 # %% ../nbs/09_wood.ipynb #3a9b7680
 def centre_distances(feat:torch.Tensor, # `(B, D)` image features
@@ -156,37 +156,8 @@ def anti_adversarial(model:nn.Module, # the classifier (or its DDP wrapper), in 
     return _anti_adv(model, x_ood, step, norm, clamp)[0]
 
 # %% ../nbs/09_wood.ipynb #56254363
-METRIC_FORMS = ('code', 'paper')
-
-@dataclass
-class WoodConfig:
-    "Settings of the W-OoD loss (defaults: the official recipe)."
-    lam: float = 0.007             # weight lambda of the metric term
-    gamma: float = 0.25            # weight gamma of the OoD (zero-label) term
-    tau: float = 0.2               # share of OoD distances pushed (code form: of the batch; paper form: of the K centres)
-    metric: str = 'code'           # 'code' (official script) or 'paper' (paper's equation)
-    normalize: bool = False        # distances between L2-normalised features and prototypes (scaled variant)
-    push_margin: float|None = None # cap pushed distances at this value (None: unbounded, official)
-    anti_adv_step: float = 0.07    # anti-adversarial step on OoD images; 0 = off
-    anti_adv_norm: str = 'batch'   # 'batch': g / max|g| over the batch (official); 'image': per image
-    anti_adv_clamp: bool = True    # clamp perturbed images to the batch's value range (official)
-    use_metric_term: bool = True   # add lam * L_d to the loss (L_d is still logged when off)
-    use_ood_term: bool = True      # add gamma * BCE(F(x_ood'), 0) (off: OoD images are not used at all)
-    drop_ood_top_class: int|None = None # drop OoD samples whose top class is this index (official: 4, bottle); None: keep all
-
-    def __post_init__(self):
-        def err(opt, prob, fix): raise WoodInputError(f'WoodConfig.{opt}', prob, fix)
-        if self.metric not in METRIC_FORMS: err('metric', f'{self.metric!r} is not a form.', f'use one of {METRIC_FORMS}; for distances on unit vectors set normalize=True.')
-        for k in ('lam', 'gamma', 'anti_adv_step'):
-            v = getattr(self, k)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0: err(k, f'{v!r} is not a non-negative number.', 'use a value >= 0.')
-        if not 0 < self.tau < 1: err('tau', f'{self.tau!r} is outside (0, 1).', 'use a share such as 0.2.')
-        if self.push_margin is not None and not self.push_margin > 0: err('push_margin', f'{self.push_margin!r} is not positive.', 'use None (no cap) or a positive distance.')
-        if self.anti_adv_norm not in ('batch', 'image'): err('anti_adv_norm', f'{self.anti_adv_norm!r} is not a choice.', "use 'batch' (official) or 'image'.")
-        for k in ('normalize', 'anti_adv_clamp', 'use_metric_term', 'use_ood_term'):
-            if not isinstance(getattr(self, k), bool): err(k, f'{getattr(self, k)!r} is not a boolean.', 'use True or False.')
-        d = self.drop_ood_top_class
-        if d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0): err('drop_ood_top_class', f'{d!r} is not a class index.', 'use None or a 0-based class index (4 = bottle in VOC).')
+from .config import METRIC_FORMS, WoodConfig
+_all_ = ['METRIC_FORMS', 'WoodConfig']   # re-exported: still part of `from wood_nb.wood import *`
 
 # %% ../nbs/09_wood.ipynb #cfb5c8ea
 def _bn_live(model:nn.Module)->bool:
