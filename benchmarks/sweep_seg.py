@@ -2,7 +2,7 @@
 
     python benchmarks/sweep_seg.py --run RUN --out SWEEP --spec NAME:model=wood,lr=2e-3,head_mult=1,epochs=12,seed=0 [--spec ...] [--device cuda]
 
-Spec fields: `model` (baseline or wood), `balanced` (0/1), `output_stride`, `long_side=LO-HI`, and any number field of
+Spec fields: `model` (baseline or wood), `init` (imagenet, or classifier: the model's own classifier backbone), `balanced` (0/1), `output_stride`, `long_side=LO-HI`, and any number field of
 `TrainConfig` (lr, head_mult, epochs, seed, batch_size, crop, ...). On a 2-core CPU use `--device cpu --parallel 2 --threads 1`.
 
 Each spec trains DeepLab-v2 (`wood_nb.pipeline.segment_step`, the synthetic preset with the fields given) on
@@ -19,7 +19,7 @@ def parse_spec(s:str)->tuple[str, dict]:
     for part in filter(None, body.split(',')):
         k, _, v = part.partition('=')
         if k == 'long_side': kw[k] = tuple(int(x) for x in v.split('-')); continue   # long_side=48-192
-        kw[k] = v if k == 'model' else (v.lower() in ('1', 'true', 'yes') if k == 'balanced' else (int(v) if k in ('epochs', 'seed', 'batch_size', 'num_workers', 'crop', 'output_stride') else float(v)))
+        kw[k] = v if k in ('model', 'init') else (v.lower() in ('1', 'true', 'yes') if k == 'balanced' else (int(v) if k in ('epochs', 'seed', 'batch_size', 'num_workers', 'crop', 'output_stride') else float(v)))
     return name, kw
 
 
@@ -30,12 +30,15 @@ def work(args):
     from wood_nb.pipeline import segment_step
     from wood_nb.segment import seg_train_config, load_segmenter
     kw = dict(kw); model = kw.pop('model', 'wood'); balanced = kw.pop('balanced', False); ostride = kw.pop('output_stride', None)
+    init = kw.pop('init', 'imagenet')                              # 'classifier': the backbone of the model's own classifier
+    mkw = {**({'output_stride': ostride} if ostride else {}),
+           **({'pretrained': str(Path(run)/('cls' if model == 'baseline' else 'wood')/'model.pt')} if init == 'classifier' else {})}
     cfg = seg_train_config('synthetic', progress=False, **kw)
     t = time.perf_counter()
     r = segment_step(Path(run)/'data'/'voc', Path(run)/'refine'/model/'masks', Path(out)/name, balanced=balanced, cfg=cfg, device=device,
-                     model_kw={'output_stride': ostride} if ostride else None)
+                     model_kw=mkw or None)
     hist = load_segmenter(Path(out)/name/'model.pt', num_classes=len(r['iou']) - 1).meta.get('history') or [{}]
-    return name, {'model': model, 'balanced': balanced, 'output_stride': ostride, **kw, 'seg_miou': round(r['miou'], 2), 'cue_activation': r.get('cue_activation'),
+    return name, {'model': model, 'init': init, 'balanced': balanced, 'output_stride': ostride, **kw, 'seg_miou': round(r['miou'], 2), 'cue_activation': r.get('cue_activation'),
                   'final_loss': hist[-1].get('loss'), 'final_pixel_acc': hist[-1].get('pixel_acc'), 'seconds': round(time.perf_counter() - t, 1)}
 
 

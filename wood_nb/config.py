@@ -195,7 +195,9 @@ def _small_crops(size:int)->dict:
             for k, v in ((f'{sec}.crop', size), (f'{sec}.long_side', [round(size*ls[0]), round(size*ls[1])]))}
 
 DEMO_PROFILES = {  # benchmark knobs and run settings of each demo profile
-    'quick': (dict(image_size=96, n_train=320, n_val=80, n_ood=320),      # minutes on two CPU cores: seeds and pseudo-masks
-              {**_small_crops(96), 'wood_train.epochs': 3, 'seg.enabled': False}),
+    'quick': (dict(image_size=128, n_train=320, n_val=80, n_ood=320),     # minutes on two CPU cores: seeds and pseudo-masks
+              {**_small_crops(128), 'wood_train.epochs': 3,
+               'boundary.lr': 0.1, 'boundary.epochs': 10,                    # IRN's boundary lr; 200 steps on 320 images
+               'seg.enabled': False}),
     'full': ({}, {}),                                                    # the default benchmark with the synthetic preset
 }
