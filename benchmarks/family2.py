@@ -396,30 +396,11 @@ def validate_all(root)->list:
 
 # ----------------------------------------------------------------------------------------------- contact sheet
 def contact_sheet(root, png, n:int=8, n_pool:int=4):
-    "n training images with masks and cue masks, n_pool hard and n_pool easy pool images."
+    "n training images with masks and cue masks, and pool images: the kit's own `plot_benchmark` reads this layout too."
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    from wood_nb.core import voc_palette
-    root = Path(root); voc = root/'voc'; pal = voc_palette()
-    ids = (voc/'ImageSets/Segmentation/train.txt').read_text().split()[:n]
-    meta = list(csv.DictReader(open(root/'ood'/'ood_meta.csv')))
-    pool = [m for kind in ('hard', 'easy') for m in [x for x in meta if x['kind'] == kind][:n_pool]]
-    cols = max(n, len(pool))
-    fig, axs = plt.subplots(4, cols, figsize=(1.7*cols, 7.4), squeeze=False)
-    for a in axs.flat: a.axis('off')
-    for j, i in enumerate(ids):
-        img = np.asarray(Image.open(voc/'JPEGImages'/f'{i}.jpg'))
-        m = np.asarray(Image.open(voc/'SegmentationClass'/f'{i}.png')); c = np.asarray(Image.open(voc/'SegmentationCue'/f'{i}.png'))
-        axs[0, j].imshow(img); axs[0, j].set_title(i, fontsize=7)
-        axs[1, j].imshow(pal[m]); axs[1, j].set_title(', '.join(CLASSES[k - 1] for k in np.unique(m) if 0 < k < 255), fontsize=7)
-        axs[2, j].imshow((0.4*img + 0.6*pal[c]).astype(np.uint8))
-        axs[2, j].set_title('cue: ' + (', '.join(CUE_OF[CLASSES[k - 1]] for k in np.unique(c) if k) or '-'), fontsize=7)
-    for j, m in enumerate(pool):
-        axs[3, j].imshow(np.asarray(Image.open(root/'ood'/m['path'])))
-        axs[3, j].set_title(f"{m['kind']}: " + (', '.join(CUE_OF[c] for c in m['cues'].split(';') if c) or '-'), fontsize=7)
-    for k, t in enumerate(('image', 'SegmentationClass', 'SegmentationCue', 'OoD pool')):
-        axs[k, 0].text(-0.08, 0.5, t, transform=axs[k, 0].transAxes, rotation=90, va='center', ha='right', fontsize=8)
-    fig.tight_layout()
+    from wood_nb.synth import plot_benchmark
+    fig = plot_benchmark(root, n=n, n_ood=2 * n_pool)
     Path(png).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=64); plt.close(fig)
     return Path(png)
