@@ -141,7 +141,7 @@ SYNTH_CLASSES = ('boat', 'train', 'bird', 'aeroplane', 'sheep', 'tvmonitor')  # 
 @dataclass
 class SynthConfig:
     "Every knob of the synthetic benchmark."
-    classes: tuple = ('boat', 'train', 'bird', 'aeroplane', 'sheep', 'tvmonitor') # foreground classes (names in `SHAPES`)
+    classes: tuple = SYNTH_CLASSES # foreground classes (names in `SHAPES`)
     image_size: int = 128          # square images, pixels
     n_train: int = 1200            # training images
     n_val: int = 300               # validation images
