@@ -1,4 +1,4 @@
-"""The W-OoD ablation of issue 4 on the embedded synthetic benchmark (an experiment, not a test).
+"""The W-OoD ablation on the embedded synthetic benchmark (an experiment, not a test).
 
 Every arm fine-tunes the same baseline for the same number of steps, then its CAM seeds on the
 training split are scored against the ground truth (seed mIoU) and the cue masks (cue activation):

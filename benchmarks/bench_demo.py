@@ -12,7 +12,7 @@ under `benchmarks/records/`. An existing BENCH/run is refused (timing a resumed 
 import argparse, json, os, platform, resource, subprocess, sys, time
 from pathlib import Path
 
-BUDGET_S = 600.0   # issue 7: `wood demo` with defaults in at most 10 minutes on two CPU cores
+BUDGET_S = 600.0   # `wood demo` with defaults: at most 10 minutes on two CPU cores under ordinary load (the target idle: 5)
 
 
 def cpu_model()->str:

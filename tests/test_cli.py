@@ -3,8 +3,12 @@ import io, json, os, subprocess, sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from wood_nb.cli import main, run_demo
+from wood_nb.config import DEMO_PROFILES
+from wood_nb.model import load_classifier
+from wood_nb.segment import load_segmenter
 from wood_nb.synth import SynthConfig
 from wood_nb.train import TrainConfig
 
@@ -70,10 +74,14 @@ TINY_RUN = {'scales': [1.0], 'prototypes.k': 4, 'mining.threshold': 0.0,
                for k, v in dict(epochs=1, batch_size=4, crop=48, long_side=[40, 56], progress=False).items()}}
 
 
+# the quick profile's segmentation: DeepLab's head on each model's own frozen classifier backbone
+QUICK_SEG = {k: v for k, v in DEMO_PROFILES['quick'][1].items() if k.startswith('seg.')} | {'seg_train.long_side': [48, 48]}
+
+
 def test_demo_small(tmp_path):
     cfg = SynthConfig(image_size=48, n_train=16, n_val=4, n_ood=40)
     log = io.StringIO()
-    m = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN, workers=1, device='cpu', log=log)
+    m = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN | QUICK_SEG, workers=1, device='cpu', log=log)
     on_disk = json.loads((tmp_path/'run'/'metrics.json').read_text())
     assert on_disk == json.loads(json.dumps(m))
     for block in ('baseline', 'wood'):
@@ -91,8 +99,12 @@ def test_demo_small(tmp_path):
               'figures/class_change_seg.png', 'refine/wood/model.pt', 'seg/baseline/model.pt'):
         assert (tmp_path/'run'/f).exists(), f
     assert json.loads((tmp_path/'run'/'config.json').read_text())['cls']['seed'] == 0
+    for block, clf in (('baseline', 'cls'), ('wood', 'wood')):                # each segmenter kept its own classifier's backbone
+        seg, c = load_segmenter(tmp_path/'run'/'seg'/block/'model.pt'), load_classifier(tmp_path/'run'/clf/'model.pt')
+        assert seg.meta['freeze_backbone'] is True and seg.output_stride == 16 and seg.rates == (1,)
+        for k, v in c.backbone.state_dict().items(): assert torch.equal(seg.backbone.state_dict()[k], v), (block, k)
     assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:15.1f}" in log.getvalue() and f"{m['wood']['seg_miou']:15.1f}" in log.getvalue()
-    again = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN, workers=1, device='cpu', log=io.StringIO())
+    again = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN | QUICK_SEG, workers=1, device='cpu', log=io.StringIO())
     assert again == m                                                          # a rerun reuses every finished step
 
 

@@ -28,3 +28,28 @@ def test_channels_last_cams_equal_plain(tmp_path):
         for k in ('cam', 'high_res'):
             x, y = a[k].astype(np.float32), b[k].astype(np.float32)
             assert np.allclose(x, y, rtol=1e-3, atol=1e-3 * float(np.abs(x).max())), (i, k, float(np.abs(x - y).max()))
+
+
+def test_channels_last_predictions_equal_plain(tmp_path):
+    "predict_split's channels-last path writes the plain path's label maps (probabilities within float noise)."
+    import warnings
+    from wood_nb.segment import DeepLabV2, predict, predict_split
+    from wood_nb.synth import SynthConfig, generate
+    from wood_nb.core import load_mask
+    from wood_nb.data import read_split
+    voc = generate(tmp_path/'b', seed=1, cfg=SynthConfig(image_size=48, n_train=4, n_val=4, n_ood=4))/'voc'
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        net = DeepLabV2('resnet10t', 6, output_stride=16).eval()
+    x = torch.randn(2, 3, 48, 64)
+    plain = predict(net, x, scales=(1.0, 1.5))
+    fast = predict(net.to(memory_format=torch.channels_last), x, scales=(1.0, 1.5), channels_last=True)
+    net.to(memory_format=torch.contiguous_format)
+    assert torch.allclose(plain, fast, atol=1e-5)
+    for name, cl in (('plain', False), ('fast', True)):
+        predict_split(net, voc, 'val', tmp_path/name, scales=(1.0, 1.5), batch_size=2, progress=False, channels_last=cl)
+    assert all(p.is_contiguous() for p in net.parameters())
+    for i in read_split(voc, 'val'):
+        a, b = load_mask(tmp_path/'plain'/f'{i}.png'), load_mask(tmp_path/'fast'/f'{i}.png')
+        assert (a == b).mean() > 0.999, i

@@ -243,3 +243,23 @@ def test_bad_mask_dir_is_a_clear_error(bench, tmp_path):
     with pytest.raises(WoodInputError, match='no mask for 2 of the 16'):
         resolve_mask_dir(bench, 'train', part)
     assert not (tmp_path/'x'/'model.pt').exists()
+
+
+def test_frozen_backbone_trains_the_head_alone(bench, tmp_path):
+    "freeze_backbone: features computed once, the head learns (its loss falls), the backbone is the one it started from."
+    cfg = seg_train_config('synthetic', epochs=4, batch_size=8, lr=0.05, long_side=(48, 48), progress=False)
+    kw = dict(backbone='resnet10t', pretrained=None, freeze_bn=False, output_stride=16, rates=(1,))
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        S.seed_everything(cfg.seed); start = make_segmenter('synthetic', 6, **kw)    # train_segmenter seeds, then builds
+        model = train_segmenter(bench, 'SegmentationClass', tmp_path/'f', cfg=cfg, device='cpu', model_kw=kw, freeze_backbone=True)
+    meta = load_segmenter(tmp_path/'f'/'model.pt').meta
+    assert meta['freeze_backbone'] is True and len(meta['history']) == 4
+    assert meta['history'][-1]['loss'] < meta['history'][0]['loss']
+    for k, v in start.backbone.state_dict().items(): assert torch.equal(model.backbone.state_dict()[k].cpu(), v), k
+    assert not torch.equal(model.aspp.branches[0].weight.detach().cpu(), start.aspp.branches[0].weight)
+    assert all(p.is_contiguous() for p in model.parameters())                 # the caller's model is given back as it was
+    with pytest.raises(WoodInputError, match='is a range'):
+        train_segmenter(bench, 'SegmentationClass', tmp_path/'g', cfg=seg_train_config('synthetic', long_side=(40, 56)), model_kw=kw,
+                        freeze_backbone=True)
+    assert not (tmp_path/'g').exists()                                         # refused before anything was written

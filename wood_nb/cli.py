@@ -173,7 +173,7 @@ def run_summary(m:dict, log=None)->None:
 
 def run_demo(out, # the run folder
              seed:int=0, # benchmark seed (also the baseline's training seed)
-             profile:str='quick', # 'quick' (128-px benchmark of 320 training images, up to the pseudo-masks, minutes on a CPU) or 'full' (the default benchmark, every step; use a GPU)
+             profile:str='quick', # 'quick' (128-px benchmark of 320 training images, every step, minutes on a CPU) or 'full' (the default benchmark, every step; use a GPU)
              cfg:SynthConfig|None=None, # benchmark knobs (default: the profile's)
              overrides:dict|None=None, # settings of the run (dotted keys of `RunConfig`), over the profile's
              workers:int=2, # processes that generate the benchmark
@@ -335,8 +335,8 @@ def build_parser()->argparse.ArgumentParser:
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=COUNT, default=0, help='benchmark seed (also the baseline training seed)')
     d.add_argument('--profile', choices=sorted(DEMO_PROFILES), default='quick',
-                   help='quick: a 128-px benchmark of 320 training images up to the pseudo-masks, minutes on two CPU cores; '
-                        'full: the default 128-px benchmark of 1,200, segmentation included (use a GPU)')
+                   help='quick: a 128-px benchmark of 320 training images, every step, minutes on two CPU cores; '
+                        'full: the default 128-px benchmark of 1,200 images, DeepLab-v2 fine-tuned whole (use a GPU)')
     d.add_argument('--workers', type=COUNT, default=2, help='processes that generate the benchmark')
     for q in (rn, d):
         if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')

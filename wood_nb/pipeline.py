@@ -111,12 +111,14 @@ def segment_step(voc_root, # VOC-layout root
                  model_kw:dict|None=None, # overrides of the model preset (e.g. `pretrained='resnet101.pth'`)
                  num_workers:int=0, # DataLoader workers of the prediction pass
                  progress:bool=False, # a progress bar over the predicted images
+                 freeze_backbone:bool=False, # train the head alone on features computed once (`train_segmenter`)
                 )->dict|None: # the evaluation (None when `eval_split` has no ground truth)
     "DeepLab-v2 on one model's pseudo-masks, its predictions of `eval_split` and their score; skipped when `out/eval.json` exists."
     out, voc_root = Path(out), Path(voc_root)
     if (out/'eval.json').exists(): return json.loads((out/'eval.json').read_text())
     post = crf_postprocess() if crf else None                  # before training: a missing extra stops here
-    model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, model_kw=model_kw, device=device)
+    model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, model_kw=model_kw, device=device,
+                            freeze_backbone=freeze_backbone)
     dev = device or (torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu'))
     predict_split(model.to(dev), voc_root, eval_split, out/'pred', scales=tuple(scales or SEG_EVAL_SCALES.get(preset, (1.0,))), flip=flip,
                   postprocess=post, device=dev, num_workers=num_workers, progress=progress)
@@ -227,6 +229,7 @@ from .data import validate, validate_ood, read_ood_list
 from .cam import DEFAULT_SCALES
 from .model import load_classifier, PRESETS
 from .segment import SEG_PRESETS
+from .config import SEG_INITS
 from .train import train_classifier, init_distributed, check_train_config
 from .mining import mine, CURATION_MODES
 from .prototypes import compute_prototypes
@@ -261,12 +264,15 @@ class RefineConfig:
 @dataclass
 class SegConfig:
     "Segmentation (`segment_step`) apart from its training settings."
-    enabled: bool = True          # train and score the segmentation networks (the quick demo profile leaves them out)
+    enabled: bool = True          # train and score the segmentation networks
     balanced: bool = False        # class-balanced cross-entropy
     crf: bool = False             # dense CRF at test time
     scales: tuple|None = None     # test scales (default: the preset's)
     flip: bool = True             # flipped test passes
     output_stride: int|None = None # the network's output stride (None: the preset's, 8; 16 is about 2.4x faster on a CPU)
+    rates: tuple|None = None      # ASPP dilation rates (None: the preset's, 6 12 18 24)
+    init: str = 'imagenet'        # backbone start: 'imagenet' (the preset's weights) or 'classifier' (each model's own CAM classifier)
+    freeze_backbone: bool = False # train the head alone on features computed once (a CPU recipe; see 11_segment)
 
 @dataclass
 class WeightsConfig:
@@ -436,6 +442,12 @@ def check_config(cfg:RunConfig)->RunConfig:
     if r.logt is not None and not 0 <= r.logt <= 16: _bad('refine.logt', r.logt, 'an integer in 0..16 (or null)')
     if not (math.isfinite(r.beta) and r.beta > 0): _bad('refine.beta', r.beta, 'a positive number')
     if cfg.seg.output_stride not in (None, 8, 16, 32): _bad('seg.output_stride', cfg.seg.output_stride, 'one of 8, 16, 32 (or null)')
+    if cfg.seg.rates is not None and not (cfg.seg.rates and all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in cfg.seg.rates)):
+        _bad('seg.rates', cfg.seg.rates, 'a non-empty list of positive integers, e.g. [6, 12, 18, 24] (or null)')
+    if cfg.seg.init not in SEG_INITS: _bad('seg.init', cfg.seg.init, f'one of {SEG_INITS}')
+    if cfg.seg.init == 'classifier' and SEG_PRESETS[cfg.preset]['backbone'] != PRESETS[cfg.preset]['backbone']:
+        _bad('seg.init', cfg.seg.init, f"'imagenet' with the {cfg.preset} preset, whose segmenter ({SEG_PRESETS[cfg.preset]['backbone']}) "
+             f"is not its classifier ({PRESETS[cfg.preset]['backbone']})")
     for k in ('split', 'eval_split'):
         if not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
     return cfg
@@ -582,10 +594,12 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         if not sc.enabled:
             _say(log, 'segmentation: left out (seg.enabled is false); add it with --from segment --set seg.enabled=true')
             return {'enabled': False}
+        clf = {'baseline': Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt', 'wood': run/'wood'/'model.pt'}
         for n in ('baseline', 'wood'):
+            kw = {**(pretrained_kw(cfg, 'segmenter') if sc.init == 'imagenet' else {'pretrained': str(clf[n])}),
+                  **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates)) if v}}
             r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
-                             sc.scales, sc.flip, sc.crf, device=device, log=log, **io,
-                             model_kw={**pretrained_kw(cfg, 'segmenter'), **({'output_stride': sc.output_stride} if sc.output_stride else {})})
+                             sc.scales, sc.flip, sc.crf, device=device, log=log, **io, model_kw=kw, freeze_backbone=sc.freeze_backbone)
             if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
             _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
         return out
@@ -809,11 +823,20 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
 
 # %% ../nbs/13_pipeline.ipynb #7c0c1e87
 STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px` of each training section
-    'synthetic': dict(px=dict(cls=96, wood_train=96, boundary=96, seg_train=96), baseline=0.0135, seeds=0.0527, mining=0.0031,
-                      prototypes=0.0027, wood=0.0294, refine=0.032, segment=0.092, seg_predict=0.092),   # quick demo record (96 px); segment: see below
+    'synthetic': dict(px=dict(cls=128, wood_train=128, boundary=128, seg_train=128), baseline=0.0212, seeds=0.1105, mining=0.0063,
+                      prototypes=0.0055, wood=0.0607, refine=0.0232, segment=0.164, seg_predict=0.092,      # quick demo record (128 px)
+                      seg_features=0.022, seg_head=0.004, seg_predict_frozen=0.06),                     # its frozen-backbone segmentation
     'voc': dict(px=dict(cls=512, wood_train=512, boundary=512, seg_train=321), baseline=0.71, seeds=3.86, mining=0.14,
                 prototypes=0.13, wood=1.77, refine=1.71, segment=1.78, seg_predict=11.08),              # benchmarks/bench_voc_cost.py
 }
+
+def _segment_seconds(cfg:RunConfig, c:dict, n:int, n_eval:int)->float:
+    "Both segmentation networks: fine-tuned (per image, epoch and crop area) or a head on a frozen backbone."
+    if not cfg.seg.enabled: return 0.0
+    if cfg.seg.freeze_backbone and 'seg_head' in c:
+        return 2 * (c['seg_features'] * n + c['seg_head'] * n * cfg.seg_train.epochs + c['seg_predict_frozen'] * n_eval)
+    area = ((cfg.seg_train.crop or c['px']['seg_train']) / c['px']['seg_train'])**2
+    return 2 * (c['segment'] * n * cfg.seg_train.epochs * area + c['seg_predict'] * n_eval)
 
 def image_counts(cfg:RunConfig)->dict:
     "The image counts a run's cost scales with: `train` (cfg.split), `eval` (cfg.eval_split) and `pool` (the OoD list)."
@@ -831,7 +854,7 @@ def estimate_seconds(cfg:RunConfig, # the run's settings
     est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area('cls'), 'baseline_seeds': c['seeds'] * n * ns, 'mining': c['mining'] * counts['pool'],
            'prototypes': c['prototypes'] * (n + counts['pool']), 'wood': c['wood'] * n * cfg.wood_train.epochs * area('wood_train'),
            'wood_seeds': c['seeds'] * n * ns, 'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area('boundary'),
-           'segment': 2 * (c['segment'] * n * cfg.seg_train.epochs * area('seg_train') + c['seg_predict'] * counts['eval']) if cfg.seg.enabled else 0.0,
+           'segment': _segment_seconds(cfg, c, n, counts['eval']),
            'report': 10.0}
     return est[step]
 

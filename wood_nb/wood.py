@@ -372,7 +372,7 @@ class Arm:
 
 def ablation_arms(scaled_lam:float|None=None, # also run the scaled metric term (normalize=True) at this lambda
                  )->list[Arm]:
-    "The arms of issue 4's ablation (a-e), optionally with the scaled-metric variants of c and d."
+    "The arms of the ablation (a-e), optionally with the scaled-metric variants of c and d."
     arms = [Arm('a_continued', 'continued training (no OoD)', dict(use_metric_term=False, use_ood_term=False)),
             Arm('b_ood_only', 'OoD zero-label term only', dict(use_metric_term=False)),
             Arm('c_metric_only', 'metric term only', dict(use_ood_term=False)),
