@@ -117,3 +117,19 @@ def test_killed_run_finishes_with_the_same_metrics(bench, reference, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert results(run) == results(reference[0])
     assert not list(run.rglob('*.part')) and not list(run.rglob('.*.removing')) and not list(run.rglob('*.started.json'))
+
+
+def test_official_variants_are_reachable_from_a_run(bench, tmp_path):
+    "prototypes.init=first (the official k-means start) and wood_train.select_by_gt_miou=true (the official checkpoint choice)."
+    run = tmp_path/'official'
+    r = wood(*run_args(bench, run, '--set', 'prototypes.init=first', '--set', 'wood_train.select_by_gt_miou=true', '--set', 'seg.enabled=false'))
+    assert r.returncode == 0, r.stderr[-3000:]
+    from wood_nb.model import load_classifier
+    from wood_nb.prototypes import load_prototypes
+    assert load_prototypes(run/'prototypes'/'mined'/'prototypes.npz')['meta']['init'] == 'first'
+    sel = load_classifier(run/'wood'/'model.pt').meta['selection']
+    assert sel['by'] == 'gt_miou' and sel['looks_at_ground_truth'] and sel['split'] == 'train' and len(sel['per_epoch']) == 1
+    cfg = json.loads((run/'config.json').read_text())
+    assert cfg['prototypes']['init'] == 'first' and cfg['wood_train']['select_by_gt_miou'] is True
+    r = wood(*run_args(bench, tmp_path/'bad', '--set', 'prototypes.init=random'))
+    assert r.returncode == 2 and "'prototypes.init'" in r.stderr and not (tmp_path/'bad').exists()

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 # %% auto #0
 __all__ = ['BOUNDARY_TRAIN_PRESETS', 'SEG_TRAIN_PRESETS', 'METRIC_FORMS', 'SYNTH_CLASSES', 'DEFAULT_SCALES', 'SEG_TEST_SCALES',
            'SEG_INITS', 'CURATION_MODES', 'PLANE_MODES', 'RUN_PRESETS', 'STEPS', 'DEMO_PROFILES', 'WoodInputError',
-           'TrainConfig', 'check_train_config', 'boundary_train_config', 'seg_train_config', 'WoodConfig',
-           'SynthConfig']
+           'TrainConfig', 'WoodTrainConfig', 'check_train_config', 'boundary_train_config', 'seg_train_config',
+           'WoodConfig', 'SynthConfig']
 
 # %% ../nbs/00a_config.ipynb #ebf907cb
 class WoodInputError(ValueError):
@@ -50,6 +50,12 @@ class TrainConfig:
         bad = [k for k in overrides if k not in cls.__dataclass_fields__]
         if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(cls.__dataclass_fields__)}.')
         return cls(**{**presets[name], **overrides})
+
+@dataclass
+class WoodTrainConfig(TrainConfig):
+    "W-OoD fine-tuning's training settings: a `TrainConfig` and the official code's checkpoint selection."
+    select_by_gt_miou: bool = False  # keep the epoch whose CAMs score best against the ground truth (official; it looks at the labels)
+
 
 # %% ../nbs/00a_config.ipynb #c2026451
 def check_train_config(t:TrainConfig, # the settings to check

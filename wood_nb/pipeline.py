@@ -229,7 +229,7 @@ from .data import validate, validate_ood, read_ood_list
 from .cam import DEFAULT_SCALES
 from .model import load_classifier, PRESETS
 from .segment import SEG_PRESETS
-from .config import SEG_INITS
+from .config import SEG_INITS, WoodTrainConfig
 from .train import train_classifier, init_distributed, check_train_config
 from .mining import mine, CURATION_MODES
 from .prototypes import compute_prototypes
@@ -251,6 +251,7 @@ class PrototypeConfig:
     k: int = 50                   # OoD clusters (the paper: 50; clamps to the list size)
     iters: int = 10               # Lloyd iterations
     seed: int = 0                 # k-means++ seed
+    init: str = 'k-means++'       # k-means start: 'k-means++' or 'first' (the first k features, as the official code)
 
 @dataclass
 class RefineConfig:
@@ -299,7 +300,7 @@ class RunConfig:
     mining: MiningConfig = field(default_factory=MiningConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
     wood: WoodConfig = field(default_factory=WoodConfig)
-    wood_train: TrainConfig = field(default_factory=TrainConfig)
+    wood_train: WoodTrainConfig = field(default_factory=WoodTrainConfig)
     refine: RefineConfig = field(default_factory=RefineConfig)
     boundary: TrainConfig = field(default_factory=TrainConfig)
     seg: SegConfig = field(default_factory=SegConfig)
@@ -356,7 +357,7 @@ def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
               )->RunConfig:
     "The preset's `RunConfig` with `overrides` applied and checked."
     if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
-    cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=TrainConfig.preset(preset),
+    cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=WoodTrainConfig.preset(preset),
                     boundary=boundary_train_config(preset), seg_train=seg_train_config(preset),
                     **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # `method.md`: train on train_aug, score on train
     flat = _flat_keys(cfg)
@@ -436,6 +437,7 @@ def check_config(cfg:RunConfig)->RunConfig:
     if not cfg.prototypes.k >= 1: _bad('prototypes.k', cfg.prototypes.k, 'an integer >= 1')
     if not cfg.prototypes.iters >= 1: _bad('prototypes.iters', cfg.prototypes.iters, 'an integer >= 1')
     if not cfg.prototypes.seed >= 0: _bad('prototypes.seed', cfg.prototypes.seed, 'an integer >= 0')
+    if cfg.prototypes.init not in ('k-means++', 'first'): _bad('prototypes.init', cfg.prototypes.init, "'k-means++' or 'first'")
     r = cfg.refine
     if r.planes not in ('auto', *PLANE_MODES): _bad('refine.planes', r.planes, f"one of {('auto', *PLANE_MODES)}")
     if r.walk_radius is not None and not r.walk_radius >= 1: _bad('refine.walk_radius', r.walk_radius, 'an integer >= 1 (or null)')
@@ -571,12 +573,13 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     def prototypes():
         p = cfg.prototypes
         compute_prototypes(baseline_model(), root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined', k=p.k,
-                           iters=p.iters, seed=p.seed, clamp=True, batch_size=cfg.batch_size, device=device, **io)
+                           iters=p.iters, seed=p.seed, init=p.init, clamp=True, batch_size=cfg.batch_size, device=device, **io)
         return {}
     def wood():
         base = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
         train_wood(base, root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz', run/'wood',
-                   wcfg=cfg.wood, tcfg=cfg.wood_train, device=device)
+                   wcfg=cfg.wood, tcfg=cfg.wood_train, device=device, select_by_gt_miou=cfg.wood_train.select_by_gt_miou,
+                   select_split=cfg.score_split or cfg.split)
         return {}
     def wood_model(): return load_classifier(run/'wood'/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
     def refine():
