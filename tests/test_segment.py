@@ -263,3 +263,16 @@ def test_frozen_backbone_trains_the_head_alone(bench, tmp_path):
         train_segmenter(bench, 'SegmentationClass', tmp_path/'g', cfg=seg_train_config('synthetic', long_side=(40, 56)), model_kw=kw,
                         freeze_backbone=True)
     assert not (tmp_path/'g').exists()                                         # refused before anything was written
+
+
+def test_resume_from_the_other_kind_of_checkpoint_is_a_clear_error(bench, tmp_path):
+    "A folder whose checkpoint.pt came from a head-only run cannot be resumed by a whole-network run: the message names it."
+    kw = dict(backbone='resnet10t', pretrained=None, freeze_bn=False, output_stride=16, rates=(1,))
+    cfg = seg_train_config('synthetic', epochs=2, batch_size=8, lr=0.05, crop=48, long_side=(48, 48), progress=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        train_segmenter(bench, 'SegmentationClass', tmp_path/'s', cfg=cfg, device='cpu', model_kw=kw, freeze_backbone=True)
+        (tmp_path/'s'/'model.pt').unlink()                                     # as if the run had stopped after its last epoch
+        whole = seg_train_config('synthetic', epochs=4, batch_size=8, lr=0.05, crop=48, long_side=(48, 48), progress=False)
+        with pytest.raises(WoodInputError, match='holds the weights of another network'):      # the same 8 steps: 16 images x 4 epochs
+            train_segmenter(bench, 'SegmentationClass', tmp_path/'s', cfg=whole, device='cpu', model_kw=kw)

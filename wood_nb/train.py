@@ -221,7 +221,11 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
             raise WoodInputError(ckpt, 'is not a training checkpoint written by wood_nb (the resume state is missing).',
                                  'delete it to start this training afresh, or use another output folder.')
         if st['total_steps'] != total: raise WoodInputError(ckpt, f"was written for {st['total_steps']} steps, this run has {total}.", 'use the same settings, or another output folder (or delete the checkpoint).')
-        model.load_state_dict(st['model']); opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
+        try: model.load_state_dict(st['model'])
+        except RuntimeError as e:                                  # another network's checkpoint (e.g. a head-only run's)
+            raise WoodInputError(ckpt, f'holds the weights of another network than this training ({str(e).splitlines()[0]}).',
+                                 'delete it to start this training afresh, or use another output folder.') from e
+        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
         start, history = st['epoch'], st['history']; set_rng_state(st['rng'])
     else: seed_everything(cfg.seed + rank)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) if world > 1 else model
