@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import WoodInputError, child_path, load_mask, load_npz, save_npz
+from .core import WoodInputError, channels_last_weights, child_path, load_mask, load_npz, save_npz
 from .config import DEFAULT_SCALES
 _all_ = ['DEFAULT_SCALES']   # re-exported: still part of `from wood_nb.cam import *`
 from .train import dist_info, barrier, unwrap
@@ -212,10 +212,8 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
     model = unwrap(model).to(device).eval()
     if method == 'advcam': _check_climb_model(model)
     fast = channels_last and method == 'cam'
-    if fast: model = model.to(memory_format=torch.channels_last)     # in place (the caller's model): restored below
-    try: n = _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)
-    finally:
-        if fast: model.to(memory_format=torch.contiguous_format)
+    with channels_last_weights(model, fast):                                   # the caller's model, in place; restored after
+        n = _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)
     barrier()
     return n
 

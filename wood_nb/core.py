@@ -15,7 +15,7 @@ from PIL import Image
 __all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'read_classes', 'voc_palette', 'seed_everything', 'get_device', 'atomic_path',
            'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz', 'load_npz', 'save_weights',
            'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside', 'is_inside', 'claim_dir', 'owned',
-           'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest', 'WoodInputError']
+           'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest', 'channels_last_weights', 'WoodInputError']
 
 # %% ../nbs/00_core.ipynb #6b706c77
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -339,3 +339,13 @@ def tree_digest(root)->str:
         h.update(p.relative_to(root).as_posix().encode() + b'\0')
         with open(p, 'rb') as f: h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()
+
+# %% ../nbs/00_core.ipynb #463126a1
+@contextlib.contextmanager
+def channels_last_weights(model:torch.nn.Module, # converted in place, restored on exit
+                  enabled:bool=True): # False: a no-op
+    "Run a block with `model`'s weights channels-last; they are contiguous again afterwards, also after an error."
+    if enabled: model.to(memory_format=torch.channels_last)
+    try: yield model
+    finally:
+        if enabled: model.to(memory_format=torch.contiguous_format)

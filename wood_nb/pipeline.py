@@ -549,9 +549,8 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
     classes = read_classes(root)
     io = dict(num_workers=cfg.num_workers, progress=cfg.progress and is_main())   # every inference pass: workers and a bar on rank 0
-    def baseline_model():
-        f = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
-        return load_classifier(f, num_classes=len(classes), classes=classes).to(device).eval()
+    base_file = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'   # the baseline classifier
+    def baseline_model(): return load_classifier(base_file, num_classes=len(classes), classes=classes).to(device).eval()
     def baseline():
         if cfg.weights.baseline:
             if is_main(): (run/'cls').mkdir(parents=True, exist_ok=True); write_json(run/'cls'/'source.json', {'baseline': str(cfg.weights.baseline)})
@@ -576,8 +575,7 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
                            iters=p.iters, seed=p.seed, init=p.init, clamp=True, batch_size=cfg.batch_size, device=device, **io)
         return {}
     def wood():
-        base = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'
-        train_wood(base, root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz', run/'wood',
+        train_wood(base_file, root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz', run/'wood',
                    wcfg=cfg.wood, tcfg=cfg.wood_train, device=device, select_by_gt_miou=cfg.wood_train.select_by_gt_miou,
                    select_split=cfg.score_split or cfg.split)
         return {}
@@ -597,7 +595,7 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         if not sc.enabled:
             _say(log, 'segmentation: left out (seg.enabled is false); add it with --from segment --set seg.enabled=true')
             return {'enabled': False}
-        clf = {'baseline': Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt', 'wood': run/'wood'/'model.pt'}
+        clf = {'baseline': base_file, 'wood': run/'wood'/'model.pt'}
         for n in ('baseline', 'wood'):
             kw = {**(pretrained_kw(cfg, 'segmenter') if sc.init == 'imagenet' else {'pretrained': str(clf[n])}),
                   **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates)) if v}}

@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
+from .core import IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, check_image_batch, check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
 from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
@@ -269,9 +269,8 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
     root, mask_dir, net = Path(voc_root), Path(mask_dir), model.backbone
     ids, tf = read_split(root, split), eval_transforms(model.mean, model.std)
     dev, was = next(net.parameters()).device, net.training
-    net.eval().to(memory_format=torch.channels_last)             # in place: restored below
     items = []
-    try:
+    with channels_last_weights(net.eval()):                               # in place: restored after
         for j in tqdm(range(0, len(ids), batch_size), desc='features', disable=not progress, leave=False):
             pairs = []
             for i in ids[j:j + batch_size]:
@@ -284,7 +283,7 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
             for xi, yi in ((x, y), (x.flip(-1), y.flip(-1))):
                 f = net.forward_features(xi.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu().contiguous()
                 items += [{'image': a.half(), 'mask': b.contiguous()} for a, b in zip(f, yi)]
-    finally: net.to(memory_format=torch.contiguous_format).train(was)
+    net.train(was)
     return CachedFeatures(items)
 
 # %% ../nbs/11_segment.ipynb #c1ead28a
@@ -421,10 +420,8 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
     ds = SplitImages(voc_root, split, net.mean, net.std)
     mine = [i for i in range(rank, len(ds), world) if not (skip_existing and (out/f'{ds.ids[i]}.png').exists())]
     loader = DataLoader(Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
-    if channels_last: net.to(memory_format=torch.channels_last)     # in place (the caller's model): restored below
-    try: n = _predict_loop(net, loader, scales, flip, postprocess, out, progress, channels_last)
-    finally:
-        if channels_last: net.to(memory_format=torch.contiguous_format)
+    with channels_last_weights(net, channels_last):                        # the caller's model, in place; restored after
+        n = _predict_loop(net, loader, scales, flip, postprocess, out, progress, channels_last)
     barrier()
     return n
 
