@@ -11,7 +11,7 @@ from wood_nb.core import WoodInputError, load_mask, read_classes
 from wood_nb.data import VOCDataset, eval_transforms, read_split, train_transforms
 from wood_nb.metrics import seed_from_cams
 from wood_nb.model import PACKAGE_WEIGHTS, CAMClassifier
-from wood_nb.refine import (BOUNDARY_PRESETS, BoundaryNet, affinity_loss, boundary_train_config, confident_labels, crf_available,
+from wood_nb.refine import (BOUNDARY_PRESETS, BoundaryNet, ConfidentLabelDataset, affinity_loss, boundary_train_config, confident_labels, crf_available,
                             crf_labels, dense_crf, eval_mask_dir, load_boundary_net, make_boundary_net, make_confident_labels,
                             make_pseudo_masks, pair_affinities, pair_labels, pair_offsets, propagate, random_walk, save_boundary_net,
                             segment_points, strided_labels, train_boundary, transition_matrix)
@@ -269,6 +269,28 @@ def test_end_to_end(tiny):
     again = train_boundary(voc, 'train', d/'cam', d/'refine')                                            # loaded, not retrained
     assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
     with pytest.raises(WoodInputError, match='no mask for 4 of the 4'): eval_mask_dir(voc, 'val', d/'masks')
+
+
+def test_decoded_cache_gives_the_same_items(tiny, tmp_path):
+    "Epochs after the first read decoded images from memory (up to `cache_mib`); the items are those of a fresh read."
+    d, voc, classes, tc = tiny
+    make_confident_labels(voc, 'train', d/'cam', tmp_path/'labels', progress=False)
+    tf = train_transforms(48, (40, 56))
+    cached, plain = (ConfidentLabelDataset(voc, 'train', tmp_path/'labels', tf, cache_mib=m) for m in (512, 0))
+    for epoch in range(2):
+        for i in range(len(plain)):
+            torch.manual_seed(epoch * 100 + i); a = cached[i]
+            torch.manual_seed(epoch * 100 + i); b = plain[i]
+            assert torch.equal(a['image'], b['image']) and torch.equal(a['mask'], b['mask'])
+    assert len(cached._cache) == len(plain) and not plain._cache
+    small = ConfidentLabelDataset(voc, 'train', tmp_path/'labels', tf, cache_mib=3 * (48 * 48 * 4) / 2**20)   # room for three items
+    for i in range(len(small)): small[i]
+    assert len(small._cache) == 3
+    net = BoundaryNet('resnet10t', freeze_backbone=False).train()
+    x = torch.randn(1, 3, 32, 32)
+    net.boundary(x); assert net.training                      # the mode is restored
+    net.eval(); b1 = net.boundary(x); assert not net.training
+    torch.testing.assert_close(b1, net.train().boundary(x))   # the same probabilities whatever the mode before
 
 
 def test_missing_records_and_wrong_grids(tiny, tmp_path):

@@ -208,12 +208,11 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
                              'pass (B, C+1, H, W) logits and (B, H, W) masks of the same size.')
     target = target.long(); K = logits.shape[1]
     valid = target != ignore_index
-    if valid.any():
+    if not valid.any(): return logits.sum() * 0.0
+    if (valid & ((target < 0) | (target >= K))).any():   # elementwise: indexing with `valid` costs 7 ms a 16x192x192 batch
         lo, hi = int(target[valid].min()), int(target[valid].max())
-        if lo < 0 or hi >= K:
-            raise WoodInputError('masks', f'hold class values up to {hi} (min {lo}), but the net predicts {K} classes (0..{K - 1}).',
-                                 f'masks hold 0..{K - 1} and {ignore_index}; check classes.txt and the mask folder.')
-    else: return logits.sum() * 0.0
+        raise WoodInputError('masks', f'hold class values up to {hi} (min {lo}), but the net predicts {K} classes (0..{K - 1}).',
+                             f'masks hold 0..{K - 1} and {ignore_index}; check classes.txt and the mask folder.')
     logits = logits.float()
     if counts is None and not balanced: return F.cross_entropy(logits, target, ignore_index=ignore_index)
     n = torch.bincount(target[valid], minlength=K).float() if counts is None else torch.as_tensor(counts, dtype=torch.float32, device=logits.device)
@@ -238,7 +237,8 @@ def seg_step(balanced:bool=False, # class-balanced cross-entropy
         loss = seg_loss(logits, target, balanced, **kw)
         with torch.no_grad():
             valid = target != IGNORE_INDEX
-            acc = (logits.max(1).indices[valid] == target[valid]).float().mean() if valid.any() else torch.tensor(0.)   # max: 20x faster than argmax on CPU
+            n = valid.sum()   # max: 20x faster than argmax on CPU; a sum over `valid`, not indexing with it, 4x less
+            acc = ((logits.max(1).indices == target) & valid).sum() / n if n > 0 else torch.tensor(0.)
         return loss, {'pixel_acc': float(acc)}
     return step
 
