@@ -14,7 +14,8 @@ from .core import IGNORE_INDEX, WoodInputError
 
 # %% auto #0
 __all__ = ['SEED_THRESHOLDS', 'confusion_matrix', 'ConfusionMatrix', 'seed_from_cams', 'SweepResult', 'sweep_thresholds',
-           'CueActivation', 'cue_activation', 'CueCamMass', 'cue_cam_mass', 'cam_dir_records', 'eval_cam_dir']
+           'CueActivation', 'cue_activation', 'CueCamMass', 'cue_cam_mass', 'cam_dir_records', 'eval_cam_dir',
+           'eval_label_dir']
 
 # %% ../nbs/06_metrics.ipynb #5dab7486
 def _np(x)->np.ndarray:
@@ -456,3 +457,32 @@ def eval_cam_dir(root, # VOC-layout root with `SegmentationClass` masks
                  thresholds=SEED_THRESHOLDS)->SweepResult:
     "Seed mIoU (and cue activation when the root has cue masks) of a folder of CAM records, at every threshold."
     return sweep_thresholds(cam_dir_records(root, split, cam_dir), len(read_classes(root)) + 1, thresholds)
+
+# %% ../nbs/06_metrics.ipynb #b229c445
+def eval_label_dir(root, # VOC-layout root with `SegmentationClass` masks
+                   split:str, # the split to score
+                   label_dir, # folder of `<id>.png` label maps (class ids)
+                   with_cue:bool|None=None, # also score cue activation; None: when the root has `SegmentationCue/`
+                   what:str='label map', # what the folder holds, for the error (e.g. 'mask', 'prediction')
+                   fix:str='write one indexed PNG per image of the split.', # how to make the missing ones
+                  )->dict: # `ConfusionMatrix.summary` (miou, iou, ...), `images`, `split`[, `cue_activation` (+ per class)]
+    "mIoU (%) and per-class IoU of a folder of label maps against the ground truth of `split` (and cue activation)."
+    root, label_dir = Path(root), Path(label_dir)
+    classes, ids = read_classes(root), read_split(root, split)
+    missing = [i for i in ids if not (label_dir/f'{i}.png').is_file()]
+    if missing: raise WoodInputError(label_dir, f'has no {what} for {len(missing)} of the {len(ids)} images of {split!r} (e.g. {missing[0]}.png).', fix)
+    if with_cue is None: with_cue = (root/'SegmentationCue').is_dir()
+    cm, ca = ConfusionMatrix(len(classes) + 1), CueActivation()
+    for i in ids:
+        f = label_dir/f'{i}.png'
+        pred, gt = load_mask(f), load_mask(root/'SegmentationClass'/f'{i}.png')
+        if pred.shape != gt.shape: raise WoodInputError(f, f'is {pred.shape} (HxW), its ground truth {gt.shape}.', 'write each map at its image\'s size.')
+        try: cm.update(pred, gt)
+        except WoodInputError as e: raise WoodInputError(f, e.problem, e.fix) from e
+        if with_cue:
+            present = np.unique(gt); ca.update(pred, load_mask(root/'SegmentationCue'/f'{i}.png'), present[(present > 0) & (present < IGNORE_INDEX)])
+    out = {**cm.summary(classes), 'images': len(ids), 'split': split}
+    if with_cue:
+        c = ca.compute()
+        out.update(cue_activation=None if c['pairs'] == 0 else c['mean'], cue_activation_per_class={classes[k - 1]: v for k, v in c['per_class'].items()})
+    return out

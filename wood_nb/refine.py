@@ -23,7 +23,7 @@ from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
 _all_ = ['boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import load_cam_record, normalize_cams, strided_size
-from .metrics import ConfusionMatrix, CueActivation, seed_from_cams
+from .metrics import eval_label_dir, seed_from_cams
 
 # %% auto #0
 __all__ = ['CRF_FIX', 'BOUNDARY_FORMAT', 'BOUNDARY_PRESETS', 'confident_labels', 'crf_available', 'dense_crf', 'crf_labels',
@@ -610,24 +610,8 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
 # %% ../nbs/10_refine.ipynb #e304fae6
 def eval_mask_dir(voc_root, # VOC-layout root with `SegmentationClass` masks
                   split:str, # the split to score
-                  mask_dir, # folder of `<id>.png` predicted masks (class ids)
-                 )->dict: # `ConfusionMatrix.summary` (miou, iou, ...), `images`, and `cue_activation` (+ per class) with cue masks
-    "mIoU (%) and per-class IoU of a folder of masks against the ground truth of `split` (and cue activation where cue masks exist)."
-    voc_root, mask_dir = Path(voc_root), Path(mask_dir)
-    classes, ids = read_classes(voc_root), read_split(voc_root, split)
-    missing = [i for i in ids if not (mask_dir/f'{i}.png').exists()]
-    if missing: raise WoodInputError(mask_dir, f'has no mask for {len(missing)} of the {len(ids)} images of {split!r} (e.g. {missing[0]}).',
-                                     'run make_pseudo_masks for this split first.')
-    cm, cue_dir = ConfusionMatrix(len(classes) + 1), voc_root/'SegmentationCue'
-    ca = CueActivation() if cue_dir.is_dir() else None
-    for i in ids:
-        pred, gt = load_mask(mask_dir/f'{i}.png'), load_mask(voc_root/'SegmentationClass'/f'{i}.png')
-        if pred.shape != gt.shape: raise WoodInputError(mask_dir/f'{i}.png', f'is {pred.shape}, its ground truth {gt.shape}.', 'write masks at the image size.')
-        cm.update(pred, gt)
-        if ca is not None:
-            present = np.unique(gt); ca.update(pred, load_mask(cue_dir/f'{i}.png'), present[(present > 0) & (present < IGNORE_INDEX)])
-    out = {**cm.summary(classes), 'images': len(ids)}
-    if ca is not None:
-        c = ca.compute()
-        out.update(cue_activation=None if c['pairs'] == 0 else c['mean'], cue_activation_per_class={classes[k - 1]: v for k, v in c['per_class'].items()})
-    return out
+                  mask_dir, # folder of `<id>.png` pseudo-masks (class ids)
+                 )->dict: # `ConfusionMatrix.summary` (miou, iou, ...), `images`, `split`, and `cue_activation` (+ per class) with cue masks
+    "mIoU (%) and per-class IoU of a folder of pseudo-masks against the ground truth (`wood_nb.metrics.eval_label_dir`)."
+    return eval_label_dir(voc_root, split, mask_dir, what='mask', fix='run make_pseudo_masks for this split first.')
+

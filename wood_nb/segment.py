@@ -23,7 +23,7 @@ from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
 _all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
 from .train import TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import list_collate
-from .metrics import ConfusionMatrix, CueActivation
+from .metrics import eval_label_dir
 
 # %% auto #0
 __all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config', 'save_segmenter',
@@ -457,30 +457,10 @@ def eval_seg_dir(voc_root, # VOC-layout root with `SegmentationClass/`
                  split:str, # the split to score (VOC reports val)
                  pred_dir, # folder of `<id>.png` predictions (`predict_split`)
                  with_cue:bool|None=None, # also report cue activation; None: when the root has `SegmentationCue/`
-                )->dict: # `miou`, `iou` (per class), `precision`, `recall`, `pixel_accuracy` (percent), `pixels`, `images`[, `cue_activation`]
-    "mIoU (%) and per-class IoU of a folder of predicted label maps against the ground truth."
-    root, pred_dir = Path(voc_root), Path(pred_dir)
-    classes, ids = read_classes(root), read_split(root, split)
-    missing = [i for i in ids if not (pred_dir/f'{i}.png').is_file()]
-    if missing:
-        raise WoodInputError(pred_dir, f'has no prediction for {len(missing)} of the {len(ids)} images of {split!r} (e.g. {missing[0]}.png).',
-                             'run predict_split for this split first.')
-    if with_cue is None: with_cue = (root/'SegmentationCue').is_dir()
-    cm, cue = ConfusionMatrix(len(classes) + 1), CueActivation()
-    for i in ids:
-        pf = pred_dir/f'{i}.png'
-        pred, gt = load_mask(pf), load_mask(root/'SegmentationClass'/f'{i}.png')
-        if pred.shape != gt.shape:
-            raise WoodInputError(pf, f'is {pred.shape[1]}x{pred.shape[0]} (WxH) but the ground truth is {gt.shape[1]}x{gt.shape[0]}.',
-                                 'predict at the image size (predict_split does).')
-        try: cm.update(pred, gt)
-        except WoodInputError as e: raise WoodInputError(pf, e.problem, e.fix) from e
-        if with_cue:
-            keys = [int(k) for k in np.unique(gt) if 1 <= k <= len(classes)]
-            cue.update(pred, load_mask(root/'SegmentationCue'/f'{i}.png'), keys)
-    res = cm.summary(classes) | {'images': len(ids), 'split': split}
-    if with_cue: res['cue_activation'] = cue.compute()['mean']
-    return res
+                )->dict: # `miou`, `iou` (per class), `precision`, `recall`, `pixel_accuracy` (percent), `pixels`, `images`, `split`[, `cue_activation`]
+    "mIoU (%) and per-class IoU of a folder of predicted label maps against the ground truth (`wood_nb.metrics.eval_label_dir`)."
+    return eval_label_dir(voc_root, split, pred_dir, with_cue, what='prediction', fix='run predict_split for this split first.')
+
 
 # %% ../nbs/11_segment.ipynb #a3617e84
 def plot_segmentation(root, # VOC-layout root
