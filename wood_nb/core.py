@@ -13,9 +13,10 @@ from PIL import Image
 
 # %% auto #0
 __all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'read_classes', 'voc_palette', 'seed_everything', 'get_device', 'atomic_path',
-           'write_text', 'write_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz', 'load_npz', 'save_weights',
-           'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside', 'is_inside', 'claim_dir', 'owned',
-           'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest', 'channels_last_weights', 'WoodInputError']
+           'write_text', 'write_json', 'config_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz', 'load_npz',
+           'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside', 'is_inside',
+           'claim_dir', 'owned', 'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest', 'channels_last_weights',
+           'WoodInputError']
 
 # %% ../nbs/00_core.ipynb #6b706c77
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
@@ -116,6 +117,11 @@ def write_text(path, text:str)->Path:
 def write_json(path, obj)->Path:
     "Write `obj` as indented JSON to `path` atomically."
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False) + '\n')
+
+def config_json(cfg)->dict:
+    "A settings dataclass (or dict) in its JSON form, as reading the JSON back gives it: tuples as lists, nested too."
+    import dataclasses
+    return json.loads(json.dumps(dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else cfg))
 
 # %% ../nbs/00_core.ipynb #e7059eba
 @contextlib.contextmanager

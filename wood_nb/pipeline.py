@@ -12,7 +12,7 @@ import torch
 
 from .config import PLANE_MODES, RUN_PRESETS, STEPS
 _all_ = ['PLANE_MODES', 'RUN_PRESETS', 'STEPS']   # re-exported: still part of `from wood_nb.pipeline import *`
-from .core import WoodInputError, IGNORE_INDEX, read_classes, voc_palette, write_json, load_mask
+from .core import config_json, WoodInputError, IGNORE_INDEX, read_classes, voc_palette, write_json, load_mask
 from .data import read_split, read_image, eval_transforms
 from .train import TrainConfig, is_main, barrier, dist_info, main_result, reduce_over_processes
 from .cam import load_cam_record, normalize_cams
@@ -223,7 +223,7 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
 
 # %% ../nbs/13_pipeline.ipynb #b006af9f
 import dataclasses, hashlib, math, os, platform, shutil
-from dataclasses import dataclass, field, asdict, fields, is_dataclass, replace
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from .core import write_text, atomic_path, claim_dir, own, owned, MARKER, covered_by
 from .data import validate, validate_ood, read_ood_list
 from .cam import DEFAULT_SCALES
@@ -413,7 +413,7 @@ def _section_type(sect:str):
 
 def config_dict(cfg:RunConfig)->dict:
     "The JSON form of a `RunConfig` (tuples as lists)."
-    return json.loads(json.dumps(asdict(cfg)))
+    return config_json(cfg)
 
 # %% ../nbs/13_pipeline.ipynb #47eb889c
 def _bad(key:str, value, want:str):

@@ -5,7 +5,7 @@
 # %% ../nbs/10_refine.ipynb #aa0e35b2
 from __future__ import annotations
 import json, math, warnings
-from dataclasses import asdict, replace
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -16,7 +16,7 @@ from torch import nn
 import timm
 from torchvision import tv_tensors
 
-from .core import IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
+from .core import config_json, IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, check_meta, state_dict_in, lite0_package_path, lite0_to_timm
 from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
@@ -440,8 +440,6 @@ def make_boundary_net(preset:str='synthetic', **overrides)->BoundaryNet:
     return BoundaryNet(**{k: cfg[k] for k in _NET_KEYS if k in cfg})
 
 # %% ../nbs/10_refine.ipynb #2824abaa
-def _jsonable_cfg(cfg:TrainConfig)->dict: return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
-
 def train_boundary(voc_root, # VOC-layout root
                    split:str, # the split to train on (its CAM records must exist)
                    cam_dir, # folder of `<id>.npz` CAM records
@@ -468,7 +466,7 @@ def train_boundary(voc_root, # VOC-layout root
     ds = ConfidentLabelDataset(voc_root, split, out/'labels', transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std))
     hist = fit(model, make_loader(ds, cfg), partial(boundary_step, radius=radius), cfg, out=out, resume=resume, device=device, desc='boundary')
     model.meta = {'preset': preset, 'split': split, 'radius': radius, 'fg_thresh': fg_thresh, 'bg_thresh': bg_thresh, 'crf': crf,
-                  'train_config': _jsonable_cfg(cfg), 'history': hist}
+                  'train_config': config_json(cfg), 'history': hist}
     if is_main(): save_boundary_net(model, out/'model.pt', meta=model.meta)
     barrier()
     return model.eval()

@@ -5,7 +5,6 @@
 # %% ../nbs/11_segment.ipynb #099a9a96
 from __future__ import annotations
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -16,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
+from .core import config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, check_image_batch, check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
 from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
@@ -339,10 +338,9 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
                         transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std))
         hist = fit(model, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=device, desc='segmenter')
     if is_main():
-        tc = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
         save_segmenter(model.cpu(), out/'model.pt', meta={'stage': 'segment', 'preset': preset, 'split': split, 'root': str(root),
                                                           'mask_dir': str(masks), 'balanced': balanced, 'freeze_backbone': freeze_backbone,
-                                                          'train_config': tc, 'history': hist})
+                                                          'train_config': config_json(cfg), 'history': hist})
     barrier()
     return model
 

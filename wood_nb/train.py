@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .core import WoodInputError, atomic_path, get_device, load_weights, seed_everything
+from .core import config_json, WoodInputError, atomic_path, get_device, load_weights, seed_everything
 
 # %% auto #0
 __all__ = ['poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'distributed', 'main_result',
@@ -283,7 +283,7 @@ def train_classifier(root, # VOC-layout root
     hist = fit(model, make_loader(ds, cfg), multilabel_step, cfg, out=out, resume=resume, device=device, desc='classifier')
     if is_main():
         save_classifier(model.cpu(), out/'model.pt', meta={'preset': preset, 'split': split, 'root': str(root),
-                                                           'train_config': {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()},
+                                                           'train_config': config_json(cfg),
                                                            'history': hist})
     barrier()
     return model

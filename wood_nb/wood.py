@@ -5,7 +5,7 @@
 # %% ../nbs/09_wood.ipynb #66502780
 from __future__ import annotations
 import json, math, numbers, shutil, time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import WoodInputError, atomic_path, load_weights, read_classes, save_weights, seed_everything, write_json, write_text
+from .core import config_json, WoodInputError, atomic_path, load_weights, read_classes, save_weights, seed_everything, write_json, write_text
 from .data import OoDDataset, VOCDataset, eval_transforms, read_ood_list, train_transforms
 from .model import load_classifier, save_classifier
 from .train import (PairedLoader, TrainConfig, barrier, cat_over_processes, fit, init_distributed, is_main, main_result, make_loader,
@@ -255,9 +255,6 @@ def prototype_pair(src, # (class, ood) pair of arrays/tensors, a mapping, or an 
     return cp, op
 
 # %% ../nbs/09_wood.ipynb #47999f63
-def _jsonable(d:dict)->dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
 def _gt_selector(model, voc_root:Path, split:str, out:Path, scales, batch_size:int, device)->tuple[Callable, dict]:
     "An `on_epoch_end` that scores each epoch's CAMs on `split` against its masks and keeps the best weights."
     ds = VOCDataset(voc_root, split, transform=eval_transforms(model.mean, model.std), with_mask=False)
@@ -333,7 +330,7 @@ def train_wood(baseline, # the baseline classifier file (`save_classifier`), e.g
             'stage': 'wood', 'baseline': str(baseline), 'split': split, 'root': str(voc_root),
             'ood_pool': str(pool_root), 'ood_list': str(ood_list), 'preset': model.meta.get('preset'),
             'prototypes': str(prototypes) if isinstance(prototypes, (str, Path)) else 'arrays',
-            'wood_config': _jsonable(asdict(wcfg)), 'train_config': _jsonable(asdict(tcfg)),
+            'wood_config': config_json(wcfg), 'train_config': config_json(tcfg),
             'history': hist, 'selection': selection})
     barrier()
     return model
@@ -503,10 +500,10 @@ def run_wood_chain(voc_root, # VOC-layout root (train split with masks for the s
                                                             wcfg=cfgs[a.name], tcfg=tcfg, device=device), (out/a.name/'model.pt').exists())
         b = timed(f'eval_{a.name}', lambda: eval_block(model.to(device).eval(), voc_root, split, out/'cam'/a.name, out/'eval'/f'{a.name}.json', scales, batch_size, device),
                   (out/'eval'/f'{a.name}.json').exists())
-        res['arms'][a.name] = dict(label=a.label, ood=a.ood, overrides=_jsonable(a.overrides), **b)
+        res['arms'][a.name] = dict(label=a.label, ood=a.ood, overrides=config_json(a.overrides), **b)
         say(f"arm {a.name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
     res['timings_s'] = times
-    res['wood_config'] = _jsonable(asdict(wcfg))
+    res['wood_config'] = config_json(wcfg)
     if is_main(): write_json(out/'chain.json', res)
     barrier()
     return res
