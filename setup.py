@@ -29,7 +29,7 @@ min_python = cfg['min_python']
 lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 dev_requirements = (cfg.get('dev_requirements') or '').split()
 extras = {'dev': dev_requirements}
-for key in ('crf_requirements', 'tensorboard_requirements'):
+for key in ('crf_requirements', 'coco_requirements', 'tensorboard_requirements'):
     if cfg.get(key): extras[key.split('_')[0]] = shlex.split(cfg[key])
 
 project_urls = {}

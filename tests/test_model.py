@@ -270,7 +270,7 @@ def test_presets():
     s = make_classifier('synthetic', 2, pretrained=None, classes=['a', 'b']) if not HAS_PKG else make_classifier('synthetic', 2, classes=['a', 'b'])
     assert s.backbone_name == 'tf_efficientnet_lite0' and s.classes == ['a', 'b'] and s.output_stride == PRESETS['synthetic']['output_stride']
     with pytest.raises(WoodInputError, match='unknown'):
-        make_classifier('coco', 80)
+        make_classifier('cityscapes', 19)
     with pytest.raises(WoodInputError, match=r"unknown option\(s\) \['backbon'\]"):
         make_classifier('voc', 20, backbon='resnet18')
 

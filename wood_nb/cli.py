@@ -9,7 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import (CURATION_MODES, DEFAULT_SCALES, DEMO_PROFILES, METRIC_FORMS, PLANE_MODES, RUN_PRESETS, SEG_TEST_SCALES, STEPS,
+from .config import (CROWD_MODES, CURATION_MODES, DEFAULT_SCALES, DEMO_PROFILES, METRIC_FORMS, PLANE_MODES, RUN_PRESETS, SEG_TEST_SCALES, STEPS,
                             SynthConfig, TrainConfig, WoodConfig, WoodInputError, boundary_train_config, check_train_config, seg_train_config)
 _all_ = ['DEMO_PROFILES']   # re-exported: still part of `from wood_nb.cli import *`
 
@@ -77,7 +77,7 @@ def _add_train_options(p:argparse.ArgumentParser,
                       ):
     "One typed option for every `TrainConfig` field; the help shows each preset's value."
     presets = presets or TrainConfig.preset
-    cfgs = {name: presets(name) for name in ('synthetic', 'voc')}
+    cfgs = {name: presets(name) for name in RUN_PRESETS}
     show = lambda v: ' '.join(map(str, v)) if isinstance(v, tuple) else str(v)
     for f in fields(TrainConfig):
         v, opt = getattr(TrainConfig(), f.name), '--' + f.name.replace('_', '-')
@@ -248,9 +248,18 @@ def build_parser()->argparse.ArgumentParser:
     s.add_argument('--workers', type=COUNT, default=2, help='processes to render with (default: 2)')
     s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False, help='replace an existing non-empty OUT')
     _add_synth_options(s)
+    cc = sub.add_parser('convert-coco', help='MS-COCO (annotations/instances_<set>.json and the images) into the VOC layout the kit reads (the coco extra)')
+    cc.add_argument('coco_root', type=Path, help='the COCO folder: annotations/instances_<set>.json and <set>/ for every set')
+    cc.add_argument('--out', type=Path, required=True, help='the VOC-layout root to write (a new folder, or one convert-coco wrote: resumed)')
+    cc.add_argument('--sets', nargs='+', default=['train2014', 'val2014'], metavar='SET', help='COCO sets; train2014 becomes the split train (default: train2014 val2014)')
+    cc.add_argument('--crowd', choices=list(CROWD_MODES), default='ignore', help='crowd regions: ignore (255, default) or class')
+    cc.add_argument('--keep-empty', action=argparse.BooleanOptionalAction, default=False, help='list images without annotations too (default: left out)')
+    cc.add_argument('--link', choices=['hard', 'copy'], default='hard', help='images: hard links (default; a copy where refused) or copies')
+    cc.add_argument('--workers', type=AT_LEAST_1, default=1, help='threads that draw and write images (default: 1)')
+    cc.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True)
     t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
     t.add_argument('root', type=Path); t.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
-    t.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic'); t.add_argument('--split', default='train')
+    t.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic'); t.add_argument('--split', default='train')
     t.add_argument('--backbone', default=None, help='timm model name (default: the preset\'s)')
     t.add_argument('--pretrained', default=None, help="ImageNet weights: a local file, or 'efficientnet_lite0_pkg'")
     t.add_argument('--output-stride', type=int, default=None, choices=[8, 16, 32])
@@ -293,7 +302,7 @@ def build_parser()->argparse.ArgumentParser:
     w.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
     w.add_argument('--prototypes', type=Path, required=True, help='prototypes.npz from wood prototypes')
     w.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
-    w.add_argument('--split', default='train'); w.add_argument('--preset', choices=['synthetic', 'voc'], default=None, help="default: the baseline's")
+    w.add_argument('--split', default='train'); w.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help="default: the baseline's")
     w.add_argument('--select-by-gt-miou', action=argparse.BooleanOptionalAction, default=False,
                    help='keep the epoch with the best CAM mIoU against ground truth (the official choice; looks at the labels)')
     w.add_argument('--select-split', default='train'); w.add_argument('--device', default='auto')
@@ -301,7 +310,7 @@ def build_parser()->argparse.ArgumentParser:
     rf = sub.add_parser('refine', help='pseudo-masks from CAM records: confident labels, boundary network, random walk')
     rf.add_argument('root', type=Path, help='VOC-layout root'); rf.add_argument('--cams', type=Path, required=True, help='CAM records (wood cam)')
     rf.add_argument('--out', type=Path, required=True, help='folder for labels/, the boundary net, masks/ and masks.json')
-    rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic')
+    rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
     rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the confident labels (needs the crf extra)')
     rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto', help="confident-label and walk planes: IRN's, or at the seed threshold (auto: the preset's)")
     rf.add_argument('--seed-threshold', type=SHARE, default=None, help="t for --planes seed (default: found on the split's ground truth)")
@@ -314,7 +323,7 @@ def build_parser()->argparse.ArgumentParser:
     sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
     sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
     sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
-    sg.add_argument('--preset', choices=['synthetic', 'voc'], default='synthetic')
+    sg.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
     sg.add_argument('--balanced', action=argparse.BooleanOptionalAction, default=False, help='class-balanced cross-entropy')
     sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg'")
     sg.add_argument('--backbone', default=None); sg.add_argument('--device', default='auto')
@@ -411,6 +420,11 @@ def _main(a)->int:
         t = time.perf_counter()
         out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
         print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
+    if a.cmd == 'convert-coco':
+        from wood_nb.coco import convert_coco, print_coco_report
+        r = convert_coco(a.coco_root, a.out, sets=a.sets, crowd=a.crowd, keep_empty=a.keep_empty, link=a.link, workers=a.workers, progress=a.progress)
+        print_coco_report(r); print(f"dataset: {a.out} (report: {a.out/'conversion'/'report.json'})")
+        return 1 if any(s['failed'] for s in r['splits'].values()) else 0
     if a.cmd == 'train-cls':
         from wood_nb.train import train_classifier
         cfg = _train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-cls', a.root)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 
 # %% auto #0
 __all__ = ['BOUNDARY_TRAIN_PRESETS', 'SEG_TRAIN_PRESETS', 'METRIC_FORMS', 'SYNTH_CLASSES', 'DEFAULT_SCALES', 'SEG_TEST_SCALES',
-           'SEG_INITS', 'CURATION_MODES', 'PLANE_MODES', 'RUN_PRESETS', 'STEPS', 'DEMO_PROFILES', 'WoodInputError',
-           'TrainConfig', 'WoodTrainConfig', 'check_train_config', 'boundary_train_config', 'seg_train_config',
-           'WoodConfig', 'SynthConfig']
+           'SEG_INITS', 'CURATION_MODES', 'PLANE_MODES', 'RUN_PRESETS', 'CROWD_MODES', 'STEPS', 'DEMO_PROFILES',
+           'WoodInputError', 'TrainConfig', 'WoodTrainConfig', 'check_train_config', 'boundary_train_config',
+           'seg_train_config', 'WoodConfig', 'SynthConfig']
 
 # %% ../nbs/00a_config.ipynb #ebf907cb
 class WoodInputError(ValueError):
@@ -41,9 +41,11 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name:str, **overrides)->'TrainConfig':
-        "The `voc` (IRN recipe, `method.md`) or `synthetic` settings, with overrides."
+        "The `voc` (IRN recipe), `coco` (IRN's recipe as the WSSS literature runs it on COCO) or `synthetic` settings (`method.md`), with overrides."
         presets = {'voc': dict(epochs=5, batch_size=16, lr=0.1, head_mult=10.0, momentum=1e-4, weight_decay=1e-4,
                                crop=512, long_side=(320, 640)),
+                   'coco': dict(epochs=5, batch_size=16, lr=0.1, head_mult=10.0, momentum=1e-4, weight_decay=1e-4,
+                                crop=512, long_side=(320, 640)),
                    'synthetic': dict(epochs=5, batch_size=16, lr=1e-3, head_mult=10.0, momentum=0.9, weight_decay=1e-4,
                                      crop=128, long_side=(96, 160))}
         if name not in presets: raise WoodInputError('--preset', f'{name!r} is not a preset.', f'choose one of {sorted(presets)}.')
@@ -82,6 +84,7 @@ def check_train_config(t:TrainConfig, # the settings to check
 # %% ../nbs/00a_config.ipynb #a3f834c4
 BOUNDARY_TRAIN_PRESETS = {  # the boundary network's training settings of each recipe (`refine.BOUNDARY_PRESETS[...]['train']`)
     'voc': dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(250, 750)),
+    'coco': dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(320, 960)),
     'synthetic': dict(epochs=3, batch_size=16, lr=0.01, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128, long_side=(64, 192)),
 }
 
@@ -96,11 +99,13 @@ def boundary_train_config(preset:str='synthetic', **overrides)->TrainConfig:
 SEG_TRAIN_PRESETS = {  # DeepLab-v2's training settings of each recipe
     'voc': dict(epochs=28, batch_size=10, lr=2.5e-4, head_mult=10.0, momentum=0.9, weight_decay=5e-4, crop=321,
                 long_side=(250, 1000), poly_power=0.9),
+    'coco': dict(epochs=12, batch_size=10, lr=2.5e-4, head_mult=10.0, momentum=0.9, weight_decay=5e-4, crop=321,
+                 long_side=(320, 960), poly_power=0.9),
     'synthetic': dict(epochs=12, batch_size=16, lr=2e-3, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128,
                       long_side=(64, 256), poly_power=0.9),
 }
 
-def seg_train_config(preset:str='synthetic', # 'voc' (`method.md`'s DeepLab-v2 recipe) or 'synthetic'
+def seg_train_config(preset:str='synthetic', # 'voc', 'coco' (`method.md`'s DeepLab-v2 recipes) or 'synthetic'
                      **overrides, # fields of `TrainConfig` that replace the preset's
                     )->TrainConfig:
     "The `TrainConfig` of a segmentation recipe, with overrides."
@@ -193,7 +198,8 @@ SEG_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # a common multi-scale test set f
 SEG_INITS = ('imagenet', 'classifier')  # where DeepLab's backbone starts: the preset's weights, or each model's own classifier
 CURATION_MODES = ('meta', 'list', 'none')
 PLANE_MODES = ('irn', 'seed')
-RUN_PRESETS = ('synthetic', 'voc')
+RUN_PRESETS = ('synthetic', 'voc', 'coco')
+CROWD_MODES = ('ignore', 'class')  # what the COCO converter paints in crowd regions: 255, or their class (01a_coco)
 STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report')
 
 # %% ../nbs/00a_config.ipynb #39edf127

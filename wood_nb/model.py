@@ -343,6 +343,8 @@ def _build_classifier(path, ck:dict, num_classes, classes, output_stride)->CAMCl
 PRESETS = {  # model settings only; the optimiser and data settings of each recipe are `wood_nb.train.TrainConfig.preset`
     'voc': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3, freeze_bn='stats',
                 needs_pretrained=True),
+    'coco': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3, freeze_bn='stats',
+                 needs_pretrained=True),                   # COCO's WSSS papers keep IRN's ResNet-50 (method.md)
     'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=16, dilate=True, pretrained=PACKAGE_WEIGHTS,
                       freeze_stages=1, freeze_bn='stats', needs_pretrained=True),
 }

@@ -29,8 +29,8 @@ __all__ = ['DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'STEP_OUTPUTS', 'STEP_COSTS', 'r
            'estimate_seconds', 'print_plan', 'PLANE_MODES', 'RUN_PRESETS', 'STEPS']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
-DEFAULT_PLANES = {'voc': 'irn', 'synthetic': 'seed'}  # the plane mode of each preset ('auto')
-SEG_EVAL_SCALES = {'voc': (0.5, 0.75, 1.0, 1.25, 1.5), 'synthetic': (1.0,)}  # test scales (with flips) of each preset
+DEFAULT_PLANES = {'voc': 'irn', 'coco': 'irn', 'synthetic': 'seed'}  # the plane mode of each preset ('auto')
+SEG_EVAL_SCALES = {'voc': (0.5, 0.75, 1.0, 1.25, 1.5), 'coco': (0.5, 0.75, 1.0), 'synthetic': (1.0,)}  # test scales (with flips) of each preset (method.md)
 
 def refine_planes(mode:str='irn', # 'irn' (0.30 / 0.15, walk plane 0.22) or 'seed' (planes at the seed threshold)
                   seed_threshold:float|None=None, # the seeds' best background threshold (needed for 'seed')
@@ -277,16 +277,16 @@ class SegConfig:
 
 @dataclass
 class WeightsConfig:
-    "Local files: ImageNet backbones for the networks (the `voc` preset needs them), or a trained baseline to start from."
-    classifier: str|None = None   # backbone weights of the CAM classifier (voc: resnet50)
-    boundary: str|None = None     # backbone weights of the boundary network (voc: resnet50)
-    segmenter: str|None = None    # backbone weights of DeepLab-v2 (voc: resnet101)
+    "Local files: ImageNet backbones for the networks (the `voc` and `coco` presets need them), or a trained baseline to start from."
+    classifier: str|None = None   # backbone weights of the CAM classifier (voc, coco: resnet50)
+    boundary: str|None = None     # backbone weights of the boundary network (voc, coco: resnet50)
+    segmenter: str|None = None    # backbone weights of DeepLab-v2 (voc, coco: resnet101)
     baseline: str|None = None     # a trained baseline `model.pt` (skips training it)
 
 @dataclass
 class RunConfig:
     "Every setting of a run; `run_config` fills the preset's defaults."
-    preset: str = 'synthetic'     # 'synthetic' or 'voc'
+    preset: str = 'synthetic'     # 'synthetic', 'voc' or 'coco'
     voc_root: str = ''            # VOC-layout dataset root
     ood_root: str = ''            # the OoD candidate pool
     split: str = 'train'          # training split (VOC: train_aug): CAMs and pseudo-masks are made for all of it
@@ -352,7 +352,7 @@ def _coerce(key:str, value, default, typed=None):
     shown = f'the default is {default!r}' if default is not typed else 'or null'
     raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} ({shown}).', f'give a {type(default).__name__}.')
 
-def run_config(preset:str='synthetic', # 'synthetic' or 'voc'
+def run_config(preset:str='synthetic', # 'synthetic', 'voc' or 'coco'
                overrides:dict|None=None, # dotted keys, e.g. {'cls.epochs': 3, 'voc_root': 'data/voc'}
               )->RunConfig:
     "The preset's `RunConfig` with `overrides` applied and checked."

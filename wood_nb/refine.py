@@ -419,6 +419,9 @@ BOUNDARY_PRESETS = {  # network, pair radius, training settings and random-walk 
     'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
                 train=BOUNDARY_TRAIN_PRESETS['voc'],
                 walk=dict(radius=5, logt=8)),
+    'coco': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
+                 train=BOUNDARY_TRAIN_PRESETS['coco'],
+                 walk=dict(radius=5, logt=8)),                # IRN's network, radius and walk, as COCO's WSSS code runs them (method.md)
     'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5, needs_pretrained=True,
                       train=BOUNDARY_TRAIN_PRESETS['synthetic'],
                       walk=dict(radius=3, logt=6)),

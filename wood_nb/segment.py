@@ -139,6 +139,7 @@ class DeepLabV2(nn.Module):
 # %% ../nbs/11_segment.ipynb #560a75ee
 SEG_PRESETS = {  # model settings only; the optimiser and data settings are `seg_train_config`
     'voc': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True, needs_pretrained=True),
+    'coco': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True, needs_pretrained=True),
     'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=8, rates=(6, 12, 18, 24), pretrained=PACKAGE_WEIGHTS,
                       freeze_bn=True, needs_pretrained=True),
 }

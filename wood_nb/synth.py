@@ -15,7 +15,7 @@ from .core import IGNORE_INDEX, VOC_CLASSES, WoodInputError, atomic_dir, save_ma
 
 # %% auto #0
 __all__ = ['SHAPES', 'CUES', 'render_scene', 'sample_content', 'generate', 'plot_benchmark', 'generate_voc_rehearsal',
-           'write_standin_weights', 'SynthConfig']
+           'write_standin_weights', 'generate_coco_rehearsal', 'SynthConfig']
 
 # %% ../nbs/02_synth.ipynb #0e14ebf3
 def _ellipse(x0, y0, x1, y1, n=24):
@@ -499,3 +499,157 @@ def write_standin_weights(out, # folder for the files, one per backbone (`resnet
         sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}   # torchvision's ImageNet files predate these counters
         files[name] = save_weights(sd, out/f'{name}.pth')
     return {k: files[v] for k, v in nets.items()}
+
+# %% ../nbs/02_synth.ipynb #c933320b
+_COCO_REHEARSAL = {'train': 20, 'val': 21, 'ood': 22}   # the random streams of the groups
+
+def _coco_size(r, long_side:int=640)->tuple[int, int]:
+    "A COCO image size `(W, H)`: long side 640 (now and then 480-639), short side 360-480, a quarter portrait (scaled to `long_side`)."
+    long = long_side if r.random() < 0.8 else int(r.integers(round(0.75 * long_side), long_side))
+    short = int(r.integers(round(0.5625 * long_side), round(0.75 * long_side) + 1))
+    return (short, long) if r.random() < 0.25 else (long, short)
+
+def _coco_colour(k:int)->np.ndarray:
+    "The fixed colour of class k (1..80): hues spread by the golden ratio."
+    h, s, v = (k * 0.618034) % 1, 0.55 + 0.1 * (k % 5), 0.5 + 0.15 * (k % 4)
+    kk = (np.array([5, 3, 1]) + h*6) % 6
+    return 255*v*(1 - s*np.clip(np.minimum(kk, 4 - kk), 0, 1))
+
+def _outline(r, cx, cy, rx, ry, W, H)->np.ndarray:
+    "A hand-drawn-like outline: 6-13 vertices around (cx, cy) at jittered radii, inside the image."
+    n = int(r.integers(6, 14))
+    t = (np.arange(n) + r.uniform(-0.3, 0.3, n)) * 2*np.pi / n
+    rad = r.uniform(0.65, 1.0, n)
+    return np.stack([np.clip(cx + rx*rad*np.cos(t), 0, W), np.clip(cy + ry*rad*np.sin(t), 0, H)], 1)
+
+def _raster(polys, W:int, H:int)->np.ndarray:
+    "The pixels inside any of the polygons."
+    im = Image.new('L', (W, H), 0); d = ImageDraw.Draw(im)
+    for p in polys: d.polygon([tuple(q) for q in p], fill=1)
+    return np.asarray(im, bool)
+
+def _coco_objects(r, W:int, H:int, classes:list, tiny:bool=False)->list[dict]:
+    "One object per entry of `classes` (indices 1..80): outline(s), size (5-14 px when `tiny`, else log-uniform from 10 px), annotation form."
+    hi = 0.5 * min(W, H) * min(1.0, (4 / max(1, len(classes)))**0.5)          # smaller objects when there are many
+    objs = []
+    for k in classes:
+        side = r.uniform(5, 14) if tiny else float(np.exp(r.uniform(np.log(10), np.log(max(11, hi)))))
+        asp = r.uniform(0.6, 1.6); rx, ry = side/2*asp**0.5, side/2/asp**0.5
+        cx, cy = r.uniform(rx, W - rx), r.uniform(ry, H - ry)
+        polys = [_outline(r, cx, cy, rx, ry, W, H)]
+        if not tiny and r.random() < 0.15: polys.append(_outline(r, cx + 1.4*rx, cy, rx/3, ry/3, W, H))   # an object in two parts
+        objs.append(dict(k=int(k), polys=polys, form=str(r.choice(['polygon', 'rle', 'counts'], p=[0.8, 0.1, 0.1])), crowd=False))
+    return objs
+
+def _coco_crowd(r, W:int, H:int, k:int)->dict:
+    "A crowd region of class k: a cluster of 5-9 small outlines, stored as uncompressed RLE counts (as COCO stores crowds)."
+    cx, cy, s = r.uniform(0.2*W, 0.8*W), r.uniform(0.2*H, 0.8*H), r.uniform(20, 0.2*min(W, H))
+    polys = [_outline(r, cx + r.normal(0, s), cy + r.normal(0, s/2), s/4, s/3, W, H) for _ in range(int(r.integers(5, 10)))]
+    return dict(k=int(k), polys=polys, form='counts', crowd=True)
+
+def _coco_paint(r, W:int, H:int, objs:list)->tuple:
+    "The image, the semantic mask by the converter's rule (crowds first as 255, then the largest object first) and each object's pixels."
+    img = _background(r, max(W, H), 8)[:H, :W].copy()
+    rasters = [_raster(o['polys'], W, H) for o in objs]
+    sem = np.zeros((H, W), np.uint8)
+    for i in sorted(range(len(objs)), key=lambda i: (not objs[i]['crowd'], -int(rasters[i].sum()), i)):
+        m, o = rasters[i], objs[i]
+        img[m] = _coco_colour(o['k']) * r.uniform(0.8, 1.1) + 10*r.standard_normal((int(m.sum()), 1), dtype=np.float32)
+        sem[m] = IGNORE_INDEX if o['crowd'] else o['k']
+    img += 5*r.standard_normal(img.shape, dtype=np.float32)
+    return img.clip(0, 255).astype(np.uint8), sem, rasters
+
+def _coco_annotation(o:dict, m:np.ndarray, cat_ids:list)->dict:
+    "The COCO annotation of one drawn object (without `id` and `image_id`)."
+    from wood_nb.coco import rle_encode
+    ys, xs = np.nonzero(m)
+    bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)] if len(xs) else [0.0] * 4
+    seg = ([[round(float(v), 2) for v in p.ravel()] for p in o['polys']] if o['form'] == 'polygon'
+           else rle_encode(m, compressed=o['form'] == 'rle'))
+    return {'segmentation': seg, 'area': float(m.sum()), 'bbox': bbox, 'iscrowd': int(o['crowd']), 'category_id': cat_ids[o['k'] - 1]}
+
+def _write_coco_image(args)->tuple:
+    "Render and write one COCO-sized image; returns its image entry, its annotations and the classes its mask holds (a process-pool worker)."
+    folder, seed, group, i, file_name, image_id, need, kind, quality, long_side = args
+    from wood_nb.coco import COCO_CATEGORIES
+    for attempt in range(8):                                        # redraw while a class it must hold is hidden
+        r = np.random.default_rng([seed, _COCO_REHEARSAL[group], i, attempt])
+        W, H = _coco_size(r, long_side)
+        if kind == 'empty': objs = []
+        elif kind == 'tiny': objs = _coco_objects(r, W, H, [int(k) for k in r.integers(1, 81, 5)], tiny=True)
+        else:
+            objs = _coco_objects(r, W, H, list(need) + [int(k) for k in r.integers(1, 81, int(r.integers(3, 9)))])
+            if r.random() < 0.7: objs.insert(0, _coco_crowd(r, W, H, int(r.integers(1, 81))))
+        img, sem, rasters = _coco_paint(r, W, H, objs)
+        vis = np.bincount(sem.ravel(), minlength=256)
+        if all(vis[k] >= 20 for k in need): break
+    _jpeg(img, folder/file_name, quality)
+    anns = [_coco_annotation(o, m, [c for c, _ in COCO_CATEGORIES]) for o, m in zip(objs, rasters) if m.any()]
+    return ({'id': image_id, 'file_name': file_name, 'width': W, 'height': H}, anns,
+            sorted(int(k) for k in np.flatnonzero(vis) if 0 < k < IGNORE_INDEX))
+
+def _write_coco_ood(args)->list:
+    "Render and write one OoD candidate at a COCO size (background and clutter, or one object when contaminated); returns its `ood_meta.csv` row."
+    root, seed, i, kind, quality, long_side = args
+    from wood_nb.coco import COCO_CATEGORIES
+    r = np.random.default_rng([seed, _COCO_REHEARSAL['ood'], i])
+    W, H = _coco_size(r, long_side)
+    objs = _coco_objects(r, W, H, [int(r.integers(1, 81))]) if kind == 'contaminated' else []
+    img, _, _ = _coco_paint(r, W, H, objs)
+    rel = f'images/{int(r.integers(2**63)):016x}.jpg'
+    _jpeg(img, root/rel, quality)
+    return [rel, int(bool(objs)), kind, ';'.join(COCO_CATEGORIES[o['k'] - 1][1] for o in objs)]
+
+# %% ../nbs/02_synth.ipynb #28f741f3
+def generate_coco_rehearsal(out, # output folder: `out/coco` (COCO 2014's layout), `out/ood` (OoD pool)
+                            seed:int=0, # fixes every byte of the output
+                            n_train:int=3, # training images that hold the 80 classes between them (2 or more; plus one of tiny objects and one without annotations)
+                            n_val:int=2, # validation images
+                            n_ood:int=6, # OoD candidates (one contaminated when there are 3 or more)
+                            long_side:int=640, # the images' long side (COCO's: 640); the short side and the object sizes follow
+                            workers:int=1, # processes to render with (0 or 1: in this process)
+                            overwrite:bool=False, # replace a set written earlier at `out`
+                           )->Path:
+    "A few images in MS-COCO 2014's own format (instances JSON with polygons, RLE and crowds; 640-px images) and an OoD pool."
+    from wood_nb.coco import COCO_CATEGORIES
+    C = len(COCO_CATEGORIES)
+    def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: err('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 2: err('n_train', f'{n_train!r} images cannot hold the {C} classes between them (at most 40 an image).', 'use 2 or more.')
+    if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
+    if isinstance(long_side, bool) or not isinstance(long_side, int) or long_side < 160: err('long_side', f'{long_side!r} is too small.', 'use 160 or more pixels (COCO: 640).')
+    out, per = Path(out), -(-C // n_train)
+    need = lambda j: tuple(range(j*per + 1, min(C, (j + 1)*per) + 1))
+    name = lambda s, iid: f'COCO_{s}_{iid:012d}.jpg'
+    with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:
+        coco, ood = tmp/'coco', tmp/'ood'
+        for s in ('annotations', 'train2014', 'val2014'): (coco/s).mkdir(parents=True)
+        (ood/'images').mkdir(parents=True)
+        tr = coco/'train2014'
+        jobs = {'train2014': [(tr, seed, 'train', j, name('train2014', j + 1), j + 1, need(j), 'normal', 90, long_side) for j in range(n_train)]
+                             + [(tr, seed, 'train', n_train, name('train2014', n_train + 1), n_train + 1, (), 'tiny', 90, long_side),
+                                (tr, seed, 'train', n_train + 1, name('train2014', n_train + 2), n_train + 2, (), 'empty', 90, long_side)],
+                'val2014': [(coco/'val2014', seed, 'val', j, name('val2014', 500001 + j), 500001 + j, (), 'normal', 90, long_side) for j in range(n_val)]}
+        n_ann = 0
+        for s, js in jobs.items():
+            res = _pool_map(_write_coco_image, js, workers)
+            if s == 'train2014':
+                lost = sorted(set(range(1, C + 1)) - set().union(*[h for _, _, h in res]))
+                if lost: raise RuntimeError(f'seed {seed}: train2014 lost classes {[COCO_CATEGORIES[k-1][1] for k in lost]} (a drawing hid them 8 times).')
+            anns = []
+            for im, a_list, _ in res:
+                for a in a_list: n_ann += 1; anns.append({'id': n_ann, 'image_id': im['id'], **a})
+            d = {'info': {'description': 'wood_nb: a COCO-shaped rehearsal set', 'version': '1.0', 'year': 2014},
+                 'images': [im for im, _, _ in res], 'licenses': [], 'annotations': anns,
+                 'categories': [{'supercategory': 'thing', 'id': i, 'name': n} for i, n in COCO_CATEGORIES]}
+            write_text(coco/'annotations'/f'instances_{s}.json', json.dumps(d))
+        kinds = ['contaminated'] * (n_ood >= 3) + ['background'] * (n_ood - (n_ood >= 3))
+        rows = _pool_map(_write_coco_ood, [(ood, seed, i, k, 90, long_side) for i, k in enumerate(kinds)], workers)
+        write_text(ood/'ood_list.txt', '\n'.join(r[0] for r in rows) + '\n')
+        buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
+        w.writerow(['path', 'contains_foreground', 'kind', 'objects']); w.writerows(rows)
+        write_text(ood/'ood_meta.csv', buf.getvalue())
+        write_json(tmp/'rehearsal.json', {'generator': 'wood_nb.synth.coco_rehearsal/1', 'seed': seed,
+                                          'counts': {'train': n_train, 'val': n_val, 'ood': n_ood}, 'long_side': long_side,
+                                          'coco_root': 'coco', 'ood_root': 'ood', 'sets': ['train2014', 'val2014']})
+    return out
