@@ -22,6 +22,7 @@ try:
     HAS_COCO = True
 except ImportError:
     HAS_COCO = False
+pytestmark = pytest.mark.filterwarnings('ignore:__array__ implementation:DeprecationWarning')   # pycocotools 2.0 under numpy 2
 needs_coco = pytest.mark.skipif(not HAS_COCO, reason='pycocotools (the coco extra: pip install -e ".[coco]") is not installed')
 
 H, W = 10, 12

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01a_coco.ipynb #626eff5f
 from __future__ import annotations
-import json, math, os, re, shutil, sys, time
+import json, math, os, re, shutil, sys, time, warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,6 +95,12 @@ def rle_encode(mask, # binary `(H, W)` mask
 def _finite(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 def _whole(v)->bool: return isinstance(v, int) and not isinstance(v, bool)
 
+def _decode(M, rle)->np.ndarray:
+    "The region of an RLE as a bool `(h, w)` array (without the DeprecationWarning pycocotools 2.0 raises on every call under numpy 2)."
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', DeprecationWarning)
+        return M.decode(rle).astype(bool)
+
 def ann_rle(ann:dict, # one COCO annotation
             h:int, w:int, # the image's height and width
             mask_api=None, # `pycocotools.mask` (found when None)
@@ -121,7 +127,7 @@ def ann_mask(ann:dict, h:int, w:int, mask_api=None)->tuple:
     "`(binary (h, w) mask, None)` of one annotation, or `(None, why)`."
     M = mask_api or coco_mask_api()
     rle, why = ann_rle(ann, h, w, M)
-    return (None, why) if rle is None else (M.decode(rle).astype(bool), None)
+    return (None, why) if rle is None else (_decode(M, rle), None)
 
 # %% ../nbs/01a_coco.ipynb #38414538
 def semantic_mask(anns:list, # the annotations of one image
@@ -145,7 +151,7 @@ def semantic_mask(anns:list, # the annotations of one image
         layers.append((not is_crowd, 0 if is_crowd else -int(M.area(rle)), n, k, rle))   # crowds first, then the largest object first
     out = np.zeros((h, w), np.uint8)
     for is_obj, _, _, k, rle in sorted(layers, key=lambda t: t[:3]):                   # one decoded region at a time
-        out[M.decode(rle).astype(bool)] = k if (is_obj or crowd == 'class') else IGNORE_INDEX
+        out[_decode(M, rle)] = k if (is_obj or crowd == 'class') else IGNORE_INDEX
     present = set(np.flatnonzero(np.bincount(out.ravel(), minlength=256)).tolist()) - {0, IGNORE_INDEX}
     objs = {k for k, c, _ in info['objects'] if not c}
     info.update(present=sorted(present), hidden=sorted(objs - present),
