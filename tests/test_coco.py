@@ -189,6 +189,15 @@ def test_missing_extra_names_it(tmp_path, monkeypatch):
     assert rc == 2 and 'wood_nb[coco]' in err.getvalue() and not (tmp_path/'voc2').exists()
 
 
+def test_a_coco_folder_given_to_run_points_at_the_converter(tmp_path):
+    coco = write_coco(tmp_path/'coco', anns=[]); (tmp_path/'pool').mkdir()
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        rc = main(['run', '--preset', 'coco', '--voc-root', str(coco), '--ood-root', str(tmp_path/'pool'), '--out', str(tmp_path/'run'), '--dry-run'])
+    assert rc == 2 and f'wood convert-coco {coco}' in err.getvalue() and 'pip install "wood_nb[coco]"' in err.getvalue(), err.getvalue()
+    assert not (tmp_path/'run').exists()
+
+
 @needs_coco
 @pytest.mark.parametrize('name', ['../../outside.jpg', 'sub/x.jpg', '/tmp/x.jpg', '..', 'a\tb.jpg', '.hidden.jpg'])
 def test_unsafe_file_names_are_refused(tmp_path, name):

@@ -555,7 +555,11 @@ def validate(root, # dataset root in the VOC layout
         return [Problem(str(root), 'dataset root does not exist.', 'check the path: a VOC-layout root holds JPEGImages/, ImageSets/Segmentation/ and SegmentationClass/ or Annotations/.')]
     jdir, probs = root/'JPEGImages', []
     if not jdir.is_dir():
-        return [Problem(str(jdir), 'image folder is missing.', 'put the images at JPEGImages/<id>.jpg under the dataset root (or fix the root path).')]
+        coco = sorted((root/'annotations').glob('instances_*.json')) if (root/'annotations').is_dir() else []
+        return [Problem(str(jdir), 'image folder is missing.',
+                        f'{root} is a COCO folder ({coco[0].name}): convert it once with `wood convert-coco {root} --out DATA` '
+                        '(it needs the coco extra: pip install "wood_nb[coco]"), then give DATA as the dataset root.' if coco
+                        else 'put the images at JPEGImages/<id>.jpg under the dataset root (or fix the root path).')]
     try: classes = read_classes(root)
     except WoodInputError as e: probs.append(Problem(e.where, e.problem, e.fix)); classes = None
     note, real_root = ('' if (root/'classes.txt').exists() else _VOC_NOTE), root.resolve()
