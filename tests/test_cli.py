@@ -106,6 +106,8 @@ def test_demo_small(tmp_path):
     assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:15.1f}" in log.getvalue() and f"{m['wood']['seg_miou']:15.1f}" in log.getvalue()
     again = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN | QUICK_SEG, workers=1, device='cpu', log=io.StringIO())
     assert again == m                                                          # a rerun reuses every finished step
+    for step in ('wood', 'report'):                                            # one step of a finished run: skipped, exit 0
+        assert main(['run', '--out', str(tmp_path/'run'), '--only', step]) == 0   # (`--only wood` crashed printing the summary)
 
 
 def test_mine_and_prototypes_commands(bench, tmp_path):

@@ -510,7 +510,7 @@ def _main(a)->int:
         if a.print_config: print(json.dumps(config_dict(cfg), indent=2)); return 0
         if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, deep=False), cfg); return 0
         m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
-        if is_main() and 'wood' in m: run_summary(m)
+        if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
         return 0
 
 # %% ../nbs/99_cli.ipynb #d6a08464
