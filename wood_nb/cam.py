@@ -257,7 +257,9 @@ def cam_overlay(image, # `(H, W, 3)` uint8 image
 def plot_cams(root, # VOC-layout root
               cam_dir, # folder of CAM records, or `{name: folder}` to compare models side by side
               ids:list, # the images to show
-              title:str|None=None, alpha:float=0.5):
+              title:str|None=None, alpha:float=0.5,
+              max_classes:int=4, # classes shown an image at most (most ground-truth pixels first; 80-class data)
+             ):
     "A figure of images, ground truth, cue masks and normalised CAM overlays (per class, per model), one row an image."
     import matplotlib.pyplot as plt
     from PIL import Image
@@ -265,20 +267,28 @@ def plot_cams(root, # VOC-layout root
     dirs = {k: Path(v) for k, v in cam_dir.items()} if isinstance(cam_dir, dict) else {'': Path(cam_dir)}
     root = Path(root); pal = voc_palette(); classes = read_classes(root)
     cue_dir = root/'SegmentationCue'
+    if not (isinstance(max_classes, int) and max_classes >= 1):
+        raise WoodInputError('max_classes', f'{max_classes!r} is not a positive integer.', 'show at least one class an image.')
     recs = [{name: load_cam_record(d/f'{i}.npz') for name, d in dirs.items()} for i in ids]
-    ncol = 2 + cue_dir.is_dir() + len(dirs) * max(1, max(len(r['keys']) for rr in recs for r in rr.values()))
+    gts = [np.asarray(Image.open(root/'SegmentationClass'/f'{i}.png')) for i in ids]
+    def shown(rr, gt):   # the classes of an image's records, most ground-truth pixels first, at most `max_classes`
+        area = np.bincount(gt.ravel(), minlength=256)
+        return sorted(set().union(*(r['keys'].tolist() for r in rr.values())), key=lambda k: (-area[k], k))[:max_classes]
+    show = [shown(rr, gt) for rr, gt in zip(recs, gts)]
+    ncol = 2 + cue_dir.is_dir() + len(dirs) * max(1, max(len(s) for s in show))
     fig, axs = plt.subplots(len(ids), ncol, figsize=(1.9*ncol, 1.9*len(ids)), squeeze=False)
     for a in axs.flat: a.axis('off')
-    for row, (i, rr) in zip(axs, zip(ids, recs)):
+    for row, i, rr, gt, keys in zip(axs, ids, recs, gts, show):
         img = np.asarray(Image.open(root/'JPEGImages'/f'{i}.jpg').convert('RGB'))
-        row[0].imshow(img); row[0].set_title(i, fontsize=7)
-        row[1].imshow(pal[np.asarray(Image.open(root/'SegmentationClass'/f'{i}.png'))]); row[1].set_title('ground truth', fontsize=7)
+        hidden = len(set().union(*(r['keys'].tolist() for r in rr.values()))) - len(keys)
+        row[0].imshow(img); row[0].set_title(i + (f' (+{hidden} classes not shown)' if hidden else ''), fontsize=7)
+        row[1].imshow(pal[gt]); row[1].set_title('ground truth', fontsize=7)
         j = 2
         if cue_dir.is_dir():
             cue = np.asarray(Image.open(cue_dir/f'{i}.png'))
             row[2].imshow(pal[cue]); row[2].set_title('cue: ' + (', '.join(classes[k-1] for k in np.unique(cue) if k) or '-'), fontsize=7); j = 3
         maps = {name: dict(zip(r['keys'].tolist(), normalize_cams(r['high_res']))) for name, r in rr.items()}
-        for k in sorted(set().union(*maps.values())):
+        for k in keys:
             for name, m in maps.items():
                 if k in m: row[j].imshow(cam_overlay(img, m[k], alpha)); row[j].set_title(f'{name + " " if name else "CAM "}{classes[k-1]}', fontsize=7)
                 j += 1
