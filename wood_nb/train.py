@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_train.ipynb #52169dd5
 from __future__ import annotations
-import csv, math, os, pickle, random, tempfile, time
+import atexit, csv, math, os, pickle, random, tempfile, time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -52,8 +52,13 @@ def init_distributed(device:str='auto')->torch.device:
     if world > 1 and not dist.is_initialized():
         if cuda: torch.cuda.set_device(local)
         dist.init_process_group('nccl' if cuda else 'gloo')
+        atexit.register(_leave_group)   # torch's advice: destroy the group before exit (a live gloo thread can abort the process)
     if cuda and (world > 1 or want.index is None): return torch.device(f'cuda:{local}')
     return want
+
+def _leave_group():
+    "Destroy the process group, if there is one (run at exit)."
+    if dist.is_available() and dist.is_initialized(): dist.destroy_process_group()
 
 def is_main()->bool:
     "True on rank 0 (the process that writes files)."
