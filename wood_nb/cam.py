@@ -271,16 +271,14 @@ def plot_cams(root, # VOC-layout root
         raise WoodInputError('max_classes', f'{max_classes!r} is not a positive integer.', 'show at least one class an image.')
     recs = [{name: load_cam_record(d/f'{i}.npz') for name, d in dirs.items()} for i in ids]
     gts = [np.asarray(Image.open(root/'SegmentationClass'/f'{i}.png')) for i in ids]
-    def shown(rr, gt):   # the classes of an image's records, most ground-truth pixels first, at most `max_classes`
-        area = np.bincount(gt.ravel(), minlength=256)
-        return sorted(set().union(*(r['keys'].tolist() for r in rr.values())), key=lambda k: (-area[k], k))[:max_classes]
-    show = [shown(rr, gt) for rr, gt in zip(recs, gts)]
+    allk = [sorted(set().union(*(r['keys'].tolist() for r in rr.values()))) for rr in recs]   # every class an image's records hold
+    show = [sorted(ks, key=lambda k: (-(gt == k).sum(), k))[:max_classes] for ks, gt in zip(allk, gts)]   # most visible first
     ncol = 2 + cue_dir.is_dir() + len(dirs) * max(1, max(len(s) for s in show))
     fig, axs = plt.subplots(len(ids), ncol, figsize=(1.9*ncol, 1.9*len(ids)), squeeze=False)
     for a in axs.flat: a.axis('off')
-    for row, i, rr, gt, keys in zip(axs, ids, recs, gts, show):
+    for row, i, rr, gt, keys, ks in zip(axs, ids, recs, gts, show, allk):
         img = np.asarray(Image.open(root/'JPEGImages'/f'{i}.jpg').convert('RGB'))
-        hidden = len(set().union(*(r['keys'].tolist() for r in rr.values()))) - len(keys)
+        hidden = len(ks) - len(keys)
         row[0].imshow(img); row[0].set_title(i + (f' (+{hidden} classes not shown)' if hidden else ''), fontsize=7)
         row[1].imshow(pal[gt]); row[1].set_title('ground truth', fontsize=7)
         j = 2

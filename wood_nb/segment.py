@@ -249,12 +249,12 @@ class CachedFeatures(Dataset):
     def __len__(self): return len(self.items)
     def __getitem__(self, i:int)->dict: return {'image': self.items[i]['image'].float(), 'mask': self.items[i]['mask']}
 
-def _resize_pad(x:torch.Tensor, y:np.ndarray, size:int)->tuple:
-    "An image `(3, H, W)` and its mask resized so the long side is `size`, then padded to `size` x `size` (0, ignore)."
+def _resize_pad(x:torch.Tensor, y:torch.Tensor, size:int)->tuple:
+    "An image `(3, H, W)` and its mask `(H, W)` resized so the long side is `size`, then padded to `size` x `size` (0, ignore)."
     H, W = x.shape[-2:]; s = size / max(H, W)
     h, w = max(1, round(H * s)), max(1, round(W * s))
     x = F.interpolate(x[None], size=(h, w), mode='bilinear', align_corners=False)[0]
-    y = F.interpolate(torch.from_numpy(y)[None, None].float(), size=(h, w), mode='nearest')[0, 0].to(torch.uint8)
+    y = F.interpolate(y[None, None].float(), size=(h, w), mode='nearest')[0, 0].to(torch.uint8)
     return F.pad(x, (0, size - w, 0, size - h)), F.pad(y, (0, size - w, 0, size - h), value=IGNORE_INDEX)
 
 @torch.no_grad()
@@ -266,24 +266,19 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
                       batch_size:int=16, progress:bool=False)->CachedFeatures:
     "The backbone's features of every image of a split and of its mirror image, computed once, with the masks to match."
     from tqdm.auto import tqdm
-    root, mask_dir, net = Path(voc_root), Path(mask_dir), model.backbone
-    ids, tf = read_split(root, split), eval_transforms(model.mean, model.std)
-    dev, was = next(net.parameters()).device, net.training
-    items = []
-    with channels_last_weights(net.eval()):                               # in place: restored after
-        for j in tqdm(range(0, len(ids), batch_size), desc='features', disable=not progress, leave=False):
-            pairs = []
-            for i in ids[j:j + batch_size]:
-                x, y = tf(read_image(root/'JPEGImages'/f'{i}.jpg')).as_subclass(torch.Tensor), load_mask(mask_dir/f'{i}.png')
-                if y.shape != tuple(x.shape[-2:]):
-                    raise WoodInputError(mask_dir/f'{i}.png', f'is {y.shape[1]}x{y.shape[0]} (WxH), its image {x.shape[2]}x{x.shape[1]}.',
-                                         'write each mask at its image size.')
-                pairs.append(_resize_pad(x, y, size))
-            x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
-            for xi, yi in ((x, y), (x.flip(-1), y.flip(-1))):
-                f = net.forward_features(xi.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu().contiguous()
-                items += [{'image': a.half(), 'mask': b.contiguous()} for a, b in zip(f, yi)]
-    net.train(was)
+    net = model.backbone                                                  # images and masks read (and checked) as for fine-tuning
+    ds = VOCDataset(voc_root, split, transform=eval_transforms(model.mean, model.std), mask_dir=str(mask_dir), with_mask=True, label_source='mask')
+    dev, was, items = next(net.parameters()).device, net.training, []
+    try:
+        with channels_last_weights(net.eval()):                           # in place: restored after
+            for j in tqdm(range(0, len(ds), batch_size), desc='features', disable=not progress, leave=False):
+                pairs = [_resize_pad(s['image'].as_subclass(torch.Tensor), s['mask'].as_subclass(torch.Tensor), size)
+                         for s in (ds[k] for k in range(j, min(j + batch_size, len(ds))))]
+                x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+                for xi, yi in ((x, y), (x.flip(-1), y.flip(-1))):
+                    f = net.forward_features(xi.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu().contiguous()
+                    items += [{'image': a.half(), 'mask': b.contiguous()} for a, b in zip(f, yi)]
+    finally: net.train(was)
     return CachedFeatures(items)
 
 # %% ../nbs/11_segment.ipynb #c1ead28a
