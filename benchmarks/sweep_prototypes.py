@@ -76,9 +76,8 @@ def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
         r = d/arm
         if arm != 'd' and not (r/'eval'/'wood.json').exists():
             if r.exists(): shutil.rmtree(r)       # a half-made copy of this script's own
+            # everything but the W-OoD outputs (`wood/`, `cam/wood/`, `eval/wood.json`) and their step records
             shutil.copytree(first, r, ignore=shutil.ignore_patterns('wood', 'wood.json', 'wood_seeds.json', 'wood.started.json', 'wood_seeds.started.json'))
-            for sub in ('cam/wood',):
-                if (r/sub).exists(): shutil.rmtree(r/sub)
             for step in ('wood', 'wood_seeds'):
                 run(base + ['--out', str(r), *sets(extra), '--only', step], log)
         res[arm] = json.loads((r/'eval'/'wood.json').read_text())
