@@ -35,6 +35,9 @@ REGIMES = {  # name: (hypothesis, `wood synth` knobs over the quick profile's, `
     'contaminated': ('H2', {'ood_mix': [0.5, 0.2, 0.3]}, ['mining.curation=none']),
     'weak_gamma': ('H3', {}, ['wood.gamma=0.05']),
     'weak_baseline': ('H4', {}, ['cls.epochs=1']),
+    'shared_cues': ('H5', {'cue_kinds': 3}, []),
+    'cue_variants': ('H6', {'cue_variants': 3}, []),
+    'partial_ood_cues': ('H7', {'ood_cue_scale': 0.35}, []),
 }
 SHARED = ('baseline', 'baseline_seeds', 'mining', 'prototypes')
 TINY_SYNTH = dict(image_size=64, n_train=24, n_val=8, n_ood=24)

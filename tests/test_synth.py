@@ -96,3 +96,50 @@ def test_refuses_existing_output_and_bad_knobs(bench, tmp_path):
     with pytest.raises(WoodInputError, match='SynthConfig.object_size'): SynthConfig(object_size=(0.6, 0.3))
     with pytest.raises(WoodInputError, match='unknown classes'): SynthConfig(classes=('boat', 'dog'))
     assert not any(p.name.endswith('.part') for p in bench.parent.iterdir())
+
+
+STUDY = SynthConfig(image_size=48, n_train=12, n_val=2, n_ood=12, ood_mix=(1.0, 0.0, 0.0), cue_rate=1.0,
+                    cue_kinds=3, cue_variants=3, ood_cue_scale=0.4)
+
+
+def test_study_knobs_are_deterministic_and_change_the_images(tmp_path):
+    "The prototypes study's knobs (cue_kinds, cue_variants, ood_cue_scale): same seed same bytes, and images differ from the default's."
+    a, b = generate(tmp_path/'a', seed=5, cfg=STUDY), generate(tmp_path/'b', seed=5, cfg=STUDY, workers=2)
+    assert tree_digest(a) == tree_digest(b)
+    plain = generate(tmp_path/'plain', seed=5, cfg=SynthConfig(**{**STUDY.__dict__, 'cue_kinds': 0, 'cue_variants': 1, 'ood_cue_scale': 1.0}))
+    ood = sorted((a/'ood/images').iterdir())
+    assert all(p.read_bytes() != (plain/'ood/images'/p.name).read_bytes() for p in ood)
+    # cue_variants recolours the cue pixels only: objects, masks and cue regions stay those of one appearance
+    recol = generate(tmp_path/'recol', seed=5, cfg=SynthConfig(**{**STUDY.__dict__, 'cue_kinds': 0, 'ood_cue_scale': 1.0}))
+    for sub in ('SegmentationClass', 'SegmentationCue'):
+        assert all((recol/'voc'/sub/p.name).read_bytes() == p.read_bytes() for p in (plain/'voc'/sub).iterdir())
+    ids = (plain/'voc/ImageSets/Segmentation/train.txt').read_text().split()
+    assert sum((recol/'voc/JPEGImages'/f'{i}.jpg').read_bytes() != (plain/'voc/JPEGImages'/f'{i}.jpg').read_bytes() for i in ids) >= len(ids)//2
+    info = json.loads((a/'synth.json').read_text())['config']
+    assert (info['cue_kinds'], info['cue_variants'], info['ood_cue_scale']) == (3, 3, 0.4)
+
+
+def test_shared_cue_kinds_draw_another_class_texture(tmp_path):
+    "With cue_kinds=3, sheep (class 5) draws train's rails (kind 5 mod 3): its cue pixels stop being green."
+    green = {}
+    for n in (0, 3):
+        root = generate(tmp_path/f'k{n}', seed=2, cfg=SynthConfig(image_size=48, n_train=40, n_val=1, n_ood=1, cue_rate=1.0,
+                                                                   stray_cue_rate=0.0, cue_kinds=n))
+        share = []
+        for i in (root/'voc/ImageSets/Segmentation/train.txt').read_text().split():
+            img = np.asarray(Image.open(root/'voc/JPEGImages'/f'{i}.jpg'), np.float32)
+            c = load_mask(root/'voc/SegmentationCue'/f'{i}.png')
+            if (c == 5).sum() > 50: share.append(img[c == 5].mean(0).argmax() == 1)
+        assert len(share) >= 3; green[n] = np.mean(share)
+    assert green[0] == 1.0 and green[3] == 0.0
+
+
+def test_ood_cue_scale_makes_hard_ood_cues_partial(tmp_path):
+    "Hard OoD candidates' bands are `ood_cue_scale` as deep: fewer pixels far from the image's edge look like their cue."
+    from wood_nb.synth import _ood_config, render_scene
+    full, part = SynthConfig(image_size=64), SynthConfig(image_size=64, ood_cue_scale=0.3)
+    area = lambda cfg: np.mean([(render_scene(np.random.default_rng(s), _ood_config(cfg, 'hard'), [], [k])['cue'] > 0).mean()
+                                for s in range(6) for k in (1, 2)])
+    assert area(part) < 0.5*area(full)
+    assert _ood_config(part, 'in') == part and _ood_config(part, 'contaminated') == part   # only hard candidates change
+    with pytest.raises(WoodInputError, match='SynthConfig.ood_cue_scale'): SynthConfig(ood_cue_scale=1.5)

@@ -170,6 +170,9 @@ class SynthConfig:
     noise: float = 6.0             # std of Gaussian pixel noise (0-255 scale)
     boundary: int = 1              # width of the 255 (ignore) border around objects in masks; 0 for none
     jpeg_quality: int = 92
+    cue_kinds: int = 0             # 0: each class its own cue kind; n: the classes share n kinds (class i draws kind i mod n)
+    cue_variants: int = 1          # appearances of every cue kind: its colours in 1-6 channel orders, one drawn an image
+    ood_cue_scale: float = 1.0     # depth of the cue band in hard OoD images, as a fraction of `cue_depth` (partial cues)
 
     def __post_init__(self):
         self.classes = tuple(self.classes); self.ood_mix = tuple(self.ood_mix); self.objects = tuple(self.objects)
@@ -191,6 +194,10 @@ class SynthConfig:
         for opt in ('cue_rate', 'stray_cue_rate', 'texture'):
             if not 0 <= getattr(self, opt) <= 1: err(opt, f'{getattr(self, opt)} is outside 0..1.', 'give a value in 0..1.')
         if not 1 <= self.jpeg_quality <= 100: err('jpeg_quality', f'{self.jpeg_quality} is outside 1..100.', 'give 1..100.')
+        if not 0 <= self.cue_kinds <= len(self.classes):
+            err('cue_kinds', f'{self.cue_kinds} is outside 0..{len(self.classes)}.', f'give 0 (a kind per class) or 1..{len(self.classes)}.')
+        if not 1 <= self.cue_variants <= 6: err('cue_variants', f'{self.cue_variants} is outside 1..6.', 'give 1..6 (the channel orders of RGB).')
+        if not 0 < self.ood_cue_scale <= 1: err('ood_cue_scale', f'{self.ood_cue_scale} is outside (0, 1].', 'give 0 < scale <= 1.')
 
 # %% ../nbs/00a_config.ipynb #296fba33
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)  # CAM resize factors

@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 from .core import IGNORE_INDEX, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, save_weights, voc_palette, write_json, write_text
 
 # %% auto #0
-__all__ = ['SHAPES', 'CUES', 'render_scene', 'sample_content', 'generate', 'plot_benchmark', 'generate_voc_rehearsal',
-           'write_standin_weights', 'generate_coco_rehearsal', 'SynthConfig']
+__all__ = ['SHAPES', 'CUES', 'CHANNEL_ORDERS', 'render_scene', 'sample_content', 'generate', 'plot_benchmark',
+           'generate_voc_rehearsal', 'write_standin_weights', 'generate_coco_rehearsal', 'SynthConfig']
 
 # %% ../nbs/02_synth.ipynb #0e14ebf3
 def _ellipse(x0, y0, x1, y1, n=24):
@@ -207,6 +207,8 @@ def _border(mask, width):
     return out
 
 # %% ../nbs/02_synth.ipynb #5ffa821f
+CHANNEL_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))  # the appearances of a cue (`cue_variants`)
+
 def render_scene(r:np.random.Generator, # the image's own random generator
                  cfg:SynthConfig, # benchmark knobs
                  objects:list, # class indices (1..C) of the objects to draw
@@ -218,7 +220,7 @@ def render_scene(r:np.random.Generator, # the image's own random generator
     S, classes = cfg.image_size, classes or cfg.classes
     img = _background(r, S, cfg.clutter)
     cue = np.zeros((S, S), np.uint8)
-    names = [classes[k - 1] for k in cues]
+    names = [classes[(k - 1) % cfg.cue_kinds if cfg.cue_kinds else k - 1] for k in cues]   # the cue kind each class draws
     for k, name, side in zip(cues, names, _assign_sides(r, names)):
         region, u, v = _cue_band(r, S, side, r.uniform(*cfg.cue_depth))
         tex = CUES[name][1](r, S, u, v, float(region.mean()) + 0.035, cfg.texture)
@@ -237,6 +239,9 @@ def render_scene(r:np.random.Generator, # the image's own random generator
         ys, xs = np.nonzero(inst == i)
         if len(ys): boxes.append((k, int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())))
     img += cfg.noise*r.standard_normal(img.shape, dtype=np.float32)
+    if cfg.cue_variants > 1:   # drawn last, so that objects, masks and cue regions stay those of `cue_variants=1`
+        for k in cues:
+            on = cue == k; img[on] = img[on][:, CHANNEL_ORDERS[int(r.integers(cfg.cue_variants))]]
     return dict(image=img.clip(0, 255).astype(np.uint8), mask=_border(mask, cfg.boundary), cue=cue, boxes=boxes)
 
 # %% ../nbs/02_synth.ipynb #64690463
@@ -284,12 +289,18 @@ def _write_in(args):
     (root/'Annotations'/f'{img_id}.xml').write_text(_voc_xml(img_id, cfg.image_size, boxes, cfg.classes))
     return img_id
 
+def _ood_config(cfg:SynthConfig, kind:str)->SynthConfig:
+    "The knobs an OoD candidate of `kind` is drawn with: easy ones get twice the clutter, hard ones cue bands `ood_cue_scale` as deep."
+    if kind == 'easy': return SynthConfig(**{**asdict(cfg), 'clutter': 2*cfg.clutter})
+    if kind == 'hard' and cfg.ood_cue_scale != 1: return SynthConfig(**{**asdict(cfg), 'cue_depth': tuple(cfg.ood_cue_scale*d for d in cfg.cue_depth)})
+    return cfg
+
 def _write_ood(args):
     "Render and write one OoD candidate (a process-pool worker)."
     root, cfg, seed, i, kind = args
     r = np.random.default_rng([seed, _SPLITS['ood'], i])
     objects, cues = sample_content(np.random.default_rng([seed, _SPLITS['ood'], i, 1]), cfg, kind)
-    sc = render_scene(r, cfg if kind != 'easy' else SynthConfig(**{**asdict(cfg), 'clutter': 2*cfg.clutter}), objects, cues)
+    sc = render_scene(r, _ood_config(cfg, kind), objects, cues)
     rel = f'images/ood_{i:05d}.jpg'
     _jpeg(sc['image'], root/rel, cfg.jpeg_quality)
     names = lambda ks: ';'.join(cfg.classes[k-1] for k in ks)
