@@ -17,8 +17,8 @@ W-OoD step and seeds run (the fingerprints of the shared steps match):
 Jobs (one regime and seed each) run `--parallel` at a time, each process with one thread. It writes
 SWEEP/sweep.json (every arm's seed mIoU and cue activation), SWEEP/sweep.md (the table, with d - b per seed) and
 SWEEP/sweep.png (d - b per regime, one point a seed, the mean as a bar). Finished steps are skipped when rerun,
-so an interrupted sweep resumes. `--tiny` shrinks counts and epochs to check the script in minutes (its numbers mean
-nothing).
+so an interrupted sweep resumes; `--report` only rebuilds the three files from the finished jobs. `--tiny`
+shrinks counts and epochs to check the script in minutes (its numbers mean nothing).
 """
 import argparse, json, os, shutil, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,6 +57,15 @@ def run(cmd:list, log:Path):
         f.write('$ ' + ' '.join(cmd) + '\n'); f.flush()
         rc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, 'OMP_NUM_THREADS': '1', 'MKL_NUM_THREADS': '1'}).returncode
     if rc: raise RuntimeError(f'{cmd[2] if len(cmd) > 2 else cmd} failed (exit {rc}); see {log}')
+
+
+def read_job(out:Path, regime:str, seed:int)->dict:
+    "A finished job's arm blocks read back from its folder (for `--report`); a missing one stops with its path."
+    d, res = out/regime/f'seed{seed}', {}
+    for arm, f in [*((a, out/regime/f'seed{seed}'/a/'eval'/'wood.json') for a in ARMS), ('baseline', d/'d'/'eval'/'baseline.json')]:
+        if not f.is_file(): raise WoodInputError(f, f'is missing: regime {regime!r}, seed {seed} has not finished.', 'run the sweep without --report first.')
+        res[arm] = json.loads(f.read_text())
+    return {k: {m: v.get(m) for m in ('seed_miou', 'cue_activation', 'seed_threshold')} for k, v in res.items()}
 
 
 def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
@@ -98,6 +107,19 @@ def table(results:dict)->str:
     return '\n'.join(rows)
 
 
+def summary(results:dict)->str:
+    "Per regime: (d) - (b) on each seed, its mean and whether it clears 3 points on every seed; (b) - (a) and (d2) - (b) means."
+    rows = ['| regime | hypothesis | (d) - (b) per seed | mean | >= 3 on every seed | (b) - (a) mean | (d2) - (b) mean |', '|---|---|---|---|---|---|---|']
+    for regime, per_seed in results.items():
+        rs = [per_seed[k] for k in sorted(per_seed)]
+        diff = lambda x, y: [r[x]['seed_miou'] - r[y]['seed_miou'] for r in rs]
+        mean = lambda v: sum(v) / len(v)
+        db = diff('d', 'b')
+        rows.append(f"| {regime} | {REGIMES[regime][0]} | {' / '.join(f'{v:+.1f}' for v in db)} | {mean(db):+.2f} | "
+                    f"{'yes' if min(db) >= 3 else 'no'} | {mean(diff('b', 'a')):+.2f} | {mean(diff('d2', 'b')):+.2f} |")
+    return '\n'.join(rows)
+
+
 def figure(results:dict, path:Path):
     import matplotlib; matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -119,6 +141,7 @@ def main(argv=None):
     p.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
     p.add_argument('--parallel', type=int, default=2, help='jobs (regime and seed) at a time, one thread each')
     p.add_argument('--tiny', action='store_true', help='tiny counts and one epoch: checks the script, numbers mean nothing')
+    p.add_argument('--report', action='store_true', help='only rebuild sweep.md, sweep.json and sweep.png from the finished jobs')
     a = p.parse_args(argv)
     regimes = a.regimes.split(',')
     bad = [r for r in regimes if r not in REGIMES]
@@ -126,13 +149,17 @@ def main(argv=None):
     if a.parallel < 1: raise WoodInputError('--parallel', f'{a.parallel} is below 1.', 'give 1 or more.')
     a.out.mkdir(parents=True, exist_ok=True)
     t0, jobs = time.perf_counter(), [(r, s) for r in regimes for s in a.seeds]
-    with ThreadPoolExecutor(a.parallel) as pool:
-        done = list(pool.map(lambda rs: (rs, job(a.out, *rs, a.tiny)), jobs))
+    if a.report: done = [(rs, read_job(a.out, *rs)) for rs in jobs]
+    else:
+        with ThreadPoolExecutor(a.parallel) as pool:
+            done = list(pool.map(lambda rs: (rs, job(a.out, *rs, a.tiny)), jobs))
     results = {r: {} for r in regimes}
     for (r, s), res in done: results[r][s] = res
-    cmd = 'python benchmarks/sweep_prototypes.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    md = '\n'.join([f'# The W-OoD arms over regimes ({len(a.seeds)} seeds)', '', f'Command: `{cmd}`; {time.perf_counter() - t0:.0f} s.', '',
-                    'Seed mIoU / cue activation on the training split; d - b in seed mIoU points.', '', table(results), ''])
+    cmd = 'python benchmarks/sweep_prototypes.py ' + ' '.join(x for x in (argv if argv is not None else sys.argv[1:]) if x != '--report')
+    took = 'results read back' if a.report else f'{time.perf_counter() - t0:.0f} s'
+    md = '\n'.join([f'# The W-OoD arms over regimes ({len(a.seeds)} seeds)', '', f'Command: `{cmd}`; {took}.', '',
+                    'Seed mIoU / cue activation on the training split; d - b in seed mIoU points.', '', table(results), '',
+                    '## Per regime', '', summary(results), ''])
     write_json(a.out/'sweep.json', {'command': cmd, 'tiny': a.tiny, 'regimes': {r: REGIMES[r] for r in regimes}, 'arms': ARMS, 'results': results})
     write_text(a.out/'sweep.md', md)
     figure(results, a.out/'sweep.png')
