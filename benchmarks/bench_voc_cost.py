@@ -67,7 +67,7 @@ def main(argv=None)->int:
     sets = ['batch_size=2', 'prototypes.k=2', 'mining.threshold=0.0', 'progress=false'] + [
         f'{s}.{k}={v}' for s in ('cls', 'wood_train', 'boundary', 'seg_train') for k, v in (('epochs', 1), ('batch_size', 2))] + [
         f'weights.{k}={v}' for k, v in w.items()]
-    run([sys.executable, '-m', 'wood_nb.cli', 'run', '--preset', 'voc', '--voc-root', data/'voc', '--ood-root', data/'ood',
+    run([sys.executable, '-m', 'wood_nb.cli', 'run', '--preset', 'voc', '--root', data/'voc', '--pool', data/'ood',
          '--out', a.out/'run', '--device', 'cpu', *[x for s in sets for x in ('--set', s)]])
     rec = {s: json.loads((a.out/'run'/'steps'/f'{s}.json').read_text()) for s in STEPS}
     kept = json.loads((a.out/'run'/'mining'/'mining.json').read_text())['kept']

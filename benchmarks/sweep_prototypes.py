@@ -77,7 +77,7 @@ def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
     if not (d/'data'/'synth.json').exists():
         run(wood + ['synth', str(d/'data'), '--seed', str(seed), *flags(synth)], log)
     quick = [f'{k}={v if isinstance(v, str) else json.dumps(v)}' for k, v in DEMO_PROFILES['quick'][1].items()]
-    base = wood + ['run', '--voc-root', str(d/'data'/'voc'), '--ood-root', str(d/'data'/'ood'), '--preset', 'synthetic']
+    base = wood + ['run', '--root', str(d/'data'/'voc'), '--pool', str(d/'data'/'ood'), '--preset', 'synthetic']
     common = quick + [f'{s}.seed={seed}' for s in ('cls', 'wood_train', 'prototypes')] + (TINY_RUN if tiny else []) + settings + ['progress=false']
     sets = lambda extra: [x for kv in common + extra for x in ('--set', kv)]
     first = d/'d'

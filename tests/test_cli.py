@@ -13,7 +13,7 @@ from wood_nb.synth import SynthConfig
 from wood_nb.train import TrainConfig
 
 WOOD = [sys.executable, '-c', 'import sys; from wood_nb.cli import main; sys.exit(main())']
-TINY = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '6', '--workers', '1']
+TINY = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '6', '--jobs', '1']
 
 
 def wood(*args, cwd=None):
@@ -129,7 +129,7 @@ def test_mine_and_prototypes_commands(bench, tmp_path):
     assert tuple(p['class_protos'].shape)[0] == 6 and tuple(p['ood_protos'].shape)[0] == 2
     r = wood('mine', pool, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'m2', '--threshold', 1.5)
     assert r.returncode == 2 and 'threshold' in r.stderr
-    r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+    r = wood('train-wood', voc, '--weights', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
              '--prototypes', tmp_path/'protos'/'prototypes.npz', '--out', tmp_path/'wood', '--epochs', 1, '--batch-size', 2,
              '--crop', 48, '--long-side', 40, 56, '--no-progress', '--lam', 0.2, '--normalize')
     assert r.returncode == 0, r.stderr[-3000:]
@@ -138,10 +138,10 @@ def test_mine_and_prototypes_commands(bench, tmp_path):
     assert meta['wood_config']['lam'] == 0.2 and meta['wood_config']['normalize'] is True and meta['wood_config']['gamma'] == 0.25
     assert meta['train_config']['epochs'] == 1 and meta['train_config']['lr'] == TrainConfig.preset('synthetic').lr   # the baseline's preset
     assert 'W-OoD classifier' in r.stdout
-    r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+    r = wood('train-wood', voc, '--weights', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
              '--prototypes', tmp_path/'nope.npz', '--out', tmp_path/'w2')
     assert r.returncode == 2 and 'nope.npz' in r.stderr and 'prototypes.npz' in r.stderr
-    r = wood('train-wood', voc, '--baseline', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
+    r = wood('train-wood', voc, '--weights', tmp_path/'cls'/'model.pt', '--pool', pool, '--ood-list', tmp_path/'mining'/'ood_list.txt',
              '--prototypes', tmp_path/'protos'/'prototypes.npz', '--out', tmp_path/'w3', '--tau', 1.5)
     assert r.returncode == 2 and 'tau' in r.stderr and not (tmp_path/'w3').exists()
 
@@ -167,7 +167,7 @@ def test_refine_command(bench, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'cams', '--scales', 1.0)
     assert r.returncode == 0, r.stderr[-3000:]
-    r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'adv', '--scales', 1.0, '--seeds', 'advcam', '--adv-steps', 2)
+    r = wood('cam', voc, '--weights', tmp_path/'cls'/'model.pt', '--out', tmp_path/'adv', '--scales', 1.0, '--method', 'advcam', '--adv-steps', 2)
     assert r.returncode == 0, r.stderr[-3000:]
     from wood_nb.cam import load_cam_record
     recs = sorted((tmp_path/'cams').glob('*.npz'))
@@ -184,3 +184,93 @@ def test_refine_command(bench, tmp_path):
     assert f"mask mIoU {res['miou']:.2f}" in r.stdout and (tmp_path/'refine'/'model.pt').exists()
     r = wood('refine', voc, '--cams', tmp_path/'nocams', '--out', tmp_path/'r2')
     assert r.returncode == 2 and 'nocams' in r.stderr
+
+
+# --- one vocabulary (parser level, no work) ---------------------------------------------------------------------------
+# each shared concept: its parsed name, its one spelling, and the sub-commands whose help shows it
+VOCABULARY = {'weights': ('--weights', {'cam', 'mine', 'prototypes', 'train-wood', 'eval-seg'}),
+              'pool': ('--pool', {'prototypes', 'train-wood', 'run'}),
+              'root': ('--root', {'run'}),                                   # the stage commands take ROOT as their first argument
+              'ood_list': ('--ood-list', {'prototypes', 'train-wood'}),       # the curated (mined) list
+              'pool_list': ('--pool-list', {'validate', 'mine'}),             # the name of the pool's candidate list file
+              'num_workers': ('--num-workers', {'train-cls', 'train-wood', 'refine', 'train-seg', 'run', 'demo'}),
+              'jobs': ('--jobs', {'synth', 'convert-coco', 'demo'}),
+              'method': ('--method', {'cam'})}
+OLD_SPELLINGS = {'--voc-root': '--root', '--ood-root': '--pool', '--baseline': '--weights', '--list-file': '--pool-list',
+                 '--workers': '--jobs', '--seeds': '--method'}
+
+
+def subcommands():
+    import argparse
+    from wood_nb.cli import build_parser
+    p = build_parser()
+    return next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_one_spelling_per_concept():
+    "Every sub-command's help spells the shared concepts one way: no old spelling shows, and each concept's option has its one name."
+    import argparse, re
+    old = re.compile(r'(?<![\w-])(' + '|'.join(map(re.escape, OLD_SPELLINGS)) + r')\b')
+    spelling = {name: dest for dest, (name, _) in VOCABULARY.items()}
+    shown = {dest: set() for dest in VOCABULARY}
+    for cmd, sp in subcommands().items():
+        assert not old.search(sp.format_help()), (cmd, old.findall(sp.format_help()))
+        for a in sp._actions:
+            if not a.option_strings or a.help is argparse.SUPPRESS: continue
+            if a.dest in VOCABULARY:
+                assert a.option_strings == [VOCABULARY[a.dest][0]], (cmd, a.dest, a.option_strings)
+                shown[a.dest].add(cmd)
+            for o in a.option_strings:       # a concept's spelling means that concept and nothing else
+                assert o not in spelling or a.dest == spelling[o], (cmd, o, a.dest)
+    assert shown == {dest: cmds for dest, (_, cmds) in VOCABULARY.items()}
+
+
+OLD_CASES = [  # (the rest of the command line, old spelling, value, parsed name, parsed value: never the default)
+    (['run', '--out', 'o'], '--voc-root', 'R', 'root', Path('R')),
+    (['run', '--out', 'o'], '--ood-root', 'P', 'pool', Path('P')),
+    (['train-wood', 'r', '--pool', 'p', '--ood-list', 'l', '--prototypes', 'x', '--out', 'o'], '--baseline', 'm.pt', 'weights', Path('m.pt')),
+    (['validate', 'r'], '--list-file', 'cands.txt', 'pool_list', 'cands.txt'),
+    (['mine', 'p', '--weights', 'm', '--out', 'o'], '--list-file', 'cands.txt', 'pool_list', 'cands.txt'),
+    (['synth', 'o'], '--workers', '3', 'jobs', 3),
+    (['convert-coco', 'c', '--out', 'o'], '--workers', '4', 'jobs', 4),
+    (['demo', '--out', 'o'], '--workers', '5', 'jobs', 5),
+    (['cam', 'r', '--weights', 'w', '--out', 'o'], '--seeds', 'advcam', 'method', 'advcam'),
+]
+
+
+@pytest.mark.parametrize('rest, old, value, dest, want', OLD_CASES, ids=[f'{c[0][0]}{c[1]}' for c in OLD_CASES])
+def test_old_spelling_parses_with_a_warning(rest, old, value, dest, want, capsys):
+    "An old spelling gives the same value as the new one, and one warning line on stderr; the new one none."
+    from wood_nb.cli import build_parser
+    new = OLD_SPELLINGS[old]
+    p = build_parser()
+    a_new = p.parse_args([*rest, new, value])
+    assert capsys.readouterr().err == ''
+    a_old = p.parse_args([*rest, old, value])
+    assert capsys.readouterr().err == f'warning: {old} is deprecated; use {new} (it will be removed in the next release)\n'
+    assert getattr(a_old, dest) == getattr(a_new, dest) == want
+    assert vars(a_old) == vars(a_new)
+
+
+def test_old_spelling_fills_a_required_option_and_keeps_its_checks(capsys):
+    "`--baseline` fills train-wood's required --weights (which stays required afterwards); an old spelling's value is checked like the new one's."
+    from wood_nb.cli import build_parser
+    p = build_parser()
+    rest = ['train-wood', 'r', '--pool', 'p', '--ood-list', 'l', '--prototypes', 'x', '--out', 'o']
+    assert p.parse_args([*rest, '--baseline', 'm.pt']).weights == Path('m.pt')
+    capsys.readouterr()
+    with pytest.raises(SystemExit): p.parse_args(rest)
+    assert 'the following arguments are required: --weights' in capsys.readouterr().err
+    for argv, err in ((['convert-coco', 'c', '--out', 'o', '--workers', '0'], 'give an integer >= 1'),
+                      (['cam', 'r', '--weights', 'w', '--out', 'o', '--seeds', 'gradcam'], "invalid choice: 'gradcam'")):
+        with pytest.raises(SystemExit): p.parse_args(argv)
+        assert err in capsys.readouterr().err
+
+
+def test_version(capsys):
+    "`wood --version` prints the package's version (the one settings.ini releases) and exits 0."
+    import configparser, wood_nb
+    ini = configparser.ConfigParser(); ini.read(Path(__file__).parents[1]/'settings.ini')
+    with pytest.raises(SystemExit) as e: main(['--version'])
+    assert e.value.code == 0
+    assert capsys.readouterr().out == f"wood_nb {wood_nb.__version__}\n" == f"wood_nb {ini['DEFAULT']['version']}\n"

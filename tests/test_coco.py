@@ -193,7 +193,7 @@ def test_a_coco_folder_given_to_run_points_at_the_converter(tmp_path):
     coco = write_coco(tmp_path/'coco', anns=[]); (tmp_path/'pool').mkdir()
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
-        rc = main(['run', '--preset', 'coco', '--voc-root', str(coco), '--ood-root', str(tmp_path/'pool'), '--out', str(tmp_path/'run'), '--dry-run'])
+        rc = main(['run', '--preset', 'coco', '--root', str(coco), '--pool', str(tmp_path/'pool'), '--out', str(tmp_path/'run'), '--dry-run'])
     assert rc == 2 and f'wood convert-coco {coco}' in err.getvalue() and 'pip install "wood_nb[coco]"' in err.getvalue(), err.getvalue()
     assert not (tmp_path/'run').exists()
 
@@ -268,7 +268,7 @@ def rehearsal(tmp_path_factory):
     assert conv.returncode == 0, conv.stdout[-3000:] + conv.stderr[-3000:]
     sets = [x for s in SHRUNK + [f"weights.classifier={w['classifier']}", f"weights.segmenter={w['segmenter']}"] for x in ('--set', s)]
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, '-m', 'wood_nb.cli', 'run', '--preset', 'coco', '--voc-root', str(d/'voc'), '--ood-root', str(root/'ood'),
+    r = subprocess.run([sys.executable, '-m', 'wood_nb.cli', 'run', '--preset', 'coco', '--root', str(d/'voc'), '--pool', str(root/'ood'),
                         '--out', str(d/'run'), '--device', 'cpu', *sets], capture_output=True, text=True, env=ENV, timeout=3600)
     print(f'wood run --preset coco: {time.perf_counter() - t:.0f} s')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 WOOD = [sys.executable, '-m', 'wood_nb.cli']
-TINY_BENCH = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '40', '--workers', '1']
+TINY_BENCH = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '40', '--jobs', '1']
 SETS = ['scales=[1.0]', 'prototypes.k=4', 'mining.threshold=0.0', 'cls.epochs=2'] + [
     f'{sec}.{k}={v}' for sec in ('cls', 'wood_train', 'boundary', 'seg_train')
     for k, v in (('batch_size', 4), ('crop', 48), ('long_side', '[40,56]'), ('progress', 'false'))] + [
@@ -19,7 +19,7 @@ def wood(*args):
 
 def run_args(bench, out, *extra):
     sets = [x for s in SETS for x in ('--set', s)]
-    return ['run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', out, '--device', 'cpu', *sets, *extra]
+    return ['run', '--root', bench/'voc', '--pool', bench/'ood', '--out', out, '--device', 'cpu', *sets, *extra]
 
 
 def results(run):
@@ -94,7 +94,7 @@ def test_bad_input_stops_before_any_work(bench, tmp_path, what):
         from wood_nb.model import CAMClassifier, save_classifier
         save_classifier(CAMClassifier('resnet10t', 3), tmp_path/'three.pt')
         extra, msg = ['--set', f'weights.baseline={tmp_path/"three.pt"}'], 'is a classifier of 3 classes'
-    r = wood('run', '--voc-root', voc, '--ood-root', pool, '--out', out, '--device', 'cpu', *extra)
+    r = wood('run', '--root', voc, '--pool', pool, '--out', out, '--device', 'cpu', *extra)
     assert r.returncode == 2 and msg in r.stderr, r.stderr[-2000:]
     assert not out.exists()                                                    # nothing a rerun could trust
 

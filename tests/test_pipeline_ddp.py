@@ -16,7 +16,7 @@ import torch
 
 HERE = Path(__file__).parent
 WORKER = str(HERE/'pipeline_ddp_worker.py')
-TINY_BENCH = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '40', '--workers', '1']
+TINY_BENCH = ['--image-size', '48', '--n-train', '16', '--n-val', '4', '--n-ood', '40', '--jobs', '1']
 SECTIONS = ('cls', 'wood_train', 'boundary', 'seg_train')
 SETS = ['scales=[1.0]', 'prototypes.k=4', 'mining.threshold=0.0', 'cls.epochs=2'] + [
     f'{sec}.{k}={v}' for sec in SECTIONS
@@ -35,7 +35,7 @@ def free_port()->int:
 
 
 def run_args(bench, out, *extra):
-    return ['run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', out, '--device', 'cpu',
+    return ['run', '--root', bench/'voc', '--pool', bench/'ood', '--out', out, '--device', 'cpu',
             *[x for s in SETS for x in ('--set', s)], *extra]
 
 

@@ -30,12 +30,12 @@ def test_print_config_resolves_preset_config_and_sets(tmp_path):
 
 
 def test_dry_run_checks_and_plans_without_writing(bench, tmp_path):
-    r = wood('run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', tmp_path/'run', '--dry-run', '--set', 'cls.epochs=2')
+    r = wood('run', '--root', bench/'voc', '--pool', bench/'ood', '--out', tmp_path/'run', '--dry-run', '--set', 'cls.epochs=2')
     assert r.returncode == 0, r.stderr
     assert '8 training images (train), 4 evaluation images (val), 12 pool images' in r.stdout
     assert r.stdout.count('would run') == 9 and 'min on 2 CPU cores' in r.stdout and 'rough total' in r.stdout
     assert not (tmp_path/'run').exists()
-    r = wood('run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', bench, '--dry-run')   # the checks of a real run
+    r = wood('run', '--root', bench/'voc', '--pool', bench/'ood', '--out', bench, '--dry-run')   # the checks of a real run
     assert r.returncode == 2 and 'not a run folder' in r.stderr
 
 
@@ -51,7 +51,7 @@ def test_help_shows_real_defaults_and_version():
 
 def test_segmentation_settings_checked_before_any_work(bench, tmp_path):
     "seg.init, seg.rates and seg.freeze_backbone: bad values are refused by name; the frozen recipe is priced as such."
-    base = ['run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', tmp_path/'run', '--dry-run']
+    base = ['run', '--root', bench/'voc', '--pool', bench/'ood', '--out', tmp_path/'run', '--dry-run']
     for sets, msg in ((['seg.init=resnet'], "'seg.init'"), (['seg.rates=[0]'], "'seg.rates'"), (['seg.freeze_backbone=3'], "'seg.freeze_backbone'")):
         r = wood(*base, *[x for s in sets for x in ('--set', s)])
         assert r.returncode == 2 and msg in r.stderr, (sets, r.stderr)

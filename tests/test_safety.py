@@ -34,7 +34,7 @@ def wood(capsys, *args):
 
 
 def run_args(bench, out, *extra):
-    return ['run', '--voc-root', bench/'voc', '--ood-root', bench/'ood', '--out', out, '--device', 'cpu',
+    return ['run', '--root', bench/'voc', '--pool', bench/'ood', '--out', out, '--device', 'cpu',
             *[x for s in SETS for x in ('--set', s)], *extra]
 
 
@@ -130,7 +130,7 @@ def test_stage_command_reuses_its_own_folder(capsys, bench, weights, tmp_path):
 
 def test_synth_overwrite_replaces_only_a_benchmark(capsys, user_dir):
     before = snapshot(user_dir)
-    rc, err = wood(capsys, 'synth', user_dir, '--overwrite', '--image-size', 48, '--n-train', 4, '--n-val', 2, '--n-ood', 4, '--workers', 1)
+    rc, err = wood(capsys, 'synth', user_dir, '--overwrite', '--image-size', 48, '--n-train', 4, '--n-val', 2, '--n-ood', 4, '--jobs', 1)
     assert rc == 2 and 'not a benchmark folder written by wood_nb' in err
     assert snapshot(user_dir) == before
 
@@ -230,7 +230,7 @@ def test_a_refused_stage_command_leaves_no_output_folder(capsys, bench, bad_chec
     (['prototypes', '{voc}', '--weights', '{w}', '--pool', '{ood}', '--ood-list', 'ood_list.txt', '--out', '{out}', '--k', '0'], '--k'),
     (['synth', '{out}', '--seed', '-1'], '--seed'),
     (['demo', '--out', '{out}', '--seed', '-5'], '--seed'),
-    (['run', '--voc-root', '{voc}', '--ood-root', '{ood}', '--out', '{out}', '--config', '{voc}'], 'is not a file'),
+    (['run', '--root', '{voc}', '--pool', '{ood}', '--out', '{out}', '--config', '{voc}'], 'is not a file'),
 ])
 def test_stage_command_options_out_of_range(capsys, bench, weights, tmp_path, args, says):
     args = [a.format(voc=bench/'voc', ood=bench/'ood', out=tmp_path/'out', w=weights) for a in args]

@@ -33,7 +33,7 @@ def run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp('voc_rehearsal_run')/'run'
     sets = [x for s in SHRUNK + [f"weights.classifier={w['classifier']}", f"weights.segmenter={w['segmenter']}"] for x in ('--set', s)]
     t = time.perf_counter()
-    r = subprocess.run([sys.executable, '-m', 'wood_nb.cli', 'run', '--preset', 'voc', '--voc-root', str(root/'voc'), '--ood-root', str(root/'ood'),
+    r = subprocess.run([sys.executable, '-m', 'wood_nb.cli', 'run', '--preset', 'voc', '--root', str(root/'voc'), '--pool', str(root/'ood'),
                         '--out', str(out), '--device', 'cpu', *sets], capture_output=True, text=True, env=ENV, timeout=3600)
     print(f'wood run --preset voc: {time.perf_counter() - t:.0f} s')
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-5000:]

@@ -231,21 +231,42 @@ def parse_sets(items:list|None)->dict:
         out[k.strip()] = v
     return out
 
-# %% ../nbs/99_cli.ipynb #a9a3374d
-def build_parser()->argparse.ArgumentParser:
-    "The `wood` argument parser."
-    p = argparse.ArgumentParser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
-    p.add_argument('--version', action='version', version=f'wood_nb {__version__}')
-    sub = p.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+# %% ../nbs/99_cli.ipynb #2303d60c
+class _OldSpelling(argparse.Action):
+    "The old spelling of the option `new`: parses like it (same dest, type, nargs, choices), hidden from the help, one warning line on stderr."
+    def __init__(self, option_strings, dest, new:argparse.Action, **kw):
+        self.new = new
+        super().__init__(option_strings, new.dest, nargs=new.nargs, type=new.type, choices=new.choices, metavar=new.metavar,
+                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f'warning: {option_string} is deprecated; use {self.new.option_strings[0]} (it will be removed in the next release)', file=sys.stderr)
+        self.new.required = False   # the old spelling fills a required option too (`_Parser` puts the flag back after the parse)
+        self.new(parser, namespace, values, option_string)
+
+class _Parser(argparse.ArgumentParser):
+    "An `ArgumentParser` that puts back, after every parse, the `required` flags an old spelling (`_OldSpelling`) lifted."
+    def parse_known_args(self, args=None, namespace=None):
+        required = [x for x in self._actions if x.required]
+        try: return super().parse_known_args(args, namespace)
+        finally:
+            for x in required: x.required = True
+
+def _deprecated(p:argparse.ArgumentParser, old:str, new:str):
+    "Accept `old`, the previous spelling of `p`'s option `new`, for one more release: same dest and value, hidden from --help, a warning when used."
+    p.add_argument(old, action=_OldSpelling, new=p._option_string_actions[new])
+
+# %% ../nbs/99_cli.ipynb #35340220
+def _add_data_commands(sub):
+    "validate, synth, convert-coco: check, generate and convert datasets."
     v = sub.add_parser('validate', help='check a dataset root or an OoD pool and list every problem')
     v.add_argument('root', type=Path)
     v.add_argument('--split', action='append', dest='splits', metavar='NAME', help='a split list to check (repeatable; default: all)')
-    v.add_argument('--list-file', default='ood_list.txt', help='the OoD pool list file (default: ood_list.txt)')
+    v.add_argument('--pool-list', default='ood_list.txt', help="the name of an OoD pool's candidate list file (default: ood_list.txt)")
     v.add_argument('--deep', action=argparse.BooleanOptionalAction, default=True, help='decode every image fully (default: on)')
     s = sub.add_parser('synth', help='generate the embedded spurious-cue benchmark')
     s.add_argument('out', type=Path)
     s.add_argument('--seed', type=COUNT, default=0)
-    s.add_argument('--workers', type=COUNT, default=2, help='processes to render with (default: 2)')
+    s.add_argument('--jobs', type=COUNT, default=2, help='processes to render with (default: 2)')
     s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False, help='replace an existing non-empty OUT')
     _add_synth_options(s)
     cc = sub.add_parser('convert-coco', help='MS-COCO (annotations/instances_<set>.json and the images) into the VOC layout the kit reads (the coco extra)')
@@ -255,8 +276,12 @@ def build_parser()->argparse.ArgumentParser:
     cc.add_argument('--crowd', choices=list(CROWD_MODES), default='ignore', help='crowd regions: ignore (255, default) or class')
     cc.add_argument('--keep-empty', action=argparse.BooleanOptionalAction, default=False, help='list images without annotations too (default: left out)')
     cc.add_argument('--link', choices=['hard', 'copy'], default='hard', help='images: hard links (default; a copy where refused) or copies')
-    cc.add_argument('--workers', type=AT_LEAST_1, default=1, help='threads that draw and write images (default: 1)')
+    cc.add_argument('--jobs', type=AT_LEAST_1, default=1, help='threads that draw and write images (default: 1)')
     cc.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True)
+    for q, old, new in ((v, '--list-file', '--pool-list'), (s, '--workers', '--jobs'), (cc, '--workers', '--jobs')): _deprecated(q, old, new)
+
+def _add_classifier_commands(sub):
+    "train-cls, cam, eval-cam: the baseline classifier and its CAM seeds."
     t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
     t.add_argument('root', type=Path); t.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
     t.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic'); t.add_argument('--split', default='train')
@@ -271,7 +296,7 @@ def build_parser()->argparse.ArgumentParser:
     c.add_argument('--scales', type=POSITIVE, nargs='+', default=list(DEFAULT_SCALES)); c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
     c.add_argument('--keys', choices=['label', 'all'], default='label', help="classes to keep: the image's labels, or all")
     c.add_argument('--batch-size', type=AT_LEAST_1, default=16); c.add_argument('--device', default='auto')
-    c.add_argument('--seeds', choices=['cam', 'advcam'], default='cam',
+    c.add_argument('--method', choices=['cam', 'advcam'], default='cam',
                    help='cam: plain CAMs; advcam: AdvCAM anti-adversarial climbing (slow: (steps+1) forward/backward passes per class, scale and flip)')
     c.add_argument('--adv-steps', type=AT_LEAST_1, default=27, help='AdvCAM climbing steps (official: 27)')
     c.add_argument('--adv-step-size', type=POSITIVE, default=0.08, help='AdvCAM step size (official: 0.08)')
@@ -280,6 +305,10 @@ def build_parser()->argparse.ArgumentParser:
     e = sub.add_parser('eval-cam', help='seed mIoU (and cue activation) of CAM records against the masks')
     e.add_argument('root', type=Path); e.add_argument('--cams', type=Path, required=True); e.add_argument('--split', default='train')
     e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
+    _deprecated(c, '--seeds', '--method')
+
+def _add_ood_commands(sub):
+    "mine, prototypes, train-wood: the OoD data and the W-OoD classifier."
     m = sub.add_parser('mine', help='score an OoD candidate pool with the baseline, rank, curate, write ood_list.txt')
     m.add_argument('pool', type=Path); m.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
     m.add_argument('--out', type=Path, required=True, help='folder for scores.csv, ranked.csv, ood_list.txt, mining.json')
@@ -287,7 +316,8 @@ def build_parser()->argparse.ArgumentParser:
     m.add_argument('--top-k', type=AT_LEAST_1, default=None, help='keep at most this many of the best')
     m.add_argument('--curation', choices=list(CURATION_MODES), default='meta', help="'list': a person's list; 'meta': the pool's ood_meta.csv; 'none'")
     m.add_argument('--curated-list', type=Path, default=None, help='with --curation list: the file of kept paths')
-    m.add_argument('--list-file', default='ood_list.txt'); m.add_argument('--batch-size', type=AT_LEAST_1, default=32); m.add_argument('--device', default='auto')
+    m.add_argument('--pool-list', default='ood_list.txt', help="the name of the pool's candidate list file (default: ood_list.txt)")
+    m.add_argument('--batch-size', type=AT_LEAST_1, default=32); m.add_argument('--device', default='auto')
     pr = sub.add_parser('prototypes', help='class prototypes and k-means OoD prototypes with the frozen baseline')
     pr.add_argument('root', type=Path, help='VOC-layout root'); pr.add_argument('--weights', type=Path, required=True)
     pr.add_argument('--pool', type=Path, required=True, help='the OoD pool folder'); pr.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
@@ -297,7 +327,7 @@ def build_parser()->argparse.ArgumentParser:
     pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False, help='fewer OoD images than k: use k = N')
     pr.add_argument('--batch-size', type=AT_LEAST_1, default=32); pr.add_argument('--device', default='auto')
     w = sub.add_parser('train-wood', help='fine-tune a baseline with the W-OoD loss (mined OoD images + prototypes)')
-    w.add_argument('root', type=Path, help='VOC-layout root'); w.add_argument('--baseline', type=Path, required=True, help='model.pt from train-cls')
+    w.add_argument('root', type=Path, help='VOC-layout root'); w.add_argument('--weights', type=Path, required=True, help='the baseline: model.pt from train-cls')
     w.add_argument('--pool', type=Path, required=True, help='the OoD pool folder')
     w.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
     w.add_argument('--prototypes', type=Path, required=True, help='prototypes.npz from wood prototypes')
@@ -307,6 +337,10 @@ def build_parser()->argparse.ArgumentParser:
                    help='keep the epoch with the best CAM mIoU against ground truth (the official choice; looks at the labels)')
     w.add_argument('--select-split', default='train'); w.add_argument('--device', default='auto')
     _add_wood_options(w); _add_train_options(w)
+    _deprecated(m, '--list-file', '--pool-list'); _deprecated(w, '--baseline', '--weights')
+
+def _add_mask_commands(sub):
+    "refine, train-seg, eval-seg: pseudo-masks and the segmenter."
     rf = sub.add_parser('refine', help='pseudo-masks from CAM records: confident labels, boundary network, random walk')
     rf.add_argument('root', type=Path, help='VOC-layout root'); rf.add_argument('--cams', type=Path, required=True, help='CAM records (wood cam)')
     rf.add_argument('--out', type=Path, required=True, help='folder for labels/, the boundary net, masks/ and masks.json')
@@ -335,8 +369,11 @@ def build_parser()->argparse.ArgumentParser:
     es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True); es.add_argument('--json', type=Path, default=None)
     es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the predicted probabilities (needs the crf extra)')
     es.add_argument('--device', default='auto')
+
+def _add_run_commands(sub):
+    "run, demo: the whole method in a run folder."
     rn = sub.add_parser('run', help='the whole method in a resumable run folder: baseline, seeds, mining, prototypes, W-OoD, masks, segmentation, report')
-    rn.add_argument('--voc-root', type=Path, default=None, help='VOC-layout dataset root'); rn.add_argument('--ood-root', type=Path, default=None, help='the OoD candidate pool')
+    rn.add_argument('--root', type=Path, default=None, help='VOC-layout dataset root'); rn.add_argument('--pool', type=Path, default=None, help='the OoD candidate pool')
     rn.add_argument('--out', type=Path, required=True, help='the run folder')
     rn.add_argument('--print-config', action='store_true', help='print the resolved settings (preset, --config, --set) as JSON and exit')
     rn.add_argument('--dry-run', action='store_true', help='check the folder, inputs and weights, print the steps that would run and a rough time for each, and exit')
@@ -346,7 +383,7 @@ def build_parser()->argparse.ArgumentParser:
     d.add_argument('--profile', choices=sorted(DEMO_PROFILES), default='quick',
                    help='quick: a 128-px benchmark of 320 training images, every step, minutes on two CPU cores; '
                         'full: the default 128-px benchmark of 1,200 images, DeepLab-v2 fine-tuned whole (use a GPU)')
-    d.add_argument('--workers', type=COUNT, default=2, help='processes that generate the benchmark')
+    d.add_argument('--jobs', type=COUNT, default=2, help='processes that generate the benchmark')
     for q in (rn, d):
         if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')
         q.add_argument('--config', type=Path, default=None, help='JSON file of settings (dotted keys, or a run\'s config.json)')
@@ -355,8 +392,17 @@ def build_parser()->argparse.ArgumentParser:
         q.add_argument('--only', choices=list(STEPS), default=None, help='run this step alone (its predecessors must be finished)')
         q.add_argument('--num-workers', type=COUNT, default=None, help='DataLoader workers of every training step')
         q.add_argument('--device', default='auto')
+    _deprecated(rn, '--voc-root', '--root'); _deprecated(rn, '--ood-root', '--pool'); _deprecated(d, '--workers', '--jobs')
+
+def build_parser()->argparse.ArgumentParser:
+    "The `wood` argument parser."
+    p = _Parser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
+    p.add_argument('--version', action='version', version=f'wood_nb {__version__}')
+    sub = p.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
+    for add in (_add_data_commands, _add_classifier_commands, _add_ood_commands, _add_mask_commands, _add_run_commands): add(sub)
     return p
 
+# %% ../nbs/99_cli.ipynb #a9a3374d
 _CREATED = []   # output folders this command created: removed again when it stops on bad input before writing anything
 
 def _claim(out, kind:str, *inputs)->Path:
@@ -386,12 +432,12 @@ def _json_out(path)->None:
 def _check_inputs(a)->None:
     "Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, missing files), before any work."
     from wood_nb.data import validate, validate_ood
-    root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine') else None
+    root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine', 'run') else None   # `run` checks its inputs in `run_pipeline`
     if root is not None:
         if not Path(root).is_dir(): raise WoodInputError(root, 'does not exist.', 'give the path of a VOC-layout root.')
         probs = validate(root, splits=[a.split], deep=False)
         if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s); `wood validate {root}` lists them all)', probs[0].fix)
-    pool, lst = (a.pool, a.list_file) if a.cmd == 'mine' else (getattr(a, 'pool', None), getattr(a, 'ood_list', None))
+    pool, lst = (a.pool, a.pool_list) if a.cmd == 'mine' else (getattr(a, 'pool', None), getattr(a, 'ood_list', None))
     if pool is not None and a.cmd in ('mine', 'prototypes', 'train-wood'):
         probs = validate_ood(pool, list_file=str(lst), deep=False, meta='')
         if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool)', probs[0].fix)
@@ -410,21 +456,27 @@ def main(argv:list|None=None)->int:
 def _main(a)->int:
     "Run the parsed sub-command (raises `WoodInputError` for bad input); each command imports its stages here, not when the module loads."
     _check_inputs(a)
-    from wood_nb.core import read_classes, write_json
-    from wood_nb.train import init_distributed, is_main
+    return _COMMANDS[a.cmd](a)
+
+def _data_command(a)->int:
+    "validate, synth, convert-coco."
     if a.cmd == 'validate':
         if not a.root.exists(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root or an OoD pool.')
-        return 1 if run_validate(a.root, splits=a.splits, list_file=a.list_file, deep=a.deep) else 0
+        return 1 if run_validate(a.root, splits=a.splits, list_file=a.pool_list, deep=a.deep) else 0
     if a.cmd == 'synth':
         from wood_nb.synth import generate
         t = time.perf_counter()
-        out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.workers)
+        out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.jobs)
         print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
-    if a.cmd == 'convert-coco':
-        from wood_nb.coco import convert_coco, print_coco_report
-        r = convert_coco(a.coco_root, a.out, sets=a.sets, crowd=a.crowd, keep_empty=a.keep_empty, link=a.link, workers=a.workers, progress=a.progress)
-        print_coco_report(r); print(f"dataset: {a.out} (report: {a.out/'conversion'/'report.json'})")
-        return 1 if any(s['failed'] for s in r['splits'].values()) else 0
+    from wood_nb.coco import convert_coco, print_coco_report
+    r = convert_coco(a.coco_root, a.out, sets=a.sets, crowd=a.crowd, keep_empty=a.keep_empty, link=a.link, workers=a.jobs, progress=a.progress)
+    print_coco_report(r); print(f"dataset: {a.out} (report: {a.out/'conversion'/'report.json'})")
+    return 1 if any(s['failed'] for s in r['splits'].values()) else 0
+
+def _classifier_command(a)->int:
+    "train-cls, cam, eval-cam."
+    from wood_nb.core import read_classes, write_json
+    from wood_nb.train import init_distributed, is_main
     if a.cmd == 'train-cls':
         from wood_nb.train import train_classifier
         cfg = _train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-cls', a.root)
@@ -440,17 +492,20 @@ def _main(a)->int:
         model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
         _claim(a.out, 'cam', a.root)
         ds = VOCDataset(a.root, a.split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-        adv = dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh) if a.seeds == 'advcam' else None
+        adv = dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh) if a.method == 'advcam' else None
         n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device,
-                         method=a.seeds, adv=adv)
+                         method=a.method, adv=adv)
         print(f'cams: wrote {n} record(s) into {a.out}'); return 0
-    if a.cmd == 'eval-cam':
-        _json_out(a.json)
-        block = run_eval_cam(a.root, a.split, a.cams)
-        if a.json: write_json(a.json, block)
-        return 0
+    _json_out(a.json)
+    block = run_eval_cam(a.root, a.split, a.cams)
+    if a.json: write_json(a.json, block)
+    return 0
+
+def _ood_command(a)->int:
+    "mine, prototypes, train-wood."
+    from wood_nb.model import load_classifier
+    from wood_nb.train import init_distributed, is_main
     if a.cmd in ('mine', 'prototypes'):
-        from wood_nb.model import load_classifier
         from wood_nb.mining import mine
         from wood_nb.prototypes import compute_prototypes
         device = init_distributed(a.device)
@@ -458,23 +513,26 @@ def _main(a)->int:
         _claim(a.out, a.cmd, a.pool, getattr(a, 'root', None))
         if a.cmd == 'mine':
             info = mine(model.to(device), a.pool, a.out, threshold=a.threshold, top_k=a.top_k, curation=a.curation,
-                        curated_list=a.curated_list, list_file=a.list_file, batch_size=a.batch_size, device=device)
+                        curated_list=a.curated_list, list_file=a.pool_list, batch_size=a.batch_size, device=device)
             print(json.dumps(info, indent=1)); return 0
         f = compute_prototypes(model.to(device), a.root, a.split, a.pool, a.ood_list, a.out, k=a.k, iters=a.iters,
                                init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
         print(f'prototypes: {f}'); return 0
-    if a.cmd == 'train-wood':
-        from wood_nb.model import load_classifier
-        from wood_nb.wood import train_wood
-        for f, what in ((a.baseline, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):   # the root: `_check_inputs`
-            if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
-        wcfg = _wood_config(a); device = init_distributed(a.device); _claim(a.out, 'train-wood', a.root, a.pool)
-        preset = a.preset or load_classifier(a.baseline).meta.get('preset') or 'synthetic'
-        tcfg = _train_config(argparse.Namespace(**{**vars(a), 'preset': preset}))
-        train_wood(a.baseline, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
-                   device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
-        if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
-        return 0
+    from wood_nb.wood import train_wood
+    for f, what in ((a.weights, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):   # the root: `_check_inputs`
+        if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
+    wcfg = _wood_config(a); device = init_distributed(a.device); _claim(a.out, 'train-wood', a.root, a.pool)
+    preset = a.preset or load_classifier(a.weights).meta.get('preset') or 'synthetic'
+    tcfg = _train_config(argparse.Namespace(**{**vars(a), 'preset': preset}))
+    train_wood(a.weights, a.root, a.split, a.pool, a.ood_list, a.prototypes, a.out, wcfg=wcfg, tcfg=tcfg,
+               device=device, select_by_gt_miou=a.select_by_gt_miou, select_split=a.select_split)
+    if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
+    return 0
+
+def _mask_command(a)->int:
+    "refine, train-seg, eval-seg."
+    from wood_nb.core import write_json
+    from wood_nb.train import init_distributed, is_main
     if a.cmd == 'refine':
         if not a.cams.is_dir(): raise WoodInputError(a.cams, 'does not exist.', 'give the path of the CAM records of wood cam.')
         cfg = _boundary_train_config(a); device = init_distributed(a.device); _claim(a.out, 'refine', a.root, a.cams)
@@ -488,30 +546,36 @@ def _main(a)->int:
         train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)
         if is_main(): print(f"segmenter: {a.out/'model.pt'}")
         return 0
-    if a.cmd == 'eval-seg':
-        if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
-        _json_out(a.json); device = init_distributed(a.device); _claim(a.out, 'eval-seg', a.root)
-        r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
-        if a.json and is_main(): write_json(a.json, r)
-        return 0
-    if a.cmd in ('run', 'demo'):
-        from wood_nb.pipeline import config_dict, plan_run, print_plan, run_config, run_pipeline
-        ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
-        if a.num_workers is not None: ov['num_workers'] = a.num_workers
-        if a.cmd == 'demo':
-            if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --voc-root {a.out}/data/voc --ood-root {a.out}/data/ood --out {a.out} --from STEP.')
-            run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.workers, device=init_distributed(a.device)); return 0
-        for k, v in (('voc_root', a.voc_root), ('ood_root', a.ood_root)):
-            if v is not None: ov[k] = str(v)
-        if (a.out/'config.json').exists() and not (a.voc_root or a.config):     # rerun of a run folder: its own settings
-            ov = {**load_overrides(a.out/'config.json'), **ov}
-        preset = a.preset or ov.get('preset') or 'synthetic'
-        cfg = run_config(preset, ov)
-        if a.print_config: print(json.dumps(config_dict(cfg), indent=2)); return 0
-        if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, deep=False), cfg); return 0
-        m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
-        if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
-        return 0
+    if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
+    _json_out(a.json); device = init_distributed(a.device); _claim(a.out, 'eval-seg', a.root)
+    r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
+    if a.json and is_main(): write_json(a.json, r)
+    return 0
+
+def _run_command(a)->int:
+    "run, demo."
+    from wood_nb.pipeline import config_dict, plan_run, print_plan, run_config, run_pipeline
+    from wood_nb.train import init_distributed, is_main
+    ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
+    if a.num_workers is not None: ov['num_workers'] = a.num_workers
+    if a.cmd == 'demo':
+        if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --root {a.out}/data/voc --pool {a.out}/data/ood --out {a.out} --from STEP.')
+        run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.jobs, device=init_distributed(a.device)); return 0
+    for k, v in (('voc_root', a.root), ('ood_root', a.pool)):   # the `RunConfig` fields
+        if v is not None: ov[k] = str(v)
+    if (a.out/'config.json').exists() and not (a.root or a.config):     # rerun of a run folder: its own settings
+        ov = {**load_overrides(a.out/'config.json'), **ov}
+    preset = a.preset or ov.get('preset') or 'synthetic'
+    cfg = run_config(preset, ov)
+    if a.print_config: print(json.dumps(config_dict(cfg), indent=2)); return 0
+    if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, deep=False), cfg); return 0
+    m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
+    if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
+    return 0
+
+_COMMANDS = {**dict.fromkeys(('validate', 'synth', 'convert-coco'), _data_command), **dict.fromkeys(('train-cls', 'cam', 'eval-cam'), _classifier_command),
+             **dict.fromkeys(('mine', 'prototypes', 'train-wood'), _ood_command), **dict.fromkeys(('refine', 'train-seg', 'eval-seg'), _mask_command),
+             **dict.fromkeys(('run', 'demo'), _run_command)}
 
 # %% ../nbs/99_cli.ipynb #d6a08464
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel

@@ -507,9 +507,9 @@ def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
     "Raise `WoodInputError` for the first kind of bad input found (dataset, pool, checkpoint, splits)."
     root, pool = Path(cfg.voc_root or '.'), Path(cfg.ood_root or '.')
     if not cfg.voc_root or not root.is_dir():
-        raise WoodInputError(cfg.voc_root or 'voc_root', 'is not a folder.', 'give the VOC-layout dataset root (--voc-root).')
+        raise WoodInputError(cfg.voc_root or 'voc_root', 'is not a folder.', 'give the VOC-layout dataset root (--root).')
     if not cfg.ood_root or not pool.is_dir():
-        raise WoodInputError(cfg.ood_root or 'ood_root', 'is not a folder.', 'give the OoD candidate pool (--ood-root).')
+        raise WoodInputError(cfg.ood_root or 'ood_root', 'is not a folder.', 'give the OoD candidate pool (--pool).')
     splits = list(dict.fromkeys([cfg.split, cfg.score_split or cfg.split, cfg.eval_split]))
     probs = validate(root, splits=splits, deep=deep)
     if probs:
