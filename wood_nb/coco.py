@@ -335,6 +335,61 @@ def _split_report(s:str, sp:str, table:list, done:dict, empty:list, failed:list,
             'failed': failed, 'images_linked': sum(r.get('image') == 'link' for r in recs),
             'seconds': round(secs, 2), 'seconds_per_image': round(secs / now, 4) if now else None}
 
+# %% ../nbs/01a_coco.ipynb #50b9fee8
+def _read_tables(root:Path, sets:list)->tuple:
+    "Check every set's annotation file before anything is written, one file in memory at a time: `(classes, ids, cat_index, tables)`."
+    classes = ids = cat_index = None; tables = {}
+    for s in sets:
+        f = root/'annotations'/f'instances_{s}.json'
+        d = read_coco_json(f)
+        c, idx = coco_classes(d, f)
+        if classes is None: classes, ids, cat_index = c, sorted(idx), idx
+        elif (c, sorted(idx)) != (classes, ids):
+            raise WoodInputError(f, f'has other categories than instances_{sets[0]}.json.', 'convert sets of one COCO release together.')
+        tables[s] = coco_images(d, f)
+        del d
+    counts = Counter(i['id'] for t in tables.values() for i in t)
+    clash = sorted(i for i, n in counts.items() if n > 1)
+    if clash: raise WoodInputError('sets', f'image ids repeat across the sets, e.g. {clash[:3]}.', 'convert the sets into separate folders.')
+    return classes, ids, cat_index, tables
+
+def _convert_split(root:Path, out:Path, s:str, sp:str, table:list, cat_index:dict, classes:list, crowd:str, link:str, M,
+                   keep_empty:bool, workers:int, progress:bool)->dict:
+    "Convert COCO set `s` into split `sp`, resuming from `out/conversion/<sp>.jsonl`; writes the split's list and returns its report."
+    from tqdm.auto import tqdm
+    f = root/'annotations'/f'instances_{s}.json'
+    d = read_coco_json(f)
+    by_img, known = {}, {im['coco_id'] for im in table}
+    for a in d['annotations']:
+        if isinstance(a, dict): by_img.setdefault(a.get('image_id'), []).append(a)
+    del d
+    orphans = sum(len(v) for k, v in by_img.items() if k not in known)
+    logf = out/'conversion'/f'{sp}.jsonl'
+    done = _read_log(logf)
+    write_text(logf, ''.join(json.dumps(r) + '\n' for r in done.values()))   # without a line a kill cut short: appends start clean
+    have = {n for sub in ('JPEGImages', 'SegmentationClass', 'Annotations') for n in os.listdir(out/sub)}
+    empty, jobs = [], []
+    for im in table:
+        anns = by_img.pop(im['coco_id'], [])
+        if not anns:
+            empty.append(im['id'])
+            if not keep_empty: done.pop(im['id'], None); continue
+        i = im['id']
+        if i in done and {f'{i}.jpg', f'{i}.png', f'{i}.xml'} <= have: continue
+        done.pop(i, None)
+        jobs.append((im, anns, root/s, out, cat_index, classes, crowd, link, M))
+    del by_img, have
+    t, failed, now = time.perf_counter(), [], 0
+    with ThreadPoolExecutor(workers) as ex, open(logf, 'a', encoding='utf-8') as lf:
+        for r in tqdm(ex.map(_convert_image, jobs), total=len(jobs), desc=f'{s} -> {sp}', disable=not progress, leave=False):
+            if 'problem' in r: failed.append({'image': r['id'], 'problem': r['problem']}); continue
+            lf.write(json.dumps(r) + '\n'); lf.flush()
+            done[r['id']] = r; now += 1
+    secs = time.perf_counter() - t
+    listed = sorted(im['id'] for im in table if im['id'] in done)
+    write_text(split_path(out, sp), '\n'.join(listed) + ('\n' if listed else ''))
+    return _split_report(s, sp, table, done, empty, failed, orphans, now, secs, classes, keep_empty)
+
 # %% ../nbs/01a_coco.ipynb #1b57125d
 def convert_coco(coco_root, # the COCO folder: `annotations/instances_<set>.json` and `<set>/` (its images) for every set
                  out, # the VOC-layout root to write: a new folder, or one this converter wrote with the same settings (resumed)
@@ -347,7 +402,6 @@ def convert_coco(coco_root, # the COCO folder: `annotations/instances_<set>.json
                  log=None, # where to print (default: stdout)
                 )->dict: # the report: per split, what was written and every problem found (also `out/conversion/report.json`)
     "Convert COCO's instance annotations into the kit's VOC layout, once: streaming, resumable, every problem reported."
-    from tqdm.auto import tqdm
     M = coco_mask_api()                                        # the missing extra stops here, before anything is read or written
     if crowd not in CROWD_MODES: raise WoodInputError('crowd', f'{crowd!r} is not a crowd mode.', f'use one of {CROWD_MODES}.')
     if link not in ('hard', 'copy'): raise WoodInputError('link', f'{link!r} is not a way to place images.', "use 'hard' or 'copy'.")
@@ -358,19 +412,7 @@ def convert_coco(coco_root, # the COCO folder: `annotations/instances_<set>.json
     if not root.is_dir(): raise WoodInputError(root, 'is not a folder.', 'give the COCO root: the folder that holds annotations/, train2014/ and val2014/.')
     if not sets: raise WoodInputError('sets', 'no COCO set was given.', 'give at least one, e.g. train2014.')
     names = _check_sets(root, sets)
-    classes = ids = None; tables = {}
-    for s in sets:                                             # check every file before writing anything; one file in memory at a time
-        f = root/'annotations'/f'instances_{s}.json'
-        d = read_coco_json(f)
-        c, idx = coco_classes(d, f)
-        if classes is None: classes, ids, cat_index = c, sorted(idx), idx
-        elif (c, sorted(idx)) != (classes, ids):
-            raise WoodInputError(f, f'has other categories than instances_{sets[0]}.json.', 'convert sets of one COCO release together.')
-        tables[s] = coco_images(d, f)
-        del d
-    counts = Counter(i['id'] for t in tables.values() for i in t)
-    clash = sorted(i for i, n in counts.items() if n > 1)
-    if clash: raise WoodInputError('sets', f'image ids repeat across the sets, e.g. {clash[:3]}.', 'convert the sets into separate folders.')
+    classes, ids, cat_index, tables = _read_tables(root, sets)
     settings = _settings(root, names, crowd, keep_empty, classes, ids)
     removed = _claim_out(out, root, settings)
     if removed: print(f'removed {removed} temporary file(s) left by an interrupted conversion', file=log)
@@ -380,38 +422,7 @@ def convert_coco(coco_root, # the COCO folder: `annotations/instances_<set>.json
     for sub in ('JPEGImages', 'SegmentationClass', 'Annotations', 'conversion', 'ImageSets/Segmentation'): (out/sub).mkdir(parents=True, exist_ok=True)
     report = {'format': COCO_FORMAT, 'out': str(out), 'classes': len(classes), 'crowd': crowd, 'keep_empty': keep_empty, 'removed_partial': removed, 'splits': {}}
     for s, sp in names.items():
-        f, table = root/'annotations'/f'instances_{s}.json', tables[s]
-        d = read_coco_json(f)
-        by_img, known = {}, {im['coco_id'] for im in table}
-        for a in d['annotations']:
-            if isinstance(a, dict): by_img.setdefault(a.get('image_id'), []).append(a)
-        del d
-        orphans = sum(len(v) for k, v in by_img.items() if k not in known)
-        logf = out/'conversion'/f'{sp}.jsonl'
-        done = _read_log(logf)
-        write_text(logf, ''.join(json.dumps(r) + '\n' for r in done.values()))   # without a line a kill cut short: appends start clean
-        have = {n for sub in ('JPEGImages', 'SegmentationClass', 'Annotations') for n in os.listdir(out/sub)}
-        empty, jobs = [], []
-        for im in table:
-            anns = by_img.pop(im['coco_id'], [])
-            if not anns:
-                empty.append(im['id'])
-                if not keep_empty: done.pop(im['id'], None); continue
-            i = im['id']
-            if i in done and {f'{i}.jpg', f'{i}.png', f'{i}.xml'} <= have: continue
-            done.pop(i, None)
-            jobs.append((im, anns, root/s, out, cat_index, classes, crowd, link, M))
-        del by_img, have
-        t, failed, now = time.perf_counter(), [], 0
-        with ThreadPoolExecutor(workers) as ex, open(logf, 'a', encoding='utf-8') as lf:
-            for r in tqdm(ex.map(_convert_image, jobs), total=len(jobs), desc=f'{s} -> {sp}', disable=not progress, leave=False):
-                if 'problem' in r: failed.append({'image': r['id'], 'problem': r['problem']}); continue
-                lf.write(json.dumps(r) + '\n'); lf.flush()
-                done[r['id']] = r; now += 1
-        secs = time.perf_counter() - t
-        listed = sorted(im['id'] for im in table if im['id'] in done)
-        write_text(split_path(out, sp), '\n'.join(listed) + ('\n' if listed else ''))
-        report['splits'][sp] = _split_report(s, sp, table, done, empty, failed, orphans, now, secs, classes, keep_empty)
+        report['splits'][sp] = _convert_split(root, out, s, sp, tables[s], cat_index, classes, crowd, link, M, keep_empty, workers, progress)
     write_json(out/'conversion'/'report.json', report)
     write_json(out/'coco.json', {**settings, 'complete': not any(r['failed'] for r in report['splits'].values())})
     return report
