@@ -543,6 +543,35 @@ def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
             raise WoodInputError(f'weights.{net}', f"the {cfg.preset} preset's {net} is a {p['backbone']} that starts from ImageNet weights, and none were given.",
                                  f"download {p['backbone']} ImageNet weights once and give the file (--set weights.{net}=PATH).")
 
+# %% ../nbs/13_pipeline.ipynb #0dd5e429
+def _refine_both(cfg:RunConfig, run:Path, root:Path, device, log, progress:bool)->dict:
+    "The `refine` step: pseudo-masks from the baseline's and the W-OoD classifier's CAMs, at each one's seed threshold."
+    r, out = cfg.refine, {}
+    walk = {k: v for k, v in (('radius', r.walk_radius), ('logt', r.logt)) if v is not None}
+    for n in ('baseline', 'wood'):
+        t = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
+        m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf,
+                        model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None, device=device, log=log, progress=progress)
+        if m: out[n] = {'mask_miou': round(m['miou'], 2), 'mask_cue_activation': m.get('cue_activation')}
+        _say(log, f"{n}: pseudo-masks" + (f", mask mIoU {m['miou']:.1f}" if m else ''))
+    return out
+
+def _segment_both(cfg:RunConfig, run:Path, root:Path, base_file:Path, device, log, io:dict)->dict:
+    "The `segment` step (when `seg.enabled`): a segmenter trained on each pseudo-mask set, scored on the evaluation split."
+    sc, out = cfg.seg, {}
+    if not sc.enabled:
+        _say(log, 'segmentation: left out (seg.enabled is false); add it with --from segment --set seg.enabled=true')
+        return {'enabled': False}
+    clf = {'baseline': base_file, 'wood': run/'wood'/'model.pt'}
+    for n in ('baseline', 'wood'):
+        kw = {**(pretrained_kw(cfg, 'segmenter') if sc.init == 'imagenet' else {'pretrained': str(clf[n])}),
+              **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates)) if v}}
+        r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
+                         sc.scales, sc.flip, sc.crf, device=device, log=log, **io, model_kw=kw, freeze_backbone=sc.freeze_backbone)
+        if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
+        _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
+    return out
+
 # %% ../nbs/13_pipeline.ipynb #819cbd83
 def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     "The function of each step; each returns a small summary dict."
@@ -580,30 +609,8 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
                    select_split=cfg.score_split or cfg.split)
         return {}
     def wood_model(): return load_classifier(run/'wood'/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
-    def refine():
-        r, out = cfg.refine, {}
-        walk = {k: v for k, v in (('radius', r.walk_radius), ('logt', r.logt)) if v is not None}
-        for n in ('baseline', 'wood'):
-            t = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
-            m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf,
-                            model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None, device=device, log=log, progress=io['progress'])
-            if m: out[n] = {'mask_miou': round(m['miou'], 2), 'mask_cue_activation': m.get('cue_activation')}
-            _say(log, f"{n}: pseudo-masks" + (f", mask mIoU {m['miou']:.1f}" if m else ''))
-        return out
-    def segment():
-        sc, out = cfg.seg, {}
-        if not sc.enabled:
-            _say(log, 'segmentation: left out (seg.enabled is false); add it with --from segment --set seg.enabled=true')
-            return {'enabled': False}
-        clf = {'baseline': base_file, 'wood': run/'wood'/'model.pt'}
-        for n in ('baseline', 'wood'):
-            kw = {**(pretrained_kw(cfg, 'segmenter') if sc.init == 'imagenet' else {'pretrained': str(clf[n])}),
-                  **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates)) if v}}
-            r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
-                             sc.scales, sc.flip, sc.crf, device=device, log=log, **io, model_kw=kw, freeze_backbone=sc.freeze_backbone)
-            if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
-            _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
-        return out
+    def refine(): return _refine_both(cfg, run, root, device, log, io['progress'])
+    def segment(): return _segment_both(cfg, run, root, base_file, device, log, io)
     return {'baseline': baseline, 'baseline_seeds': lambda: seeds('baseline', baseline_model), 'mining': mining,
             'prototypes': prototypes, 'wood': wood, 'wood_seeds': lambda: seeds('wood', wood_model), 'refine': refine,
             'segment': segment, 'report': lambda: write_report(run, cfg, log=log)}
