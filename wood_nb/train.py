@@ -196,6 +196,21 @@ def write_history(out, # the training's output folder
     return Path(out)/'history.csv'
 
 # %% ../nbs/04_train.ipynb #062a1b56
+def _resume(ckpt:Path, model:nn.Module, opt, sched, total:int, device)->tuple[int, list]:
+    "Restore the model, optimiser, scheduler and random states from a training checkpoint; returns `(epoch, history)`."
+    st = load_weights(ckpt, map_location=device)
+    if not isinstance(st, dict) or not {'total_steps', 'model', 'optimizer', 'scheduler', 'epoch', 'history', 'rng'} <= set(st):
+        raise WoodInputError(ckpt, 'is not a training checkpoint written by wood_nb (the resume state is missing).',
+                             'delete it to start this training afresh, or use another output folder.')
+    if st['total_steps'] != total: raise WoodInputError(ckpt, f"was written for {st['total_steps']} steps, this run has {total}.", 'use the same settings, or another output folder (or delete the checkpoint).')
+    try: model.load_state_dict(st['model'])
+    except RuntimeError as e:                                  # another network's checkpoint (e.g. a head-only run's)
+        raise WoodInputError(ckpt, f'holds the weights of another network than this training ({str(e).splitlines()[0]}).',
+                             'delete it to start this training afresh, or use another output folder.') from e
+    opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
+    set_rng_state(st['rng'])
+    return st['epoch'], st['history']
+
 def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives the groups when present)
         loader, # a loader from `make_loader`, or a `PairedLoader`
         step:Callable, # `step(model, batch) -> (loss, logs: dict of floats)`
@@ -219,20 +234,8 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
     total = cfg.epochs*len(loader)
     if total == 0: raise WoodInputError('training data', 'gives no full batch.', 'use more images or a smaller batch size.')
     opt, sched = make_optimizer(groups, cfg, total)
-    start, history = 0, []
-    if ckpt is not None and resume and ckpt.exists():
-        st = load_weights(ckpt, map_location=device)
-        if not isinstance(st, dict) or not {'total_steps', 'model', 'optimizer', 'scheduler', 'epoch', 'history', 'rng'} <= set(st):
-            raise WoodInputError(ckpt, 'is not a training checkpoint written by wood_nb (the resume state is missing).',
-                                 'delete it to start this training afresh, or use another output folder.')
-        if st['total_steps'] != total: raise WoodInputError(ckpt, f"was written for {st['total_steps']} steps, this run has {total}.", 'use the same settings, or another output folder (or delete the checkpoint).')
-        try: model.load_state_dict(st['model'])
-        except RuntimeError as e:                                  # another network's checkpoint (e.g. a head-only run's)
-            raise WoodInputError(ckpt, f'holds the weights of another network than this training ({str(e).splitlines()[0]}).',
-                                 'delete it to start this training afresh, or use another output folder.') from e
-        opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
-        start, history = st['epoch'], st['history']; set_rng_state(st['rng'])
-    else: seed_everything(cfg.seed + rank)
+    if ckpt is not None and resume and ckpt.exists(): start, history = _resume(ckpt, model, opt, sched, total, device)
+    else: start, history = 0, []; seed_everything(cfg.seed + rank)
     net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) if world > 1 else model
     amp = cfg.amp and device.type == 'cuda'
     for epoch in range(start, cfg.epochs):
