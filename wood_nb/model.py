@@ -16,9 +16,9 @@ from .core import WoodInputError, load_weights, save_weights, load_checkpoint, c
 
 # %% auto #0
 __all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'PRESETS', 'measure_stride', 'create_backbone', 'lite0_package_path',
-           'lite0_to_timm', 'state_dict_in', 'load_backbone_weights', 'CAMClassifier', 'check_image_batch',
-           'check_meta', 'classifier_config', 'save_classifier', 'load_classifier', 'preset_kwargs', 'make_classifier',
-           'time_train_step']
+           'lite0_to_timm', 'state_dict_in', 'package_weights', 'load_backbone_weights', 'CAMClassifier',
+           'check_image_batch', 'backbone_head_groups', 'check_meta', 'classifier_config', 'save_checkpoint',
+           'save_classifier', 'load_classifier', 'preset_kwargs', 'make_classifier', 'time_train_step']
 
 # %% ../nbs/03_model.ipynb #c065972e
 def _strided_first(block:nn.Module)->list[tuple[nn.Module, str, nn.Module]]:
@@ -125,25 +125,32 @@ def state_dict_in(obj, where)->dict:
 
 def _keys(ks, n=6)->str: ks = sorted(ks); return ', '.join(ks[:n]) + (f' ... ({len(ks)} in all)' if len(ks) > n else '')
 
+def package_weights(src, # a `pretrained` source: a weights file, or PACKAGE_WEIGHTS
+                    backbone:str, # the timm name of the backbone that will take the weights
+                    warn_approx:bool=True, # warn that the TensorFlow weights only approximate `efficientnet_lite0`
+                   )->tuple|None: # `(where, state dict in timm names, (mean, std))` for the package weights; None for a file
+    "The package's EfficientNet-Lite0 weights when `src` asks for them; refuses `True`/`False` (the kit never downloads)."
+    if src is True or src is False:
+        raise WoodInputError('pretrained', f'{src!r} is not a weights source; the kit never downloads.',
+                             f"pass None (from scratch), a local weights file, or {PACKAGE_WEIGHTS!r}.")
+    if src != PACKAGE_WEIGHTS: return None
+    if backbone not in ('tf_efficientnet_lite0', 'efficientnet_lite0'):
+        raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}', f'holds EfficientNet-Lite0 weights, not {backbone!r} ones.',
+                             "use backbone='tf_efficientnet_lite0'.")
+    if warn_approx and backbone == 'efficientnet_lite0':
+        warnings.warn("the package weights come from TensorFlow (SAME padding, BN eps 1e-3); "
+                      "backbone='tf_efficientnet_lite0' reproduces them exactly, 'efficientnet_lite0' only approximately.")
+    where = lite0_package_path()
+    return where, lite0_to_timm(load_weights(where)), ((0.5,) * 3, (0.5,) * 3)  # TensorFlow's [-1, 1] input scaling
+
 def load_backbone_weights(model:nn.Module, # a `CAMClassifier`
                           src, # a weights file, or PACKAGE_WEIGHTS
                          )->dict: # report: source, loaded, dropped, head (CAM head loaded too), norm (input mean/std or None)
     "Load pretrained weights into `model` (backbone, plus the CAM head when the file has one)."
-    if src is True or src is False:
-        raise WoodInputError('pretrained', f'{src!r} is not a weights source; the kit never downloads.',
-                             f"pass None (from scratch), a local weights file, or {PACKAGE_WEIGHTS!r}.")
-    norm = None
-    if src == PACKAGE_WEIGHTS:
-        if model.backbone_name not in ('tf_efficientnet_lite0', 'efficientnet_lite0'):
-            raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}', f'holds EfficientNet-Lite0 weights, not {model.backbone_name!r} ones.',
-                                 "use backbone='tf_efficientnet_lite0'.")
-        if model.backbone_name == 'efficientnet_lite0':
-            warnings.warn("the package weights come from TensorFlow (SAME padding, BN eps 1e-3); "
-                          "backbone='tf_efficientnet_lite0' reproduces them exactly, 'efficientnet_lite0' only approximately.")
-        where, sd = lite0_package_path(), lite0_to_timm(load_weights(lite0_package_path()))
-        norm = ((0.5,) * 3, (0.5,) * 3)  # TensorFlow's [-1, 1] input scaling
+    pkg = package_weights(src, model.backbone_name)
+    if pkg: where, sd, norm = pkg
     else:
-        where = Path(src); raw = load_weights(where); sd = state_dict_in(raw, where)
+        where = Path(src); raw = load_weights(where); sd = state_dict_in(raw, where); norm = None
         if isinstance(raw, dict) and raw.get('format') == CKPT_FORMAT: norm = (tuple(raw['config']['mean']), tuple(raw['config']['std']))
     bb = model.backbone.state_dict()
     head = 'classifier.weight' in sd and any(k.startswith('backbone.') for k in sd)
@@ -276,17 +283,26 @@ for _f in (_features, _forward_all, _forward, _pooled, _fmap_to_cams, _cams):
     setattr(CAMClassifier, _f.__name__, _f)
 
 # %% ../nbs/03_model.ipynb #4d6ff34d
+def backbone_head_groups(backbone, # the backbone's parameters (an iterable), trained at `lr`
+                         head, # the head's parameters, trained at `head_mult * lr`
+                         lr:float, # backbone learning rate
+                         head_mult:float=10.0, # head lr = head_mult * lr
+                         weight_decay:float=1e-4, # applied to both groups (as IRN)
+                        )->list[dict]:
+    "Optimiser parameter groups `backbone` and `head` of the tensors that train; an empty group is left out."
+    bb = [p for p in backbone if p.requires_grad]
+    hd = [p for p in head if p.requires_grad]
+    groups = [dict(params=bb, lr=lr, weight_decay=weight_decay, name='backbone'),
+              dict(params=hd, lr=lr * head_mult, weight_decay=weight_decay, name='head')]
+    return [g for g in groups if g['params']]
+
 def _param_groups(self,
                   lr:float, # backbone learning rate
                   head_mult:float=10.0, # head lr = head_mult * lr
                   weight_decay:float=1e-4, # applied to both groups (as IRN)
                  )->list[dict]:
     "Optimiser parameter groups: trainable backbone tensors at `lr`, the CAM head at `head_mult * lr`."
-    bb = [p for p in self.backbone.parameters() if p.requires_grad]
-    hd = [p for p in self.classifier.parameters() if p.requires_grad]
-    groups = [dict(params=bb, lr=lr, weight_decay=weight_decay, name='backbone'),
-              dict(params=hd, lr=lr * head_mult, weight_decay=weight_decay, name='head')]
-    return [g for g in groups if g['params']]
+    return backbone_head_groups(self.backbone.parameters(), self.classifier.parameters(), lr, head_mult, weight_decay)
 _param_groups.__name__, _param_groups.__qualname__ = 'param_groups', 'CAMClassifier.param_groups'
 CAMClassifier.param_groups = _param_groups
 
@@ -308,11 +324,20 @@ def classifier_config(model:CAMClassifier)->dict:
                 dilate=model.dilate, freeze_stages=model.freeze_stages, freeze_bn=model.freeze_bn, classes=model.classes,
                 feat_dim=model.feat_dim, mean=list(model.mean), std=list(model.std), init=model.pretrained)
 
-def save_classifier(model:CAMClassifier, path, meta:dict|None=None)->Path:
-    "Write `model`'s weights and config (and JSON-like `meta`) to `path`, atomically."
+def save_checkpoint(model:nn.Module, # the network (not a DDP wrapper)
+                    path, # the file to write
+                    fmt:str, # the checkpoint's `format` field, checked by `load_checkpoint`
+                    config:dict, # the settings that rebuild `model`
+                    meta:dict|None=None, # JSON-like extras
+                   )->Path:
+    "Write `model`'s weights (on the CPU), `config` and `meta` as a `fmt` checkpoint at `path`, atomically; `load_checkpoint` reads it."
     meta = dict(meta or {}); check_meta(meta)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_weights(dict(format=CKPT_FORMAT, config=classifier_config(model), meta=meta, state_dict=sd), path)
+    return save_weights(dict(format=fmt, config=config, meta=meta, state_dict=sd), path)
+
+def save_classifier(model:CAMClassifier, path, meta:dict|None=None)->Path:
+    "Write `model`'s weights and config (and JSON-like `meta`) to `path`, atomically."
+    return save_checkpoint(model, path, CKPT_FORMAT, classifier_config(model), meta)
 
 def load_classifier(path, # a file written by `save_classifier`
                     num_classes:int|None=None, # refuse a checkpoint for another class count

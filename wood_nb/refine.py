@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 
 from .core import config_json, IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, check_meta, state_dict_in, lite0_package_path, lite0_to_timm
+from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, backbone_head_groups, package_weights, save_checkpoint, state_dict_in
 from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
 _all_ = ['boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
@@ -209,16 +209,10 @@ BOUNDARY_FORMAT = 'wood_nb.boundary_net/1'  # `format` field of checkpoints writ
 
 def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
     "Load backbone weights (package, local file or CAM classifier checkpoint) into a features-only timm model."
-    if src is True or src is False:
-        raise WoodInputError('pretrained', f'{src!r} is not a weights source; the kit never downloads.',
-                             f'pass None (from scratch), a local weights file, or {PACKAGE_WEIGHTS!r}.')
-    norm = None
-    if src == PACKAGE_WEIGHTS:
-        if backbone not in ('tf_efficientnet_lite0', 'efficientnet_lite0'):
-            raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}', f'holds EfficientNet-Lite0 weights, not {backbone!r} ones.', "use backbone='tf_efficientnet_lite0'.")
-        where = lite0_package_path(); sd = lite0_to_timm(load_weights(where)); norm = ((0.5,) * 3, (0.5,) * 3)
+    pkg = package_weights(src, backbone, warn_approx=False)   # the boundary net has never warned
+    if pkg: where, sd, norm = pkg
     else:
-        where = Path(src); raw = load_weights(where)
+        where = Path(src); raw = load_weights(where); norm = None
         if isinstance(raw, dict) and raw.get('format') == BOUNDARY_FORMAT:
             raise WoodInputError(where, 'is a boundary-network checkpoint.', 'load it with load_boundary_net, or pass backbone weights as pretrained.')
         if isinstance(raw, dict) and raw.get('format') == CKPT_FORMAT:   # a CAM classifier: take its backbone
@@ -298,10 +292,8 @@ class BoundaryNet(nn.Module):
 
     def param_groups(self, lr:float, head_mult:float=1.0, weight_decay:float=1e-4)->list[dict]:
         "Optimiser groups: the backbone at `lr` (when it trains), the boundary head at `head_mult * lr`."
-        bb = [p for p in self.encoder.parameters() if p.requires_grad]
-        hd = [p for n, p in self.named_parameters() if not n.startswith('encoder.') and p.requires_grad]
-        groups = [dict(params=bb, lr=lr, weight_decay=weight_decay, name='backbone'), dict(params=hd, lr=lr * head_mult, weight_decay=weight_decay, name='head')]
-        return [g for g in groups if g['params']]
+        head = (p for n, p in self.named_parameters() if not n.startswith('encoder.'))
+        return backbone_head_groups(self.encoder.parameters(), head, lr, head_mult, weight_decay)
 
     def extra_repr(self)->str:
         return f'backbone={self.backbone_name!r}, levels={self.levels}, width={self.width}, freeze_backbone={self.freeze_backbone}, pretrained={self.pretrained!r}'
@@ -309,11 +301,10 @@ class BoundaryNet(nn.Module):
 # %% ../nbs/10_refine.ipynb #9689f270
 def save_boundary_net(model:BoundaryNet, path, meta:dict|None=None)->Path:
     "Write a boundary network's weights and configuration (and JSON-like `meta`) to `path`, atomically."
-    model = unwrap(model); meta = dict(meta or {}); check_meta(meta)
+    model = unwrap(model)
     cfg = dict(backbone=model.backbone_name, levels=list(model.levels), width=model.width, freeze_backbone=model.freeze_backbone,
                mean=list(model.mean), std=list(model.std), init=model.pretrained)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_weights(dict(format=BOUNDARY_FORMAT, config=cfg, meta=meta, state_dict=sd), path)
+    return save_checkpoint(model, path, BOUNDARY_FORMAT, cfg, meta)
 
 def load_boundary_net(path, map_location='cpu')->BoundaryNet:
     "Rebuild a `BoundaryNet` from a checkpoint of `save_boundary_net` (in eval mode; `.meta` holds the meta)."

@@ -15,9 +15,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .core import config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, voc_palette
+from .core import config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import PACKAGE_WEIGHTS, check_image_batch, check_meta, create_backbone, load_backbone_weights, load_classifier, preset_kwargs
+from .model import PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, load_backbone_weights, load_classifier, preset_kwargs, save_checkpoint
 from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
 _all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
 from .train import TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader, reduce_over_processes, unwrap
@@ -126,11 +126,7 @@ class DeepLabV2(nn.Module):
                      weight_decay:float=1e-4, # applied to both groups
                     )->list[dict]:
         "Optimiser parameter groups: trainable backbone tensors at `lr`, the ASPP head at `head_mult * lr`."
-        bb = [p for p in self.backbone.parameters() if p.requires_grad]
-        hd = [p for p in self.aspp.parameters() if p.requires_grad]
-        groups = [dict(params=bb, lr=lr, weight_decay=weight_decay, name='backbone'),
-                  dict(params=hd, lr=lr * head_mult, weight_decay=weight_decay, name='head')]
-        return [g for g in groups if g['params']]
+        return backbone_head_groups(self.backbone.parameters(), self.aspp.parameters(), lr, head_mult, weight_decay)
 
     def extra_repr(self)->str:
         return (f'backbone={self.backbone_name!r}, num_classes={self.num_classes}, output_stride={self.output_stride}, '
@@ -166,9 +162,7 @@ def segmenter_config(model:DeepLabV2)->dict:
 def save_segmenter(model:DeepLabV2, path, meta:dict|None=None)->Path:
     "Write `model`'s weights and settings (and JSON-like `meta`) to `path`, atomically."
     model = unwrap(model)
-    meta = dict(meta or {}); check_meta(meta)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return save_weights(dict(format=SEG_FORMAT, config=segmenter_config(model), meta=meta, state_dict=sd), path)
+    return save_checkpoint(model, path, SEG_FORMAT, segmenter_config(model), meta)
 
 def load_segmenter(path, # a file written by `save_segmenter`
                    num_classes:int|None=None, # refuse a checkpoint for another class count
