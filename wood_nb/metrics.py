@@ -379,6 +379,12 @@ class _PairMean:
         if not self.pairs: return dict(mean=float('nan'), per_class={}, pairs=0)
         ks = np.array([k for k, _ in self.pairs]); vs = np.array([v for _, v in self.pairs])
         return dict(mean=float(vs.mean()), per_class={int(k): float(vs[ks == k].mean()) for k in np.unique(ks)}, pairs=len(vs))
+    @classmethod
+    def over(cls, records:Iterable)->dict:
+        "`compute()` of a fresh accumulator after `update(*r)` for each record `r`."
+        acc = cls()
+        for r in records: acc.update(*r)
+        return acc.compute()
 
 def _keys_1d(keys, where:str)->np.ndarray:
     "Distinct class keys (1..254) as a 1-D int64 array."
@@ -405,9 +411,7 @@ class CueActivation(_PairMean):
 def cue_activation(records:Iterable, # `(seed, cue_mask, gt_keys)` per image
                   )->dict: # `{'mean', 'per_class', 'pairs'}`
     "Cue activation of seeds over a dataset."
-    acc = CueActivation()
-    for seed, cue, keys in records: acc.update(seed, cue, keys)
-    return acc.compute()
+    return CueActivation.over(records)
 
 class CueCamMass(_PairMean):
     "Accumulates, per (image, labelled class with a cue), the share of the class's CAM mass on its cue pixels."
@@ -429,9 +433,7 @@ class CueCamMass(_PairMean):
 def cue_cam_mass(records:Iterable, # `(cams, keys, cue_mask)` per image
                 )->dict: # `{'mean', 'per_class', 'pairs'}`
     "Share of each labelled class's normalised CAM mass that lies on its own cue, averaged over (image, class) pairs."
-    acc = CueCamMass()
-    for cams, keys, cue in records: acc.update(cams, keys, cue)
-    return acc.compute()
+    return CueCamMass.over(records)
 
 # %% ../nbs/06_metrics.ipynb #419f9b4d
 from pathlib import Path
