@@ -312,6 +312,17 @@ def _pool_map(fn, jobs, workers):
     import multiprocessing as mp
     with mp.get_context('fork').Pool(workers) as pool: return pool.map(fn, jobs, chunksize=32)
 
+def _check_seed(seed):
+    "Refuse a seed that is not an integer >= 0."
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise WoodInputError('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
+
+def _write_pool_lists(ood:Path, rows:list, header:list):
+    "Write an OoD pool's `ood_list.txt` (the first column of `rows`) and `ood_meta.csv` (`header`, then `rows`)."
+    write_text(ood/'ood_list.txt', '\n'.join(r[0] for r in rows) + '\n')
+    buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
+    w.writerow(header); w.writerows(rows)
+    write_text(ood/'ood_meta.csv', buf.getvalue())
+
 def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool), `out/synth.json`
              seed:int=0, # fixes every byte of the output
              cfg:SynthConfig|None=None, # knobs; `SynthConfig()` by default
@@ -321,7 +332,7 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
     "Generate the spurious-cue benchmark: a VOC-layout dataset and an OoD candidate pool."
     cfg = cfg or SynthConfig()
     out = Path(out)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise WoodInputError('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
+    _check_seed(seed)
     with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:   # --overwrite replaces only a benchmark the kit wrote
         voc, ood = tmp/'voc', tmp/'ood'
         for d in ('JPEGImages', 'SegmentationClass', 'SegmentationCue', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
@@ -334,10 +345,7 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
         counts = np.floor(np.asarray(cfg.ood_mix)*cfg.n_ood).astype(int); counts[0] += cfg.n_ood - counts.sum()
         kinds = np.random.default_rng([seed, _SPLITS['ood']]).permutation(np.repeat(['hard', 'easy', 'contaminated'], counts))
         rows = _pool_map(_write_ood, [(ood, cfg, seed, i, str(k)) for i, k in enumerate(kinds)], workers)
-        write_text(ood/'ood_list.txt', '\n'.join(r[0] for r in rows) + '\n')
-        buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
-        w.writerow(['path', 'contains_foreground', 'kind', 'cues', 'objects']); w.writerows(rows)
-        write_text(ood/'ood_meta.csv', buf.getvalue())
+        _write_pool_lists(ood, rows, ['path', 'contains_foreground', 'kind', 'cues', 'objects'])
         write_json(tmp/'synth.json', {'generator': 'wood_nb.synth/1', 'seed': seed, 'config': asdict(cfg),
                                       'counts': {'train': cfg.n_train, 'val': cfg.n_val,
                                                  **{f'ood_{k}': int(c) for k, c in zip(('hard', 'easy', 'contaminated'), counts)}},
@@ -456,7 +464,7 @@ def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `o
     from wood_nb.data import build_train_aug
     C = len(VOC_CLASSES)
     def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: err('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
+    _check_seed(seed)
     if n_train_aug * 4 < C: err('n_train_aug', f'{n_train_aug} images cannot hold all {C} VOC classes (4 objects an image at most).', 'use n_train_aug >= 5.')
     if not 1 <= n_train <= n_train_aug: err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).', 'train is a non-empty part of train_aug.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
@@ -484,10 +492,7 @@ def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `o
         n_cont = max(1, round(0.1*n_ood)) if n_ood >= 3 else 0; n_easy = round(0.3*n_ood)
         kinds = np.random.default_rng([seed, _REHEARSAL['ood']]).permutation(['contaminated']*n_cont + ['easy']*n_easy + ['hard']*(n_ood - n_cont - n_easy))
         rows = _pool_map(_write_rehearsal_ood, [(ood, seed, i, str(k), 90) for i, k in enumerate(kinds)], workers)
-        write_text(ood/'ood_list.txt', '\n'.join(r[0] for r in rows) + '\n')
-        buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
-        w.writerow(['path', 'contains_foreground', 'kind', 'cues', 'objects']); w.writerows(rows)
-        write_text(ood/'ood_meta.csv', buf.getvalue())
+        _write_pool_lists(ood, rows, ['path', 'contains_foreground', 'kind', 'cues', 'objects'])
         write_json(tmp/'rehearsal.json', {'generator': 'wood_nb.synth.voc_rehearsal/1', 'seed': seed,
                                           'counts': {'train_aug': n_train_aug, 'train': n_train, 'val': n_val, 'ood': n_ood},
                                           'voc_root': 'voc', 'ood_root': 'ood', 'sbd_lists': ['sbd/train.txt', 'sbd/val.txt']})
@@ -625,7 +630,7 @@ def generate_coco_rehearsal(out, # output folder: `out/coco` (COCO 2014's layout
     from wood_nb.coco import COCO_CATEGORIES
     C = len(COCO_CATEGORIES)
     def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: err('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
+    _check_seed(seed)
     if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 2: err('n_train', f'{n_train!r} images cannot hold the {C} classes between them (at most 40 an image).', 'use 2 or more.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
     if isinstance(long_side, bool) or not isinstance(long_side, int) or long_side < 160: err('long_side', f'{long_side!r} is too small.', 'use 160 or more pixels (COCO: 640).')
@@ -656,10 +661,7 @@ def generate_coco_rehearsal(out, # output folder: `out/coco` (COCO 2014's layout
             write_text(coco/'annotations'/f'instances_{s}.json', json.dumps(d))
         kinds = ['contaminated'] * (n_ood >= 3) + ['background'] * (n_ood - (n_ood >= 3))
         rows = _pool_map(_write_coco_ood, [(ood, seed, i, k, 90, long_side) for i, k in enumerate(kinds)], workers)
-        write_text(ood/'ood_list.txt', '\n'.join(r[0] for r in rows) + '\n')
-        buf = io.StringIO(); w = csv.writer(buf, lineterminator='\n')
-        w.writerow(['path', 'contains_foreground', 'kind', 'objects']); w.writerows(rows)
-        write_text(ood/'ood_meta.csv', buf.getvalue())
+        _write_pool_lists(ood, rows, ['path', 'contains_foreground', 'kind', 'objects'])
         write_json(tmp/'rehearsal.json', {'generator': 'wood_nb.synth.coco_rehearsal/1', 'seed': seed,
                                           'counts': {'train': n_train, 'val': n_val, 'ood': n_ood}, 'long_side': long_side,
                                           'coco_root': 'coco', 'ood_root': 'ood', 'sets': ['train2014', 'val2014']})
