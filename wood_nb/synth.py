@@ -559,7 +559,7 @@ def _coco_objects(r, W:int, H:int, classes:list, tiny:bool=False)->list[dict]:
 
 def _coco_crowd(r, W:int, H:int, k:int)->dict:
     "A crowd region of class k: a cluster of 5-9 small outlines, stored as uncompressed RLE counts (as COCO stores crowds)."
-    cx, cy, s = r.uniform(0.2*W, 0.8*W), r.uniform(0.2*H, 0.8*H), r.uniform(20, 0.2*min(W, H))
+    cx, cy, s = r.uniform(0.2*W, 0.8*W), r.uniform(0.2*H, 0.8*H), r.uniform(min(20, 0.1*min(W, H)), 0.2*min(W, H))   # 20 px up, less on the smallest images
     polys = [_outline(r, cx + r.normal(0, s), cy + r.normal(0, s/2), s/4, s/3, W, H) for _ in range(int(r.integers(5, 10)))]
     return dict(k=int(k), polys=polys, form='counts', crowd=True)
 
