@@ -23,7 +23,7 @@ from .segment import (train_segmenter, predict_split, eval_seg_dir, load_segment
 # %% auto #0
 __all__ = ['DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'STEP_OUTPUTS', 'STEP_COSTS', 'refine_planes', 'refine_step', 'segment_step',
            'refine_and_segment', 'chain_panels', 'plot_iou_change', 'MiningConfig', 'PrototypeConfig', 'RefineConfig',
-           'SegConfig', 'WeightsConfig', 'RunConfig', 'run_config', 'config_from_dict', 'config_dict', 'check_config',
+           'SegConfig', 'WeightsConfig', 'RunConfig', 'check_config', 'config_from_dict', 'config_dict', 'run_config',
            'step_settings', 'fingerprints', 'pretrained_kw', 'check_run_inputs', 'collect_metrics', 'write_report',
            'peak_rss_mib', 'clean_partial', 'step_record', 'plan_run', 'run_pipeline', 'image_counts',
            'estimate_seconds', 'print_plan', 'PLANE_MODES', 'RUN_PRESETS', 'STEPS']
@@ -53,6 +53,7 @@ def _without_masks(voc_root:Path, split:str)->list[str]:
     "The ids of `split` that have no ground-truth mask in `SegmentationClass/`."
     return [i for i in read_split(voc_root, split) if not (Path(voc_root)/'SegmentationClass'/f'{i}.png').exists()]
 
+# %% ../nbs/13_pipeline.ipynb #b4263212
 def refine_step(voc_root, # VOC-layout root
                 cam_dir, # the model's CAM records of `split`
                 out, # folder: `labels/`, the boundary network, `masks/`, `masks.json`
@@ -96,6 +97,7 @@ def refine_step(voc_root, # VOC-layout root
         return res
     return main_result(score)
 
+# %% ../nbs/13_pipeline.ipynb #c8d4388e
 def segment_step(voc_root, # VOC-layout root
                  mask_dir, # the pseudo-masks of `split`
                  out, # folder: the segmenter's `checkpoint.pt`, `model.pt`, `pred/`, `eval.json`
@@ -202,6 +204,7 @@ def chain_panels(voc_root, # VOC-layout root
     fig.tight_layout()
     return fig
 
+# %% ../nbs/13_pipeline.ipynb #67e977b8
 def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class: iou}`
                     after:dict, # per-class IoU (%) of the second
                     title:str='', # e.g. 'segmentation (val)'
@@ -237,6 +240,7 @@ from .wood import WoodConfig, train_wood, eval_block, chain_figures
 from .refine import boundary_train_config
 from .segment import seg_train_config
 
+# %% ../nbs/13_pipeline.ipynb #3aeefa41
 @dataclass
 class MiningConfig:
     "Hard-OoD mining and curation (`wood_nb.mining.mine`)."
@@ -262,6 +266,7 @@ class RefineConfig:
     beta: float = 10.0            # affinity power
     crf: bool = False             # dense CRF on the confident labels
 
+# %% ../nbs/13_pipeline.ipynb #ec01e7c5
 @dataclass
 class SegConfig:
     "Segmentation (`segment_step`) apart from its training settings."
@@ -283,6 +288,7 @@ class WeightsConfig:
     segmenter: str|None = None    # backbone weights of DeepLab-v2 (voc, coco: resnet101)
     baseline: str|None = None     # a trained baseline `model.pt` (skips training it)
 
+# %% ../nbs/13_pipeline.ipynb #46a579a7
 @dataclass
 class RunConfig:
     "Every setting of a run; `run_config` fills the preset's defaults."
@@ -307,9 +313,9 @@ class RunConfig:
     seg_train: TrainConfig = field(default_factory=TrainConfig)
     weights: WeightsConfig = field(default_factory=WeightsConfig)
 
-# %% ../nbs/13_pipeline.ipynb #3ebce916
 _TRAIN_SECTIONS = ('cls', 'wood_train', 'boundary', 'seg_train')
 
+# %% ../nbs/13_pipeline.ipynb #2daf379a
 def _flat_keys(obj, prefix='')->dict:
     "Every leaf key of a (nested) dataclass as `{'a.b': value}`."
     out = {}
@@ -329,6 +335,7 @@ def _field_defaults(cls)->dict:
         if len(names) == 1 and names[0] in _ANN_TYPES: out[f.name] = _ANN_TYPES[names[0]]
     return out
 
+# %% ../nbs/13_pipeline.ipynb #9fcdbdb6
 def _coerce(key:str, value, default, typed=None):
     "`value` converted to the type of `default` (or of `typed` when the default is None; text is read as JSON first), or a clear error."
     if isinstance(value, str) and not isinstance(default if default is not None else typed, str):
@@ -352,31 +359,7 @@ def _coerce(key:str, value, default, typed=None):
     shown = f'the default is {default!r}' if default is not typed else 'or null'
     raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} ({shown}).', f'give a {type(default).__name__}.')
 
-def run_config(preset:str='synthetic', # 'synthetic', 'voc' or 'coco'
-               overrides:dict|None=None, # dotted keys, e.g. {'cls.epochs': 3, 'voc_root': 'data/voc'}
-              )->RunConfig:
-    "The preset's `RunConfig` with `overrides` applied and checked."
-    if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
-    cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=WoodTrainConfig.preset(preset),
-                    boundary=boundary_train_config(preset), seg_train=seg_train_config(preset),
-                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # `method.md`: train on train_aug, score on train
-    flat = _flat_keys(cfg)
-    ov = dict(overrides or {})
-    if 'preset' in ov and ov.pop('preset') != preset: raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')
-    for k, v in ov.items():
-        if k not in flat:
-            sect = k.split('.')[0]
-            near = sorted(x for x in flat if x.startswith(sect + '.')) or sorted(x for x in flat if '.' not in x)
-            raise WoodInputError(f'config key {k!r}', 'does not exist.', f"use one of: {', '.join(near)}.")
-        sect, _, name = k.rpartition('.')
-        owner = _section_type(sect)
-        flat[k] = _coerce(k, v, flat[k], _field_defaults(owner).get(name) if owner else None)
-    for knob in ('num_workers', 'progress'):                    # one knob for every DataLoader / every bar
-        if knob in ov:
-            for sect in _TRAIN_SECTIONS:
-                if f'{sect}.{knob}' not in ov: flat[f'{sect}.{knob}'] = flat[knob]
-    return config_from_dict(_nest(flat))
-
+# %% ../nbs/13_pipeline.ipynb #209d2dad
 def _nest(flat:dict)->dict:
     out = {}
     for k, v in flat.items():
@@ -386,22 +369,6 @@ def _nest(flat:dict)->dict:
         d[last] = v
     return out
 
-def config_from_dict(d:dict)->RunConfig:
-    "A `RunConfig` from its `asdict` form (as saved in `config.json`), every key checked."
-    def build(cls, dd, where):
-        bad = sorted(set(dd) - {f.name for f in fields(cls)})
-        if bad: raise WoodInputError(f'config section {where or "top level"}', f'has unknown keys {bad}.', f'use: {sorted(f.name for f in fields(cls))}.')
-        kw = {}
-        for f in fields(cls):
-            if f.name not in dd: continue
-            default = getattr(cls(), f.name)
-            if is_dataclass(default): kw[f.name] = build(type(default), dd[f.name], f'{where}{f.name}.')
-            else: kw[f.name] = _coerce(f'{where}{f.name}', dd[f.name], default, _field_defaults(cls).get(f.name))
-        return cls(**kw)
-    cfg = build(RunConfig, d, '')
-    check_config(cfg)
-    return cfg
-
 def _section_type(sect:str):
     "The dataclass of a dotted section of `RunConfig` ('' for the top level), or None."
     t = RunConfig
@@ -410,10 +377,6 @@ def _section_type(sect:str):
         if not is_dataclass(d): return None
         t = type(d)
     return t
-
-def config_dict(cfg:RunConfig)->dict:
-    "The JSON form of a `RunConfig` (tuples as lists)."
-    return config_json(cfg)
 
 # %% ../nbs/13_pipeline.ipynb #47eb889c
 def _bad(key:str, value, want:str):
@@ -454,6 +417,53 @@ def check_config(cfg:RunConfig)->RunConfig:
         if not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
     return cfg
 
+# %% ../nbs/13_pipeline.ipynb #2c091d37
+def config_from_dict(d:dict)->RunConfig:
+    "A `RunConfig` from its `asdict` form (as saved in `config.json`), every key checked."
+    def build(cls, dd, where):
+        bad = sorted(set(dd) - {f.name for f in fields(cls)})
+        if bad: raise WoodInputError(f'config section {where or "top level"}', f'has unknown keys {bad}.', f'use: {sorted(f.name for f in fields(cls))}.')
+        kw = {}
+        for f in fields(cls):
+            if f.name not in dd: continue
+            default = getattr(cls(), f.name)
+            if is_dataclass(default): kw[f.name] = build(type(default), dd[f.name], f'{where}{f.name}.')
+            else: kw[f.name] = _coerce(f'{where}{f.name}', dd[f.name], default, _field_defaults(cls).get(f.name))
+        return cls(**kw)
+    cfg = build(RunConfig, d, '')
+    check_config(cfg)
+    return cfg
+
+def config_dict(cfg:RunConfig)->dict:
+    "The JSON form of a `RunConfig` (tuples as lists)."
+    return config_json(cfg)
+
+# %% ../nbs/13_pipeline.ipynb #15e2e7df
+def run_config(preset:str='synthetic', # 'synthetic', 'voc' or 'coco'
+               overrides:dict|None=None, # dotted keys, e.g. {'cls.epochs': 3, 'voc_root': 'data/voc'}
+              )->RunConfig:
+    "The preset's `RunConfig` with `overrides` applied and checked."
+    if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
+    cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=WoodTrainConfig.preset(preset),
+                    boundary=boundary_train_config(preset), seg_train=seg_train_config(preset),
+                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # `method.md`: train on train_aug, score on train
+    flat = _flat_keys(cfg)
+    ov = dict(overrides or {})
+    if 'preset' in ov and ov.pop('preset') != preset: raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')
+    for k, v in ov.items():
+        if k not in flat:
+            sect = k.split('.')[0]
+            near = sorted(x for x in flat if x.startswith(sect + '.')) or sorted(x for x in flat if '.' not in x)
+            raise WoodInputError(f'config key {k!r}', 'does not exist.', f"use one of: {', '.join(near)}.")
+        sect, _, name = k.rpartition('.')
+        owner = _section_type(sect)
+        flat[k] = _coerce(k, v, flat[k], _field_defaults(owner).get(name) if owner else None)
+    for knob in ('num_workers', 'progress'):                    # one knob for every DataLoader / every bar
+        if knob in ov:
+            for sect in _TRAIN_SECTIONS:
+                if f'{sect}.{knob}' not in ov: flat[f'{sect}.{knob}'] = flat[knob]
+    return config_from_dict(_nest(flat))
+
 # %% ../nbs/13_pipeline.ipynb #ac821cc9
 STEP_OUTPUTS = {'baseline': ('cls',), 'baseline_seeds': ('cam/baseline', 'eval/baseline.json'), 'mining': ('mining',),
                 'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'),
@@ -475,6 +485,7 @@ def step_settings(cfg:RunConfig, step:str)->dict:
         out[k] = v
     return out
 
+# %% ../nbs/13_pipeline.ipynb #9b3f3814
 def fingerprints(cfg:RunConfig)->dict:
     "Each step's fingerprint: a hash of its settings and of its predecessor's fingerprint."
     fp, prev = {}, ''
@@ -503,6 +514,7 @@ def pretrained_kw(cfg:RunConfig, # the run's settings
         w = cfg.weights.classifier            # IRN's boundary net is the classifier's ImageNet ResNet-50, frozen
     return {'pretrained': str(w)} if w else {}
 
+# %% ../nbs/13_pipeline.ipynb #7365f539
 def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
     "Raise `WoodInputError` for the first kind of bad input found (dataset, pool, checkpoint, splits)."
     root, pool = Path(cfg.voc_root or '.'), Path(cfg.ood_root or '.')
@@ -640,6 +652,7 @@ def collect_metrics(run)->dict:
 
 def _fmt(v, nd=1): return '-' if v is None else (f'{v:.{nd}f}' if isinstance(v, (int, float)) else str(v))
 
+# %% ../nbs/13_pipeline.ipynb #015949c7
 def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
     "Write `metrics.json`, the figures and `report.md` of a finished run; returns the metrics."
     import matplotlib; matplotlib.use('Agg', force=False)
@@ -714,6 +727,7 @@ def peak_rss_mib()->float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(r / (2**20 if sys.platform == 'darwin' else 2**10), 1)
 
+# %% ../nbs/13_pipeline.ipynb #d90dd402
 def _leftover(p:Path, name:str)->bool:
     "True for the temporaries the kit's writers leave beside `name` when killed (`.name.*.part`, `.name.removing`)."
     return p.name.startswith(f'.{name}.') and (p.name.endswith('.part') or p.name == f'.{name}.removing')
@@ -730,6 +744,7 @@ def clean_partial(run:Path)->int:
         elif p.exists() or p.is_symlink(): p.unlink()
     return len(found)
 
+# %% ../nbs/13_pipeline.ipynb #08129be2
 def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
     "Claim the run folder, clean what a kill left, forget the steps of `redo` (only entries the kit owns), write `config.json`."
     claim_dir(run, 'run', inputs)
@@ -745,6 +760,7 @@ def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
         for f in (run/'steps'/f'{s}.json', run/'steps'/f'{s}.started.json'): _remove(f)
     write_json(run/'config.json', config_dict(cfg))
 
+# %% ../nbs/13_pipeline.ipynb #36c5c183
 def step_record(run, # the run folder
                 step:str, # one of `STEPS`
                )->dict|None: # the record of the finished step, or None
@@ -757,6 +773,7 @@ def step_record(run, # the run folder
         raise WoodInputError(f, 'is not a readable step record (it is damaged).', f'rerun with --from {step} to redo that step and every later one.')
     return r
 
+# %% ../nbs/13_pipeline.ipynb #4225ede0
 def plan_run(cfg:RunConfig, # the run's settings
              run, # the run folder
              from_step:str|None=None, only:str|None=None, # as for `run_pipeline`
@@ -785,6 +802,7 @@ def plan_run(cfg:RunConfig, # the run's settings
             if not done[s]: raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
     return plan
 
+# %% ../nbs/13_pipeline.ipynb #c593cad1
 def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  run, # the run folder
                  from_step:str|None=None, # redo this step and every later one
@@ -846,6 +864,7 @@ def _segment_seconds(cfg:RunConfig, c:dict, n:int, n_eval:int)->float:
     area = ((cfg.seg_train.crop or c['px']['seg_train']) / c['px']['seg_train'])**2
     return 2 * (c['segment'] * n * cfg.seg_train.epochs * area + c['seg_predict'] * n_eval)
 
+# %% ../nbs/13_pipeline.ipynb #095d0bfb
 def image_counts(cfg:RunConfig)->dict:
     "The image counts a run's cost scales with: `train` (cfg.split), `eval` (cfg.eval_split) and `pool` (the OoD list)."
     return dict(train=len(read_split(cfg.voc_root, cfg.split)), eval=len(read_split(cfg.voc_root, cfg.eval_split)), pool=len(read_ood_list(cfg.ood_root)))
@@ -866,6 +885,7 @@ def estimate_seconds(cfg:RunConfig, # the run's settings
            'report': 10.0}
     return est[step]
 
+# %% ../nbs/13_pipeline.ipynb #9afe0139
 def print_plan(plan:list[dict], # `plan_run`'s answer
                cfg:RunConfig, out=None):
     "Print the steps that would run or be skipped, with a rough CPU time for each."
