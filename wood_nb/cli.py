@@ -27,6 +27,7 @@ def _targets(root:Path, list_file:str)->list[tuple[str, Path]]:
     if (root/list_file).exists() and not (root/'JPEGImages').exists(): return [('ood', root)]
     return [('voc', root)]
 
+# %% ../nbs/99_cli.ipynb #f48a7c58
 def run_validate(root, # a VOC-layout root, an OoD pool, or a folder written by `wood synth`
                  splits:list|None=None, # split lists to check (default: every list in ImageSets/Segmentation)
                  list_file:str='ood_list.txt', # the OoD pool's list file
@@ -55,21 +56,6 @@ def _add_synth_options(p:argparse.ArgumentParser):
 def _synth_config(a)->SynthConfig:
     "A `SynthConfig` from parsed options (unset options keep their defaults)."
     return SynthConfig(**{f.name: getattr(a, f.name) for f in fields(SynthConfig) if getattr(a, f.name) is not None})
-
-# %% ../nbs/99_cli.ipynb #0ee4c798
-def _number(kind, lo=None, hi=None, lo_open:bool=False, want:str=''):
-    "An argparse type: `kind` (int or float) within [lo, hi] (lo excluded with `lo_open`); a bad value is refused naming the option."
-    def parse(text:str):
-        try: v = kind(text)
-        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
-        if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
-            raise argparse.ArgumentTypeError(f'{text} is out of range: give {want}')
-        return v
-    parse.__name__ = want
-    return parse
-
-AT_LEAST_1, COUNT = _number(int, 1, want='an integer >= 1'), _number(int, 0, want='an integer >= 0')
-POSITIVE, NON_NEGATIVE, SHARE = _number(float, 0, lo_open=True, want='a positive number'), _number(float, 0, want='a number >= 0'), _number(float, 0, 1, want='a number in [0, 1]')
 
 # %% ../nbs/99_cli.ipynb #72823210
 def _add_train_options(p:argparse.ArgumentParser,
@@ -109,6 +95,21 @@ def _add_wood_options(p:argparse.ArgumentParser):
 def _wood_config(a)->WoodConfig:
     "A `WoodConfig` from parsed options (unset options keep the official values)."
     return WoodConfig(**{f.name: getattr(a, f.name) for f in fields(WoodConfig) if getattr(a, f.name, None) is not None})
+
+# %% ../nbs/99_cli.ipynb #0ee4c798
+def _number(kind, lo=None, hi=None, lo_open:bool=False, want:str=''):
+    "An argparse type: `kind` (int or float) within [lo, hi] (lo excluded with `lo_open`); a bad value is refused naming the option."
+    def parse(text:str):
+        try: v = kind(text)
+        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
+            raise argparse.ArgumentTypeError(f'{text} is out of range: give {want}')
+        return v
+    parse.__name__ = want
+    return parse
+
+AT_LEAST_1, COUNT = _number(int, 1, want='an integer >= 1'), _number(int, 0, want='an integer >= 0')
+POSITIVE, NON_NEGATIVE, SHARE = _number(float, 0, lo_open=True, want='a positive number'), _number(float, 0, want='a number >= 0'), _number(float, 0, 1, want='a number in [0, 1]')
 
 # %% ../nbs/99_cli.ipynb #d008b5f1
 def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
@@ -171,6 +172,7 @@ def run_summary(m:dict, log=None)->None:
     for name, blk in (('baseline', m['baseline']), ('W-OoD', m['wood'])):
         print(f"{name:10s}" + ''.join(f" {blk.get(key) if blk.get(key) is not None else float('nan'):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log or sys.stdout)
 
+# %% ../nbs/99_cli.ipynb #338aec75
 def run_demo(out, # the run folder
              seed:int=0, # benchmark seed (also the baseline's training seed)
              profile:str='quick', # 'quick' (128-px benchmark of 320 training images, every step, minutes on a CPU) or 'full' (the default benchmark, every step; use a GPU)
@@ -207,6 +209,7 @@ def run_demo(out, # the run folder
     print(f"metrics: {out/'metrics.json'}; report: {out/'report.md'}; pictures: {out/'figures'}", file=log)
     return m
 
+# %% ../nbs/99_cli.ipynb #1bea19de
 def load_overrides(path)->dict:
     "Dotted-key settings from a JSON file: flat (`{'cls.epochs': 3}`) or nested (a run's `config.json`)."
     path = Path(path)
@@ -280,6 +283,7 @@ def _add_data_commands(sub):
     cc.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True)
     for q, old, new in ((v, '--list-file', '--pool-list'), (s, '--workers', '--jobs'), (cc, '--workers', '--jobs')): _deprecated(q, old, new)
 
+# %% ../nbs/99_cli.ipynb #0daecc08
 def _add_classifier_commands(sub):
     "train-cls, cam, eval-cam: the baseline classifier and its CAM seeds."
     t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
@@ -307,6 +311,7 @@ def _add_classifier_commands(sub):
     e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
     _deprecated(c, '--seeds', '--method')
 
+# %% ../nbs/99_cli.ipynb #0ad48c80
 def _add_ood_commands(sub):
     "mine, prototypes, train-wood: the OoD data and the W-OoD classifier."
     m = sub.add_parser('mine', help='score an OoD candidate pool with the baseline, rank, curate, write ood_list.txt')
@@ -339,6 +344,7 @@ def _add_ood_commands(sub):
     _add_wood_options(w); _add_train_options(w)
     _deprecated(m, '--list-file', '--pool-list'); _deprecated(w, '--baseline', '--weights')
 
+# %% ../nbs/99_cli.ipynb #61ffcd7f
 def _add_mask_commands(sub):
     "refine, train-seg, eval-seg: pseudo-masks and the segmenter."
     rf = sub.add_parser('refine', help='pseudo-masks from CAM records: confident labels, boundary network, random walk')
@@ -370,6 +376,7 @@ def _add_mask_commands(sub):
     es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the predicted probabilities (needs the crf extra)')
     es.add_argument('--device', default='auto')
 
+# %% ../nbs/99_cli.ipynb #cde4b12f
 def _add_run_commands(sub):
     "run, demo: the whole method in a run folder."
     rn = sub.add_parser('run', help='the whole method in a resumable run folder: baseline, seeds, mining, prototypes, W-OoD, masks, segmentation, report')
@@ -394,6 +401,7 @@ def _add_run_commands(sub):
         q.add_argument('--device', default='auto')
     _deprecated(rn, '--voc-root', '--root'); _deprecated(rn, '--ood-root', '--pool'); _deprecated(d, '--workers', '--jobs')
 
+# %% ../nbs/99_cli.ipynb #035613f7
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
     p = _Parser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
@@ -421,6 +429,7 @@ def _forget_created():
         p = _CREATED.pop()
         if is_main() and p.is_dir() and [q.name for q in p.iterdir()] == [MARKER]: (p/MARKER).unlink(); p.rmdir()
 
+# %% ../nbs/99_cli.ipynb #092fcb00
 def _json_out(path)->None:
     "Refuse a `--json` file that exists and is not an evaluation the kit wrote (it would be overwritten)."
     if path is None or not Path(path).exists(): return
@@ -429,6 +438,7 @@ def _json_out(path)->None:
     if not (isinstance(d, dict) and ('miou' in d or 'seed_miou' in d)):
         raise WoodInputError(path, 'exists and is not an evaluation written by wood; it is not overwritten.', 'give --json a new file name.')
 
+# %% ../nbs/99_cli.ipynb #1e9634b1
 def _check_inputs(a)->None:
     "Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, missing files), before any work."
     from wood_nb.data import validate, validate_ood
@@ -442,22 +452,7 @@ def _check_inputs(a)->None:
         probs = validate_ood(pool, list_file=str(lst), deep=False, meta='')
         if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool)', probs[0].fix)
 
-def main(argv:list|None=None)->int:
-    "Entry point of the `wood` command; returns the exit status."
-    a = build_parser().parse_args(argv)
-    try: return _main(a)
-    except WoodInputError as e:
-        _forget_created(); print(f'error: {e}', file=sys.stderr); return 2
-    except OSError as e:                       # a file the system refused: name it, no traceback
-        _forget_created(); where = e.filename or 'a file'
-        print(f'error: {where}: {e.strerror or e} Fix: check that the path exists and that you may read or write it.', file=sys.stderr); return 2
-    finally: _CREATED.clear()
-
-def _main(a)->int:
-    "Run the parsed sub-command (raises `WoodInputError` for bad input); each command imports its stages here, not when the module loads."
-    _check_inputs(a)
-    return _COMMANDS[a.cmd](a)
-
+# %% ../nbs/99_cli.ipynb #1a83766e
 def _data_command(a)->int:
     "validate, synth, convert-coco."
     if a.cmd == 'validate':
@@ -473,6 +468,7 @@ def _data_command(a)->int:
     print_coco_report(r); print(f"dataset: {a.out} (report: {a.out/'conversion'/'report.json'})")
     return 1 if any(s['failed'] for s in r['splits'].values()) else 0
 
+# %% ../nbs/99_cli.ipynb #3dedb1d3
 def _classifier_command(a)->int:
     "train-cls, cam, eval-cam."
     from wood_nb.core import read_classes, write_json
@@ -501,6 +497,7 @@ def _classifier_command(a)->int:
     if a.json: write_json(a.json, block)
     return 0
 
+# %% ../nbs/99_cli.ipynb #56922969
 def _ood_command(a)->int:
     "mine, prototypes, train-wood."
     from wood_nb.model import load_classifier
@@ -529,6 +526,7 @@ def _ood_command(a)->int:
     if is_main(): print(f"W-OoD classifier: {a.out/'model.pt'}")
     return 0
 
+# %% ../nbs/99_cli.ipynb #f92a6f95
 def _mask_command(a)->int:
     "refine, train-seg, eval-seg."
     from wood_nb.core import write_json
@@ -552,6 +550,7 @@ def _mask_command(a)->int:
     if a.json and is_main(): write_json(a.json, r)
     return 0
 
+# %% ../nbs/99_cli.ipynb #a8547f1a
 def _run_command(a)->int:
     "run, demo."
     from wood_nb.pipeline import config_dict, plan_run, print_plan, run_config, run_pipeline
@@ -573,9 +572,26 @@ def _run_command(a)->int:
     if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
     return 0
 
+# %% ../nbs/99_cli.ipynb #b03e0dd7
 _COMMANDS = {**dict.fromkeys(('validate', 'synth', 'convert-coco'), _data_command), **dict.fromkeys(('train-cls', 'cam', 'eval-cam'), _classifier_command),
              **dict.fromkeys(('mine', 'prototypes', 'train-wood'), _ood_command), **dict.fromkeys(('refine', 'train-seg', 'eval-seg'), _mask_command),
              **dict.fromkeys(('run', 'demo'), _run_command)}
+
+def main(argv:list|None=None)->int:
+    "Entry point of the `wood` command; returns the exit status."
+    a = build_parser().parse_args(argv)
+    try: return _main(a)
+    except WoodInputError as e:
+        _forget_created(); print(f'error: {e}', file=sys.stderr); return 2
+    except OSError as e:                       # a file the system refused: name it, no traceback
+        _forget_created(); where = e.filename or 'a file'
+        print(f'error: {where}: {e.strerror or e} Fix: check that the path exists and that you may read or write it.', file=sys.stderr); return 2
+    finally: _CREATED.clear()
+
+def _main(a)->int:
+    "Run the parsed sub-command (raises `WoodInputError` for bad input); each command imports its stages here, not when the module loads."
+    _check_inputs(a)
+    return _COMMANDS[a.cmd](a)
 
 # %% ../nbs/99_cli.ipynb #d6a08464
 if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel
