@@ -27,6 +27,14 @@ from .wood import centre_distances
 __all__ = ['to_png', 'from_png', 'fit_height', 'panels', 'LRU', 'CamExplorer', 'CamExplorerView', 'CueInspector',
            'CueInspectorView', 'Curator', 'CuratorView']
 
+# %% ../nbs/12_inspect.ipynb #b4c5ff28
+def _methods(cls:type, **fs):
+    "Add each function of `fs` (or `classmethod` of one) to `cls` as the method of that name."
+    for name, f in fs.items():
+        fn = f.__func__ if isinstance(f, classmethod) else f
+        fn.__name__, fn.__qualname__ = name, f'{cls.__name__}.{name}'
+        setattr(cls, name, f)
+
 # %% ../nbs/12_inspect.ipynb #c565c976
 def to_png(arr:np.ndarray)->bytes:
     "PNG bytes of an `(H, W, 3)` uint8 array."
@@ -36,6 +44,10 @@ def from_png(data)->np.ndarray:
     "The `(H, W, 3)` uint8 array of PNG bytes (what an `ipywidgets.Image` holds)."
     return np.asarray(Image.open(io.BytesIO(bytes(data))).convert('RGB'))
 
+def _rgb(path)->np.ndarray:
+    "The `(H, W, 3)` uint8 array of an image file."
+    return np.asarray(Image.open(path).convert('RGB'))
+
 def fit_height(arr:np.ndarray, h:int)->np.ndarray:
     "Resize an image array to height `h`, keeping its aspect ratio (nearest for label maps is the caller's job)."
     a = np.asarray(arr, np.uint8)
@@ -43,6 +55,7 @@ def fit_height(arr:np.ndarray, h:int)->np.ndarray:
     w = max(1, round(a.shape[1] * h / a.shape[0]))
     return np.asarray(Image.fromarray(a).resize((w, h), Image.BILINEAR))
 
+# %% ../nbs/12_inspect.ipynb #6d7e3d9f
 def _font(size:int=11):
     from PIL import ImageFont
     try: return ImageFont.load_default(size=size)          # a scalable font (Pillow >= 10.1 with FreeType)
@@ -63,6 +76,7 @@ def panels(arrays:list, captions:list|None=None, height:int=160, gap:int=4, capt
     for t in tiles: out[:, x:x + t.shape[1]] = t; x += t.shape[1] + gap
     return out
 
+# %% ../nbs/12_inspect.ipynb #50120076
 class LRU(OrderedDict):
     "A dict that keeps the `size` most recently used entries; `get_or(key, make)` computes misses."
     def __init__(self, size:int=64): super().__init__(); self.size = size
@@ -72,10 +86,33 @@ class LRU(OrderedDict):
         while len(self) > self.size: self.popitem(last=False)
         return v
 
-# %% ../nbs/12_inspect.ipynb #ea45de09
-def _norm_maps(rec:dict)->np.ndarray:
-    return normalize_cams(rec['high_res']) if len(rec['keys']) else np.zeros((0,) + rec['high_res'].shape[1:], np.float32)
+# %% ../nbs/12_inspect.ipynb #002d4a90
+def _check_cam_dirs(cam_dirs:dict)->dict:
+    "`{model name: Path}` of the CAM-record folders, each checked to exist."
+    cam_dirs = {k: Path(v) for k, v in cam_dirs.items()}
+    if not cam_dirs: raise WoodInputError('cam_dirs', 'is empty.', 'give at least one {name: CAM folder}.')
+    for n, d in cam_dirs.items():
+        if not d.is_dir():
+            raise WoodInputError(d, f'(CAM records of {n!r}) does not exist.',
+                                 'run `wood cam` (or the demo) first, or fix the path.')
+    return cam_dirs
 
+def _with_records(root:Path, split:str, ids:list|None, cam_dirs:dict)->list:
+    "`ids`, by default the images of `split` with a record in every folder; an error when there is none."
+    if ids is None:
+        ids = [i for i in read_split(root, split) if all((d/f'{i}.npz').exists() for d in cam_dirs.values())]
+    if not ids:
+        raise WoodInputError(root, f'split {split!r} has no image with a CAM record in every folder.',
+                             'compute the CAMs of this split for every model.')
+    return list(ids)
+
+# %% ../nbs/12_inspect.ipynb #b40d52c4
+def _norm_maps(rec:dict)->np.ndarray:
+    "The record's full-resolution CAMs, each divided by its maximum (an empty stack for an image without classes)."
+    return (normalize_cams(rec['high_res']) if len(rec['keys'])
+            else np.zeros((0,) + rec['high_res'].shape[1:], np.float32))
+
+# %% ../nbs/12_inspect.ipynb #ea45de09
 class CamExplorer:
     "State of the CAM explorer: image, class, threshold and opacity over several models' CAM records."
     def __init__(self, root, # VOC-layout root (images, masks)
@@ -83,26 +120,12 @@ class CamExplorer:
                  split:str='train', # the split whose images are listed
                  ids:list|None=None, # the images to list (default: the split's images with records in every folder)
                  threshold:float=0.25, alpha:float=0.5, height:int=160, cache:int=64):
-        self.root, self.cam_dirs = Path(root), {k: Path(v) for k, v in cam_dirs.items()}
-        if not self.cam_dirs: raise WoodInputError('cam_dirs', 'is empty.', 'give at least one {name: CAM folder}.')
-        for n, d in self.cam_dirs.items():
-            if not d.is_dir(): raise WoodInputError(d, f'(CAM records of {n!r}) does not exist.', 'run `wood cam` (or the demo) first, or fix the path.')
+        self.root, self.cam_dirs = Path(root), _check_cam_dirs(cam_dirs)
         self.classes = read_classes(self.root)
-        if ids is None:
-            ids = [i for i in read_split(self.root, split) if all((d/f'{i}.npz').exists() for d in self.cam_dirs.values())]
-        if not ids: raise WoodInputError(self.root, f'split {split!r} has no image with a CAM record in every folder.', 'compute the CAMs of this split for every model.')
-        self.ids, self.threshold, self.alpha, self.height = list(ids), float(threshold), float(alpha), height
+        self.ids = _with_records(self.root, split, ids, self.cam_dirs)
+        self.threshold, self.alpha, self.height = float(threshold), float(alpha), height
         self._cache, self._index, self.cls = LRU(cache), 0, None
         self.set_index(0)
-
-    @classmethod
-    def from_run(cls, run, root=None, split:str='train', **kw)->'CamExplorer':
-        "An explorer over every model with CAMs in `run/cam/` (baseline first); `root` defaults to `run/data/voc`."
-        run = Path(run); root = Path(root) if root else run/'data'/'voc'
-        cams = run/'cam'
-        if not cams.is_dir(): raise WoodInputError(cams, 'does not exist.', 'run the demo or the chain first (they write RUN/cam/<model>/).')
-        names = sorted((d.name for d in cams.iterdir() if d.is_dir()), key=lambda n: (n != 'baseline', n))
-        return cls(root, {('W-OoD' if n == 'wood' else n): cams/n for n in names}, split, **kw)
 
     @property
     def index(self)->int: return self._index
@@ -115,9 +138,6 @@ class CamExplorer:
         if self.cls not in ks: self.cls = int(ks[0]) if len(ks) else None
     def next(self): self.set_index(self._index + 1)
     def prev(self): self.set_index(self._index - 1)
-    def set_class(self, k:int):
-        if int(k) not in self.keys(): raise WoodInputError('class', f'{k} is not a class of image {self.id} (classes {self.keys().tolist()}).', 'pick one of the image\'s classes.')
-        self.cls = int(k)
 
     def record(self, name:str, id:str|None=None)->dict:
         "The CAM record of model `name` for image `id` (default: the selected one), cached, with normalised maps."
@@ -126,29 +146,60 @@ class CamExplorer:
             r = load_cam_record(self.cam_dirs[name]/f'{id}.npz'); r['norm'] = _norm_maps(r); return r
         return self._cache.get_or((name, id), make)
     def keys(self)->np.ndarray: return self.record(next(iter(self.cam_dirs)))['keys']
-    def image(self)->np.ndarray:
-        return self._cache.get_or(('img', self.id), lambda: np.asarray(Image.open(self.root/'JPEGImages'/f'{self.id}.jpg').convert('RGB')))
-    def gt(self)->np.ndarray: return self._cache.get_or(('gt', self.id), lambda: load_mask(self.root/'SegmentationClass'/f'{self.id}.png'))
 
-    def cam(self, name:str)->np.ndarray:
-        "The normalised CAM `(H, W)` of the selected class by model `name`."
-        r = self.record(name); j = list(r['keys']).index(self.cls)
-        return r['norm'][j]
-    def seed(self, name:str)->np.ndarray:
-        "The seed mask of model `name` at the current threshold (all the image's classes)."
-        r = self.record(name); return seed_from_cams(r['norm'], r['keys'], self.threshold)
-    def seed_miou(self, name:str)->float:
-        "mIoU (%) of the seed against the ground truth over the classes present in the image."
-        cm = ConfusionMatrix(len(self.classes) + 1).update(self.seed(name), self.gt())
-        return cm.miou()
-    def render(self)->np.ndarray:
-        "Image, ground truth, then per model: CAM overlay of the class and seed at the threshold."
-        pal = voc_palette(); img = self.image(); cname = self.classes[self.cls - 1] if self.cls else '-'
-        arrs, caps = [img, pal[self.gt()]], [self.id, 'ground truth']
-        for n in self.cam_dirs:
-            arrs += [cam_overlay(img, self.cam(n), self.alpha) if self.cls else img, pal[self.seed(n)]]
-            caps += [f'{n}: {cname}', f'{n} seed {self.seed_miou(n):.1f}']
-        return panels(arrs, caps, self.height)
+# %% ../nbs/12_inspect.ipynb #ceaf24d3
+def _explorer_set_class(self, k:int):
+    if int(k) not in self.keys():
+        raise WoodInputError('class', f'{k} is not a class of image {self.id} (classes {self.keys().tolist()}).',
+                             'pick one of the image\'s classes.')
+    self.cls = int(k)
+
+def _explorer_cam(self, name:str)->np.ndarray:
+    "The normalised CAM `(H, W)` of the selected class by model `name`."
+    r = self.record(name); j = list(r['keys']).index(self.cls)
+    return r['norm'][j]
+
+def _explorer_seed(self, name:str)->np.ndarray:
+    "The seed mask of model `name` at the current threshold (all the image's classes)."
+    r = self.record(name); return seed_from_cams(r['norm'], r['keys'], self.threshold)
+
+def _explorer_seed_miou(self, name:str)->float:
+    "mIoU (%) of the seed against the ground truth over the classes present in the image."
+    cm = ConfusionMatrix(len(self.classes) + 1).update(self.seed(name), self.gt())
+    return cm.miou()
+
+def _explorer_gt(self)->np.ndarray:
+    return self._cache.get_or(('gt', self.id), lambda: load_mask(self.root/'SegmentationClass'/f'{self.id}.png'))
+
+_methods(CamExplorer, set_class=_explorer_set_class, cam=_explorer_cam, seed=_explorer_seed,
+         seed_miou=_explorer_seed_miou, gt=_explorer_gt)
+
+# %% ../nbs/12_inspect.ipynb #414ad706
+def _explorer_image(self)->np.ndarray:
+    return self._cache.get_or(('img', self.id), lambda: _rgb(self.root/'JPEGImages'/f'{self.id}.jpg'))
+
+def _explorer_render(self)->np.ndarray:
+    "Image, ground truth, then per model: CAM overlay of the class and seed at the threshold."
+    pal = voc_palette(); img = self.image(); cname = self.classes[self.cls - 1] if self.cls else '-'
+    arrs, caps = [img, pal[self.gt()]], [self.id, 'ground truth']
+    for n in self.cam_dirs:
+        arrs += [cam_overlay(img, self.cam(n), self.alpha) if self.cls else img, pal[self.seed(n)]]
+        caps += [f'{n}: {cname}', f'{n} seed {self.seed_miou(n):.1f}']
+    return panels(arrs, caps, self.height)
+
+_methods(CamExplorer, image=_explorer_image, render=_explorer_render)
+
+# %% ../nbs/12_inspect.ipynb #a080eb53
+def _explorer_controls(s:CamExplorer)->tuple:
+    "The explorer's widgets at the state's values, unwired (buttons, sliders, class, picture, mIoU line)."
+    import ipywidgets as W
+    prev_btn, next_btn = W.Button(description='previous'), W.Button(description='next')
+    index = W.IntSlider(0, 0, len(s.ids) - 1, description='image', continuous_update=False)
+    cls = W.Dropdown(description='class')
+    threshold = W.FloatSlider(s.threshold, min=0.05, max=0.95, step=0.01, description='threshold',
+                              continuous_update=False)
+    alpha = W.FloatSlider(s.alpha, min=0.0, max=1.0, step=0.05, description='opacity', continuous_update=False)
+    return prev_btn, next_btn, index, cls, threshold, alpha, W.Image(format='png'), W.HTML()
 
 # %% ../nbs/12_inspect.ipynb #94615568
 class CamExplorerView:
@@ -156,27 +207,19 @@ class CamExplorerView:
     def __init__(self, explorer:CamExplorer):
         import ipywidgets as W
         self.state = s = explorer
-        self.prev_btn, self.next_btn = W.Button(description='previous'), W.Button(description='next')
-        self.index = W.IntSlider(0, 0, len(s.ids) - 1, description='image', continuous_update=False)
-        self.cls = W.Dropdown(description='class')
-        self.threshold = W.FloatSlider(s.threshold, min=0.05, max=0.95, step=0.01, description='threshold', continuous_update=False)
-        self.alpha = W.FloatSlider(s.alpha, min=0.0, max=1.0, step=0.05, description='opacity', continuous_update=False)
-        self.image, self.info = W.Image(format='png'), W.HTML()
+        (self.prev_btn, self.next_btn, self.index, self.cls, self.threshold, self.alpha,
+         self.image, self.info) = _explorer_controls(s)
         self.prev_btn.on_click(lambda _: self._go(s.index - 1)); self.next_btn.on_click(lambda _: self._go(s.index + 1))
         self.index.observe(lambda c: self._go(c['new']), names='value')
         self.cls.observe(self._on_cls, names='value')
         self.threshold.observe(lambda c: self._set('threshold', c['new']), names='value')
         self.alpha.observe(lambda c: self._set('alpha', c['new']), names='value')
-        self.widget = W.VBox([W.HBox([self.prev_btn, self.next_btn, self.index, self.cls]), W.HBox([self.threshold, self.alpha]), self.image, self.info])
+        self.widget = W.VBox([W.HBox([self.prev_btn, self.next_btn, self.index, self.cls]),
+                              W.HBox([self.threshold, self.alpha]), self.image, self.info])
         self.refresh()
 
-    def _go(self, i):
-        self.state.set_index(i)
-        if self.index.value != self.state.index: self.index.value = self.state.index   # re-enters _go once, harmless
-        self.refresh()
     def _on_cls(self, c):
         if c['new'] is not None and c['new'] != self.state.cls: self.state.set_class(c['new']); self.refresh()
-    def _set(self, k, v): setattr(self.state, k, float(v)); self.refresh()
     def refresh(self):
         "Sync the class list, redraw the picture and the mIoU line from the state."
         s = self.state
@@ -186,6 +229,30 @@ class CamExplorerView:
         self.image.value = to_png(s.render())
         self.info.value = (f'<b>{s.id}</b> ({s.index + 1}/{len(s.ids)}), threshold {s.threshold:.2f}: seed mIoU '
                            + ', '.join(f'{n} {s.seed_miou(n):.1f}' for n in s.cam_dirs))
+
+# %% ../nbs/12_inspect.ipynb #8409f75f
+def _explorer_view_go(self, i):
+    self.state.set_index(i)
+    if self.index.value != self.state.index: self.index.value = self.state.index   # re-enters _go once, harmless
+    self.refresh()
+
+def _explorer_view_set(self, k, v): setattr(self.state, k, float(v)); self.refresh()
+
+_methods(CamExplorerView, _go=_explorer_view_go, _set=_explorer_view_set)
+
+# %% ../nbs/12_inspect.ipynb #f907be43
+def _check_prototypes(prototypes, feat_dim:int)->tuple[dict, torch.Tensor]:
+    "The prototypes (read from a path) and their OoD centres, checked for pool paths, clusters and dimension."
+    protos = load_prototypes(prototypes) if isinstance(prototypes, (str, Path)) else prototypes
+    for k in ('ood_protos', 'ood_paths', 'ood_assign'):
+        if k not in protos:
+            raise WoodInputError('prototypes', f'has no {k!r}.',
+                                 'use a file written by compute_prototypes (wood prototypes).')
+    centres = torch.as_tensor(protos['ood_protos']).float()
+    if centres.shape[1] != feat_dim:
+        raise WoodInputError('prototypes', f'are {centres.shape[1]}-d but the model has {feat_dim}-d features.',
+                             'use the baseline the prototypes were computed with.')
+    return protos, centres
 
 # %% ../nbs/12_inspect.ipynb #3d8ca9f6
 class CueInspector:
@@ -198,12 +265,7 @@ class CueInspector:
                  evals:dict|None=None, # `{model name: evaluation block}` with `cue_activation_per_class`
                  n_near:int=3, n_exemplars:int=4, height:int=140, device='cpu', cache:int=64):
         self.model = model.to(device).eval(); self.device = device
-        self.protos = load_prototypes(prototypes) if isinstance(prototypes, (str, Path)) else prototypes
-        for k in ('ood_protos', 'ood_paths', 'ood_assign'):
-            if k not in self.protos: raise WoodInputError('prototypes', f'has no {k!r}.', 'use a file written by compute_prototypes (wood prototypes).')
-        self.centres = torch.as_tensor(self.protos['ood_protos']).float()
-        if self.centres.shape[1] != model.feat_dim:
-            raise WoodInputError('prototypes', f'are {self.centres.shape[1]}-d but the model has {model.feat_dim}-d features.', 'use the baseline the prototypes were computed with.')
+        self.protos, self.centres = _check_prototypes(prototypes, model.feat_dim)
         self.root, self.pool_root = Path(root), Path(pool_root)
         self.classes = read_classes(self.root)
         self.ds = VOCDataset(self.root, split, transform=eval_transforms(model.mean, model.std), with_mask=False)
@@ -212,17 +274,6 @@ class CueInspector:
         self.assign = np.asarray(self.protos['ood_assign']); self.paths = list(self.protos['ood_paths'])
         self._cache, self._index, self.cluster = LRU(cache), 0, None
         self.set_index(0)
-
-    @classmethod
-    def from_run(cls, run, root=None, **kw)->'CueInspector':
-        "From a run folder: the baseline `cls/model.pt`, `prototypes/mined/prototypes.npz`, `data/ood`, `eval/*.json`."
-        run = Path(run); root = Path(root) if root else run/'data'/'voc'
-        f = run/'cls'/'model.pt'
-        if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'run the demo or the chain first.')
-        classes = read_classes(root)
-        evals = {('W-OoD' if p.stem == 'wood' else p.stem): json.loads(p.read_text()) for p in sorted((run/'eval').glob('*.json'))}
-        return cls(load_classifier(f, num_classes=len(classes), classes=classes), run/'prototypes'/'mined'/'prototypes.npz',
-                   root, kw.pop('pool_root', run/'data'/'ood'), evals=evals, **kw)
 
     @property
     def index(self)->int: return self._index
@@ -234,69 +285,107 @@ class CueInspector:
     def next(self): self.set_index(self._index + 1)
     def prev(self): self.set_index(self._index - 1)
 
-    def analysis(self)->dict:
-        "Feature, feature map and distances to every OoD centre of the selected image (cached)."
-        def make():
-            item = self.ds[self.ds.ids.index(self.id)]
-            with torch.no_grad():
-                out = self.model(torch.as_tensor(item['image'])[None].float().to(self.device), all=True)
-            z, fmap = out['feat'][0].float().cpu(), out['fmap'][0].float().cpu()
-            return {'z': z, 'fmap': fmap, 'dist': centre_distances(z[None], self.centres)[0], 'label': item['label']}
-        return self._cache.get_or(('an', self.id), make)
-    def nearest(self)->list[tuple[int, float, int]]:
-        "The `n_near` nearest OoD clusters: `(cluster, distance, size)`, nearest first."
-        d = self.analysis()['dist']; order = d.argsort()[: self.n_near].tolist()
-        return [(j, float(d[j]), int((self.assign == j).sum())) for j in order]
-    def similarity(self, j:int|None=None)->np.ndarray:
-        "Where the image looks like OoD centre `j`: per-pixel cosine similarity, min-max scaled within the image, at image size."
-        j = self.cluster if j is None else int(j)
-        fmap = self.analysis()['fmap']
-        s = F.cosine_similarity(fmap, self.centres[j][:, None, None], dim=0)
-        s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-8)
-        H, W = self.image().shape[:2]
-        return F.interpolate(s[None, None], size=(H, W), mode='bilinear', align_corners=False)[0, 0].numpy()
-    def exemplars(self, j:int|None=None)->list[str]:
-        "Up to `n_exemplars` members of cluster `j`, nearest its centre first."
-        j = self.cluster if j is None else int(j)
-        def make():
-            members = [p for p, a in zip(self.paths, self.assign) if a == j]
-            if not members: return []
-            ds = OoDDataset(self.pool_root, 'ood_list.txt', len(self.classes), transform=eval_transforms(self.model.mean, self.model.std))
-            ds.ids = members
-            with torch.no_grad():
-                f = torch.stack([self.model.pooled(torch.as_tensor(ds[i]['image'])[None].float().to(self.device))[0].cpu() for i in range(len(ds))])
-            return [members[i] for i in centre_distances(f.float(), self.centres[j][None])[:, 0].argsort().tolist()]
-        return self._cache.get_or(('ex', j), make)[: self.n_exemplars]
-    def image(self)->np.ndarray:
-        return self._cache.get_or(('img', self.id), lambda: np.asarray(Image.open(self.root/'JPEGImages'/f'{self.id}.jpg').convert('RGB')))
-    def render(self)->np.ndarray:
-        "The image, the similarity map of the chosen cluster over it, and the cluster's exemplars."
-        img = self.image(); near = dict((j, dd) for j, dd, _ in self.nearest())
-        arrs, caps = [img, cam_overlay(img, self.similarity(), 0.55)], [self.id, f'like cluster {self.cluster}']
-        for p in self.exemplars():
-            with Image.open(self.pool_root/p) as im: arrs.append(np.asarray(im.convert('RGB')))
-            caps.append(Path(p).stem)
-        dist = near.get(self.cluster, float(self.analysis()['dist'][self.cluster]))
-        caps[1] += f' (d {dist:.1f})'
-        return panels(arrs, caps, self.height)
-    def cue_activation(self)->dict:
-        "`{class: {model: cue activation}}` from the evaluation blocks (classes with cue pairs only)."
-        out = {}
-        for n, b in self.evals.items():
-            for c, v in (b.get('cue_activation_per_class') or {}).items(): out.setdefault(c, {})[n] = v
-        return out
-    def render_cue_bars(self, width:float=5.5)->np.ndarray:
-        "A bar chart of the per-class cue activation of each model (an empty array without evaluations)."
-        table = self.cue_activation()
-        if not table: return np.zeros((0, 0, 3), np.uint8)
-        from matplotlib.figure import Figure                   # no pyplot: nothing global, nothing displayed
-        names = list(self.evals); cls_ = list(table); x = np.arange(len(cls_)); w = 0.8 / len(names)
-        fig = Figure(figsize=(width, 2.2)); ax = fig.subplots()
-        for i, n in enumerate(names): ax.bar(x + i * w, [table[c].get(n, np.nan) for c in cls_], w, label=n)
-        ax.set_xticks(x + w * (len(names) - 1) / 2, cls_, fontsize=7); ax.set_ylabel('cue activation', fontsize=7)
-        ax.tick_params(labelsize=7); ax.legend(fontsize=7); fig.tight_layout()
-        buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80)
-        return from_png(buf.getvalue())
+# %% ../nbs/12_inspect.ipynb #0711b17e
+def _inspector_analysis(self)->dict:
+    "Feature, feature map and distances to every OoD centre of the selected image (cached)."
+    def make():
+        item = self.ds[self.ds.ids.index(self.id)]
+        with torch.no_grad():
+            out = self.model(torch.as_tensor(item['image'])[None].float().to(self.device), all=True)
+        z, fmap = out['feat'][0].float().cpu(), out['fmap'][0].float().cpu()
+        return {'z': z, 'fmap': fmap, 'dist': centre_distances(z[None], self.centres)[0], 'label': item['label']}
+    return self._cache.get_or(('an', self.id), make)
+
+def _inspector_nearest(self)->list[tuple[int, float, int]]:
+    "The `n_near` nearest OoD clusters: `(cluster, distance, size)`, nearest first."
+    d = self.analysis()['dist']; order = d.argsort()[: self.n_near].tolist()
+    return [(j, float(d[j]), int((self.assign == j).sum())) for j in order]
+
+_methods(CueInspector, analysis=_inspector_analysis, nearest=_inspector_nearest)
+
+# %% ../nbs/12_inspect.ipynb #4f5abd01
+def _similarity_map(fmap:torch.Tensor, # `(D, h, w)` feature map
+                    centre:torch.Tensor, # `(D,)` an OoD centre
+                    size:tuple, # `(H, W)` of the image
+                   )->np.ndarray: # `(H, W)` in [0, 1]
+    "Per-position cosine similarity of `fmap` to `centre`, min-max scaled within the map, resized to `size`."
+    s = F.cosine_similarity(fmap, centre[:, None, None], dim=0)
+    s = (s - s.min()) / (s.max() - s.min()).clamp_min(1e-8)
+    return F.interpolate(s[None, None], size=size, mode='bilinear', align_corners=False)[0, 0].numpy()
+
+# %% ../nbs/12_inspect.ipynb #54be74fa
+def _by_distance(model, pool_root:Path, n_classes:int, members:list, centre:torch.Tensor, device='cpu')->list:
+    "The pool images `members`, nearest first by the distance of their feature (by `model`) to `centre`."
+    if not members: return []
+    ds = OoDDataset(pool_root, 'ood_list.txt', n_classes, transform=eval_transforms(model.mean, model.std))
+    ds.ids = members
+    with torch.no_grad():
+        f = torch.stack([model.pooled(torch.as_tensor(ds[i]['image'])[None].float().to(device))[0].cpu()
+                         for i in range(len(ds))])
+    return [members[i] for i in centre_distances(f.float(), centre[None])[:, 0].argsort().tolist()]
+
+# %% ../nbs/12_inspect.ipynb #d3f1e057
+def _inspector_similarity(self, j:int|None=None)->np.ndarray:
+    "Where the image looks like OoD centre `j`: per-pixel cosine similarity, min-max scaled within the image, at image size."
+    j = self.cluster if j is None else int(j)
+    return _similarity_map(self.analysis()['fmap'], self.centres[j], self.image().shape[:2])
+
+def _inspector_exemplars(self, j:int|None=None)->list[str]:
+    "Up to `n_exemplars` members of cluster `j`, nearest its centre first."
+    j = self.cluster if j is None else int(j)
+    def make():
+        members = [p for p, a in zip(self.paths, self.assign) if a == j]
+        return _by_distance(self.model, self.pool_root, len(self.classes), members, self.centres[j], self.device)
+    return self._cache.get_or(('ex', j), make)[: self.n_exemplars]
+
+def _inspector_image(self)->np.ndarray:
+    return self._cache.get_or(('img', self.id), lambda: _rgb(self.root/'JPEGImages'/f'{self.id}.jpg'))
+
+_methods(CueInspector, similarity=_inspector_similarity, exemplars=_inspector_exemplars, image=_inspector_image)
+
+# %% ../nbs/12_inspect.ipynb #a8707c5d
+def _cue_table(evals:dict)->dict:
+    "`{class: {model: cue activation}}` from evaluation blocks (classes with cue pairs only)."
+    out = {}
+    for n, b in evals.items():
+        for c, v in (b.get('cue_activation_per_class') or {}).items(): out.setdefault(c, {})[n] = v
+    return out
+
+def _cue_bars(table:dict, names:list, width:float=5.5)->np.ndarray:
+    "A bar chart of `table` (`{class: {model: value}}`), one bar per model of `names` for each class."
+    from matplotlib.figure import Figure                   # no pyplot: nothing global, nothing displayed
+    cls_ = list(table); x = np.arange(len(cls_)); w = 0.8 / len(names)
+    fig = Figure(figsize=(width, 2.2)); ax = fig.subplots()
+    for i, n in enumerate(names): ax.bar(x + i * w, [table[c].get(n, np.nan) for c in cls_], w, label=n)
+    ax.set_xticks(x + w * (len(names) - 1) / 2, cls_, fontsize=7); ax.set_ylabel('cue activation', fontsize=7)
+    ax.tick_params(labelsize=7); ax.legend(fontsize=7); fig.tight_layout()
+    buf = io.BytesIO(); fig.savefig(buf, format='png', dpi=80)
+    return from_png(buf.getvalue())
+
+# %% ../nbs/12_inspect.ipynb #642da19b
+def _inspector_render(self)->np.ndarray:
+    "The image, the similarity map of the chosen cluster over it, and the cluster's exemplars."
+    img = self.image(); near = dict((j, dd) for j, dd, _ in self.nearest())
+    arrs, caps = [img, cam_overlay(img, self.similarity(), 0.55)], [self.id, f'like cluster {self.cluster}']
+    for p in self.exemplars():
+        with Image.open(self.pool_root/p) as im: arrs.append(np.asarray(im.convert('RGB')))
+        caps.append(Path(p).stem)
+    dist = near.get(self.cluster, float(self.analysis()['dist'][self.cluster]))
+    caps[1] += f' (d {dist:.1f})'
+    return panels(arrs, caps, self.height)
+
+def _inspector_cue_activation(self)->dict:
+    "`{class: {model: cue activation}}` from the evaluation blocks (classes with cue pairs only)."
+    return _cue_table(self.evals)
+
+def _inspector_render_cue_bars(self, width:float=5.5)->np.ndarray:
+    "A bar chart of the per-class cue activation of each model (an empty array without evaluations)."
+    table = self.cue_activation()
+    if not table: return np.zeros((0, 0, 3), np.uint8)
+    return _cue_bars(table, list(self.evals), width)
+
+_methods(CueInspector, render=_inspector_render, cue_activation=_inspector_cue_activation,
+         render_cue_bars=_inspector_render_cue_bars)
 
 # %% ../nbs/12_inspect.ipynb #de6a794f
 class CueInspectorView:
@@ -307,11 +396,13 @@ class CueInspectorView:
         self.prev_btn, self.next_btn = W.Button(description='previous'), W.Button(description='next')
         self.cluster = W.Dropdown(description='OoD cluster')
         self.image, self.info, self.bars = W.Image(format='png'), W.HTML(), W.Image(format='png')
-        self.prev_btn.on_click(lambda _: (s.prev(), self.refresh())); self.next_btn.on_click(lambda _: (s.next(), self.refresh()))
+        self.prev_btn.on_click(lambda _: (s.prev(), self.refresh()))
+        self.next_btn.on_click(lambda _: (s.next(), self.refresh()))
         self.cluster.observe(self._on_cluster, names='value')
         bars = s.render_cue_bars()
         if bars.size: self.bars.value = to_png(bars)
-        self.widget = W.VBox([W.HBox([self.prev_btn, self.next_btn, self.cluster]), self.image, self.info] + ([self.bars] if bars.size else []))
+        self.widget = W.VBox([W.HBox([self.prev_btn, self.next_btn, self.cluster]), self.image, self.info]
+                             + ([self.bars] if bars.size else []))
         self.refresh()
     def _on_cluster(self, c):
         if c['new'] is not None and c['new'] != self.state.cluster: self.state.cluster = int(c['new']); self.refresh()
@@ -324,6 +415,15 @@ class CueInspectorView:
         self.image.value = to_png(s.render())
         self.info.value = f'<b>{s.id}</b>: nearest OoD clusters ' + ', '.join(f'{j} ({dd:.2f})' for j, dd, _ in near)
 
+# %% ../nbs/12_inspect.ipynb #ea00c24a
+def _candidates(ranked, classes:list[str]|None)->list[Candidate]:
+    "The candidates of a `ranked.csv` (or of a list of tuples), best first; an error when there is none."
+    cands = read_ranked(ranked, classes) if isinstance(ranked, (str, Path)) else [Candidate(*c) for c in ranked]
+    if not cands:
+        raise WoodInputError(ranked if isinstance(ranked, (str, Path)) else 'ranked', 'holds no candidate.',
+                             'mine the pool first (wood mine) with a threshold that keeps some.')
+    return cands
+
 # %% ../nbs/12_inspect.ipynb #d4e3e43e
 class Curator:
     "State of the OoD curator: ranked candidates, a keep/object decision each, pages, saving."
@@ -334,26 +434,18 @@ class Curator:
                  start=None, # an earlier curated list: its paths are kept, the other candidates marked
                  page_size:int=12, thumb:int=96, cache:int=256):
         self.pool_root = Path(pool_root)
-        self.cands = read_ranked(ranked, classes) if isinstance(ranked, (str, Path)) else [Candidate(*c) for c in ranked]
-        if not self.cands: raise WoodInputError(ranked if isinstance(ranked, (str, Path)) else 'ranked', 'holds no candidate.', 'mine the pool first (wood mine) with a threshold that keeps some.')
+        self.cands = _candidates(ranked, classes)
         self.classes, self.model, self.page_size, self.thumb = classes, model, int(page_size), int(thumb)
         if self.model is not None: self.model = self.model.eval()
         kept = set(read_curated_list(start)) if start is not None else None
         self.keep = {c.path: (kept is None or c.path in kept) for c in self.cands}
         self.page, self._cache = 0, LRU(cache)
 
-    @classmethod
-    def from_run(cls, run, root=None, **kw)->'Curator':
-        "From a run folder: `mining/ranked.csv`, `data/ood`, the baseline `cls/model.pt`; resumes `mining/curated.txt`."
-        run = Path(run); root = Path(root) if root else run/'data'/'voc'; classes = read_classes(root)
-        model = load_classifier(run/'cls'/'model.pt', num_classes=len(classes), classes=classes) if (run/'cls'/'model.pt').is_file() else None
-        start = run/'mining'/'curated.txt'
-        return cls(kw.pop('pool_root', run/'data'/'ood'), run/'mining'/'ranked.csv', classes, model, start if start.is_file() else None, **kw)
-
     @property
     def n_pages(self)->int: return -(-len(self.cands) // self.page_size)
     def set_page(self, p:int): self.page = int(p) % self.n_pages
-    def page_items(self)->list[Candidate]: return self.cands[self.page * self.page_size:(self.page + 1) * self.page_size]
+    def page_items(self)->list[Candidate]:
+        return self.cands[self.page * self.page_size:(self.page + 1) * self.page_size]
     def toggle(self, path:str)->bool:
         "Flip keep/object for `path`; returns the new keep value."
         if path not in self.keep: raise WoodInputError(path, 'is not a candidate.', 'pick a path from the ranked list.')
@@ -362,26 +454,55 @@ class Curator:
     def save(self, path)->Path:
         "Write the kept candidates (ranked order) as an OoD list, atomically."
         return write_ood_list(path, self.kept())
-    def caption(self, c:Candidate)->str:
-        name = self.classes[c.cls] if self.classes and 0 <= c.cls < len(self.classes) else str(c.cls)
-        return f'{c.score:.2f} {name}'
-    def tile(self, c:Candidate)->np.ndarray:
-        "The thumbnail (and the CAM of the predicted class when a model is given), with a red frame when marked."
-        def make():
-            with Image.open(self.pool_root/c.path) as im: img = np.asarray(im.convert('RGB').resize((self.thumb, self.thumb), Image.BILINEAR))
-            if self.model is None: return img
-            x = eval_transforms(self.model.mean, self.model.std)({'image': tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))})['image']
-            with torch.no_grad(): cam = self.model.cams(torch.as_tensor(x)[None].float())[0, c.cls]
-            cam = F.interpolate(cam[None, None], size=img.shape[:2], mode='bilinear', align_corners=False)[0, 0].numpy()
-            return np.concatenate([img, cam_overlay(img, cam / (cam.max() + 1e-5), 0.5)], 1)
-        t = self._cache.get_or(c.path, make).copy()
-        if not self.keep[c.path]: t[:3], t[-3:], t[:, :3], t[:, -3:] = (220, 0, 0), (220, 0, 0), (220, 0, 0), (220, 0, 0)
-        return t
-    def render(self)->np.ndarray:
-        "The current page as one array (tiles in rows of 4)."
-        tiles = [panels([self.tile(c)], [self.caption(c)], self.thumb) for c in self.page_items()]
-        rows = [np.concatenate(tiles[i:i + 4] + [np.full_like(tiles[0], 255)] * (4 - len(tiles[i:i + 4])), 1) for i in range(0, len(tiles), 4)]
-        return np.concatenate(rows, 0)
+
+# %% ../nbs/12_inspect.ipynb #8b24725f
+def _thumb(pool_root:Path, c:Candidate, size:int, model=None)->np.ndarray:
+    "The `size`-px thumbnail of candidate `c`; with a model, the CAM of the predicted class beside it."
+    with Image.open(pool_root/c.path) as im: img = np.asarray(im.convert('RGB').resize((size, size), Image.BILINEAR))
+    if model is None: return img
+    tf = eval_transforms(model.mean, model.std)
+    x = tf({'image': tv_tensors.Image(torch.from_numpy(img.copy()).permute(2, 0, 1))})['image']
+    with torch.no_grad(): cam = model.cams(torch.as_tensor(x)[None].float())[0, c.cls]
+    cam = F.interpolate(cam[None, None], size=img.shape[:2], mode='bilinear', align_corners=False)[0, 0].numpy()
+    return np.concatenate([img, cam_overlay(img, cam / (cam.max() + 1e-5), 0.5)], 1)
+
+def _mark(t:np.ndarray)->np.ndarray:
+    "`t` with a 3-px red frame, in place: the tile of a candidate that holds an object."
+    t[:3], t[-3:], t[:, :3], t[:, -3:] = (220, 0, 0), (220, 0, 0), (220, 0, 0), (220, 0, 0)
+    return t
+
+def _rows(tiles:list, n:int=4)->np.ndarray:
+    "Tiles of one size in rows of `n`, the last row padded with white."
+    rows = [np.concatenate(tiles[i:i + n] + [np.full_like(tiles[0], 255)] * (n - len(tiles[i:i + n])), 1)
+            for i in range(0, len(tiles), n)]
+    return np.concatenate(rows, 0)
+
+# %% ../nbs/12_inspect.ipynb #200767ed
+def _curator_caption(self, c:Candidate)->str:
+    name = self.classes[c.cls] if self.classes and 0 <= c.cls < len(self.classes) else str(c.cls)
+    return f'{c.score:.2f} {name}'
+
+def _curator_tile(self, c:Candidate)->np.ndarray:
+    "The thumbnail (and the CAM of the predicted class when a model is given), with a red frame when marked."
+    t = self._cache.get_or(c.path, lambda: _thumb(self.pool_root, c, self.thumb, self.model)).copy()
+    return t if self.keep[c.path] else _mark(t)
+
+def _curator_render(self)->np.ndarray:
+    "The current page as one array (tiles in rows of 4)."
+    return _rows([panels([self.tile(c)], [self.caption(c)], self.thumb) for c in self.page_items()])
+
+_methods(Curator, caption=_curator_caption, tile=_curator_tile, render=_curator_render)
+
+# %% ../nbs/12_inspect.ipynb #988f6c92
+def _tile_widgets(thumb:int)->tuple:
+    "One curator tile, unwired: the picture, a `keep`/`object` toggle under it, and their box."
+    import ipywidgets as W
+    img, btn = W.Image(format='png'), W.ToggleButton(description='keep', layout=W.Layout(width='100%'))
+    return img, btn, W.VBox([img, btn], layout=W.Layout(width=f'{2 * thumb + 20}px'))
+
+def _status_line(s:Curator, msg:str='')->str:
+    "The curator's status: page, how many are kept, and `msg`."
+    return f'page {s.page + 1}/{s.n_pages}; {len(s.kept())} of {len(s.cands)} kept' + (f'; {msg}' if msg else '')
 
 # %% ../nbs/12_inspect.ipynb #217a90c2
 class CuratorView:
@@ -390,30 +511,24 @@ class CuratorView:
                 ):
         import ipywidgets as W
         self.state, self.out = curator, Path(out)
-        self.tiles = []
-        for _ in range(curator.page_size):
-            img, btn = W.Image(format='png'), W.ToggleButton(description='keep', layout=W.Layout(width='100%'))
-            btn.observe(lambda c, b=btn: self._on_toggle(b, c), names='value')
-            self.tiles.append((img, btn, W.VBox([img, btn], layout=W.Layout(width=f'{2 * curator.thumb + 20}px'))))
-        self.prev_btn, self.next_btn, self.save_btn = W.Button(description='previous page'), W.Button(description='next page'), W.Button(description='save', button_style='success')
-        self.status = W.HTML()
-        self.prev_btn.on_click(lambda _: self._page(-1)); self.next_btn.on_click(lambda _: self._page(1)); self.save_btn.on_click(lambda _: self.save())
-        self.grid = W.GridBox([t[2] for t in self.tiles], layout=W.Layout(grid_template_columns=f'repeat(4, {2 * curator.thumb + 24}px)'))
+        self.tiles = [_tile_widgets(curator.thumb) for _ in range(curator.page_size)]
+        for img, btn, box in self.tiles: btn.observe(lambda c, b=btn: self._on_toggle(b, c), names='value')
+        self.prev_btn, self.next_btn = W.Button(description='previous page'), W.Button(description='next page')
+        self.save_btn, self.status = W.Button(description='save', button_style='success'), W.HTML()
+        self.prev_btn.on_click(lambda _: self._page(-1)); self.next_btn.on_click(lambda _: self._page(1))
+        self.save_btn.on_click(lambda _: self.save())
+        self.grid = W.GridBox([t[2] for t in self.tiles],
+                              layout=W.Layout(grid_template_columns=f'repeat(4, {2 * curator.thumb + 24}px)'))
         self.widget = W.VBox([W.HBox([self.prev_btn, self.next_btn, self.save_btn]), self.grid, self.status])
         self._filling = False
         self.refresh()
-    def _page(self, step): self.state.set_page(self.state.page + step); self.refresh()
-    def _on_toggle(self, btn, c):
-        if self._filling or btn._path is None: return
-        if self.state.keep[btn._path] != (not c['new']): self.state.toggle(btn._path)
-        self._fill(btn, btn._path)
-        self._status()
     def _fill(self, btn, path):
         img = next(t[0] for t in self.tiles if t[1] is btn)
         c = next(c for c in self.state.page_items() if c.path == path)
         keep = self.state.keep[path]
         self._filling = True
-        btn.value, btn.description, btn.button_style = (not keep), ('keep' if keep else 'object'), ('' if keep else 'danger')
+        btn.value, btn.description, btn.button_style = ((not keep), ('keep' if keep else 'object'),
+                                                        ('' if keep else 'danger'))
         self._filling = False
         img.value = to_png(panels([self.state.tile(c)], [self.state.caption(c)], self.state.thumb))
     def refresh(self):
@@ -424,9 +539,63 @@ class CuratorView:
             box.layout.visibility = 'visible' if c else 'hidden'
             if c: self._fill(btn, c.path)
         self._status()
-    def _status(self, msg:str=''):
-        s = self.state
-        self.status.value = f'page {s.page + 1}/{s.n_pages}; {len(s.kept())} of {len(s.cands)} kept' + (f'; {msg}' if msg else '')
-    def save(self)->Path:
-        "Write the curated list to `out`."
-        f = self.state.save(self.out); self._status(f'saved {f}'); return f
+    def _status(self, msg:str=''): self.status.value = _status_line(self.state, msg)
+
+# %% ../nbs/12_inspect.ipynb #7a7b11d2
+def _curator_view_page(self, step): self.state.set_page(self.state.page + step); self.refresh()
+
+def _curator_view_on_toggle(self, btn, c):
+    if self._filling or btn._path is None: return
+    if self.state.keep[btn._path] != (not c['new']): self.state.toggle(btn._path)
+    self._fill(btn, btn._path)
+    self._status()
+
+def _curator_view_save(self)->Path:
+    "Write the curated list to `out`."
+    f = self.state.save(self.out); self._status(f'saved {f}'); return f
+
+_methods(CuratorView, _page=_curator_view_page, _on_toggle=_curator_view_on_toggle, save=_curator_view_save)
+
+# %% ../nbs/12_inspect.ipynb #e280ff7d
+def _run_cam_dirs(run:Path)->dict:
+    "`{model name: folder}` of a run's `cam/<model>/` folders, the baseline first, `wood` named `W-OoD`."
+    cams = run/'cam'
+    if not cams.is_dir():
+        raise WoodInputError(cams, 'does not exist.', 'run the demo or the chain first (they write RUN/cam/<model>/).')
+    names = sorted((d.name for d in cams.iterdir() if d.is_dir()), key=lambda n: (n != 'baseline', n))
+    return {('W-OoD' if n == 'wood' else n): cams/n for n in names}
+
+def _explorer_from_run(cls, run, root=None, split:str='train', **kw)->'CamExplorer':
+    "An explorer over every model with CAMs in `run/cam/` (baseline first); `root` defaults to `run/data/voc`."
+    run = Path(run); root = Path(root) if root else run/'data'/'voc'
+    return cls(root, _run_cam_dirs(run), split, **kw)
+
+_methods(CamExplorer, from_run=classmethod(_explorer_from_run))
+
+# %% ../nbs/12_inspect.ipynb #89b0bca9
+def _run_evals(run:Path)->dict:
+    "`{model name: evaluation block}` of a run's `eval/<model>.json` files, `wood` named `W-OoD`."
+    return {('W-OoD' if p.stem == 'wood' else p.stem): json.loads(p.read_text())
+            for p in sorted((run/'eval').glob('*.json'))}
+
+def _inspector_from_run(cls, run, root=None, **kw)->'CueInspector':
+    "From a run folder: the baseline `cls/model.pt`, `prototypes/mined/prototypes.npz`, `data/ood`, `eval/*.json`."
+    run = Path(run); root = Path(root) if root else run/'data'/'voc'
+    f = run/'cls'/'model.pt'
+    if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'run the demo or the chain first.')
+    classes = read_classes(root)
+    evals = _run_evals(run)
+    return cls(load_classifier(f, num_classes=len(classes), classes=classes), run/'prototypes'/'mined'/'prototypes.npz',
+               root, kw.pop('pool_root', run/'data'/'ood'), evals=evals, **kw)
+
+def _curator_from_run(cls, run, root=None, **kw)->'Curator':
+    "From a run folder: `mining/ranked.csv`, `data/ood`, the baseline `cls/model.pt`; resumes `mining/curated.txt`."
+    run = Path(run); root = Path(root) if root else run/'data'/'voc'; classes = read_classes(root)
+    f = run/'cls'/'model.pt'
+    model = load_classifier(f, num_classes=len(classes), classes=classes) if f.is_file() else None
+    start = run/'mining'/'curated.txt'
+    return cls(kw.pop('pool_root', run/'data'/'ood'), run/'mining'/'ranked.csv', classes, model,
+               start if start.is_file() else None, **kw)
+
+_methods(CueInspector, from_run=classmethod(_inspector_from_run))
+_methods(Curator, from_run=classmethod(_curator_from_run))
