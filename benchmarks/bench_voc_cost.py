@@ -88,7 +88,7 @@ def main(argv=None)->int:
         'DeepLab-v2 (train, per image-epoch)': max(sec['segment'] / 2 - pred_img * n['n_val'], 0.0) / N,
         'DeepLab-v2 prediction, 5 scales + flip (per image)': pred_img,
     }
-    from wood_nb.pipeline import run_config
+    from wood_nb.runconfig import run_config
     cfg = run_config('voc')
     voc_s = {   # the real VOC at the preset's epochs, one process
         'baseline': per['baseline (train, per image-epoch)'] * VOC['train_aug'] * cfg.cls.epochs,

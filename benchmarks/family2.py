@@ -426,7 +426,8 @@ def run_chain(out, seed:int=0, cfg=None, record=None, command:str|None=None,
              )->dict:
     "Generate `out/data`, run the quick demo profile's settings on it into `out/run`; print and (optionally) record the results."
     from wood_nb.cli import DEMO_PROFILES
-    from wood_nb.pipeline import run_config, run_pipeline
+    from wood_nb.runconfig import run_config
+    from wood_nb.pipeline import run_pipeline
     out = Path(out); data, run = out/'data', out/'run'
     if run.exists(): raise FileExistsError(f'{run} exists: give a new --out')
     load0, t0 = os.getloadavg(), time.perf_counter()

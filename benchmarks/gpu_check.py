@@ -14,7 +14,9 @@ from pathlib import Path
 import torch
 
 from wood_nb.cli import run_demo
-from wood_nb.pipeline import STEPS, config_from_dict, estimate_seconds, image_counts, run_config, run_pipeline
+from wood_nb.config import STEPS
+from wood_nb.runconfig import config_from_dict, run_config
+from wood_nb.pipeline import estimate_seconds, image_counts, run_pipeline
 from wood_nb.synth import SynthConfig, generate_voc_rehearsal, write_standin_weights
 
 # (benchmark knobs, run settings) of each part at each size; only counts, epochs and (tiny) crops are shrunk

@@ -11,7 +11,7 @@
 import contextlib, functools, os, sys
 from pathlib import Path
 
-import wood_nb.core, wood_nb.data, wood_nb.pipeline, wood_nb.refine, wood_nb.segment, wood_nb.train, wood_nb.wood
+import wood_nb.core, wood_nb.data, wood_nb.refine, wood_nb.report, wood_nb.segment, wood_nb.train, wood_nb.wood
 
 no_flip = functools.partial(wood_nb.data.train_transforms, hflip=False)
 for m in (wood_nb.data, wood_nb.train, wood_nb.wood, wood_nb.refine, wood_nb.segment):
@@ -28,7 +28,7 @@ if os.environ.get('WOOD_TEST_WRITES'):
         with _atomic(path) as t: yield t
         with open(log, 'a') as f: f.write(f'{Path(path).resolve()}\n')
 
-    for m in (wood_nb.core, wood_nb.train, wood_nb.wood, wood_nb.pipeline):
+    for m in (wood_nb.core, wood_nb.train, wood_nb.wood, wood_nb.report):
         assert hasattr(m, 'atomic_path'), m
         m.atomic_path = logged_atomic_path
 

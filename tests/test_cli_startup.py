@@ -33,7 +33,8 @@ def test_help_leaves_torch_unimported():
 
 def test_config_is_torch_free_and_shared():
     "The moved names are the same objects in `wood_nb.config` and in the stage modules that used to define them."
-    code = ("import sys, wood_nb.config\n"
+    code = ("import sys, wood_nb.config, wood_nb.runconfig as rc\n"
+            "c = rc.run_config('voc', {'cls.epochs': 2}); rc.fingerprints(c); rc.config_from_dict(rc.config_dict(c))\n"   # the run's settings too
             f"assert not [m for m in sys.modules if m.split('.')[0] in {HEAVY!r}], sorted(sys.modules)\n")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -59,7 +59,8 @@ def test_segmentation_settings_checked_before_any_work(bench, tmp_path):
     assert r.returncode == 2 and 'is not its classifier' in r.stderr                  # voc: a ResNet-101 segmenter, a ResNet-50 classifier
     assert not (tmp_path/'run').exists() and not (tmp_path/'v').exists()
     from wood_nb.config import DEMO_PROFILES
-    from wood_nb.pipeline import estimate_seconds, run_config
+    from wood_nb.runconfig import run_config
+    from wood_nb.pipeline import estimate_seconds
     q = run_config('synthetic', DEMO_PROFILES['quick'][1])
     counts = dict(train=320, eval=80, pool=320)
     frozen, whole = estimate_seconds(q, 'segment', counts), estimate_seconds(run_config('synthetic', {**DEMO_PROFILES['quick'][1], 'seg.freeze_backbone': False}), 'segment', counts)

@@ -185,7 +185,8 @@ def run_demo(out, # the run folder
     from dataclasses import asdict
     from wood_nb.core import atomic_path, claim_dir, own
     from wood_nb.synth import generate, plot_benchmark
-    from wood_nb.pipeline import run_config, run_pipeline
+    from wood_nb.runconfig import run_config
+    from wood_nb.pipeline import run_pipeline
     if profile not in DEMO_PROFILES: raise WoodInputError('--profile', f'{profile!r} is not a demo profile.', f'choose one of {sorted(DEMO_PROFILES)}.')
     knobs, prof_ov = DEMO_PROFILES[profile]
     log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(**knobs); data = out/'data'
@@ -553,7 +554,8 @@ def _mask_command(a)->int:
 # %% ../nbs/99_cli.ipynb #a8547f1a
 def _run_command(a)->int:
     "run, demo."
-    from wood_nb.pipeline import config_dict, plan_run, print_plan, run_config, run_pipeline
+    from wood_nb.runconfig import config_dict, run_config
+    from wood_nb.pipeline import plan_run, print_plan, run_pipeline
     from wood_nb.train import init_distributed, is_main
     ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
     if a.num_workers is not None: ov['num_workers'] = a.num_workers
