@@ -60,9 +60,9 @@ def run(cmd:list, log:Path):
 
 
 def read_job(out:Path, regime:str, seed:int)->dict:
-    "A finished job's arm blocks read back from its folder (for `--report`); a missing one stops with its path."
+    "A finished job's arm blocks read back from its folder (the end of `job`, and `--report`); a missing one stops with its path."
     d, res = out/regime/f'seed{seed}', {}
-    for arm, f in [*((a, out/regime/f'seed{seed}'/a/'eval'/'wood.json') for a in ARMS), ('baseline', d/'d'/'eval'/'baseline.json')]:
+    for arm, f in [*((a, d/a/'eval'/'wood.json') for a in ARMS), ('baseline', d/'d'/'eval'/'baseline.json')]:
         if not f.is_file(): raise WoodInputError(f, f'is missing: regime {regime!r}, seed {seed} has not finished.', 'run the sweep without --report first.')
         res[arm] = json.loads(f.read_text())
     return {k: {m: v.get(m) for m in ('seed_miou', 'cue_activation', 'seed_threshold')} for k, v in res.items()}
@@ -83,7 +83,6 @@ def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
     first = d/'d'
     for step in (*SHARED, 'wood', 'wood_seeds'):
         run(base + ['--out', str(first), *sets(ARMS['d']), '--only', step], log)
-    res = {}
     for arm, extra in ARMS.items():
         r = d/arm
         if arm != 'd' and not (r/'eval'/'wood.json').exists():
@@ -92,9 +91,7 @@ def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
             shutil.copytree(first, r, ignore=shutil.ignore_patterns('wood', 'wood.json', 'wood_seeds.json', 'wood.started.json', 'wood_seeds.started.json'))
             for step in ('wood', 'wood_seeds'):
                 run(base + ['--out', str(r), *sets(extra), '--only', step], log)
-        res[arm] = json.loads((r/'eval'/'wood.json').read_text())
-    res['baseline'] = json.loads((first/'eval'/'baseline.json').read_text())
-    return {k: {m: v.get(m) for m in ('seed_miou', 'cue_activation', 'seed_threshold')} for k, v in res.items()}
+    return read_job(out, regime, seed)
 
 
 def table(results:dict)->str:
