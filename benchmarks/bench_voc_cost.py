@@ -57,7 +57,7 @@ def main(argv=None)->int:
     p.add_argument('--out', type=Path, required=True); p.add_argument('--record', type=Path, default=None)
     for k, v in SMALL.items(): p.add_argument('--' + k.replace('_', '-'), type=int, default=v)
     a = p.parse_args(argv)
-    from wood_nb.pipeline import STEPS
+    from wood_nb.config import STEPS
     from wood_nb.synth import generate_voc_rehearsal, write_standin_weights
     n = {k: getattr(a, k) for k in SMALL}
     data = a.out/'data'

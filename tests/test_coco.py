@@ -15,7 +15,7 @@ from wood_nb.cli import main
 from wood_nb.coco import COCO_CATEGORIES, convert_coco, rle_counts, rle_encode, rle_string, rle_string_counts
 from wood_nb.core import MARKER, WoodInputError, load_mask, tree_digest
 from wood_nb.data import VOCDataset, mask_label, read_split, validate, validate_ood, xml_names
-from wood_nb.pipeline import STEPS
+from wood_nb.config import STEPS
 
 try:
     from pycocotools import mask as M

@@ -10,7 +10,7 @@ from PIL import Image
 from wood_nb.core import VOC_CLASSES, load_mask
 from wood_nb.data import read_split, validate, validate_ood, xml_names
 from wood_nb.model import make_classifier
-from wood_nb.pipeline import STEPS
+from wood_nb.config import STEPS
 from wood_nb.refine import make_boundary_net
 from wood_nb.segment import make_segmenter
 from wood_nb.synth import generate_voc_rehearsal, write_standin_weights
