@@ -11,7 +11,7 @@ cfg = config['DEFAULT']
 cfg_keys = 'version description keywords author author_email'.split()
 expected = cfg_keys + "lib_name user branch license status min_python audience language".split()
 for o in expected: assert o in cfg, "missing expected setting: {}".format(o)
-setup_cfg = {o: cfg[o] for o in cfg_keys}
+setup_cfg = {o: cfg[o] for o in cfg_keys if cfg[o]}   # an empty value (author_email: none published) is left out
 
 licenses = {
     'apache2': ('Apache Software License 2.0', 'OSI Approved :: Apache Software License'),
@@ -32,8 +32,11 @@ extras = {'dev': dev_requirements}
 for key in ('crf_requirements', 'coco_requirements', 'tensorboard_requirements'):
     if cfg.get(key): extras[key.split('_')[0]] = shlex.split(cfg[key])
 
+# No docs site or public repository (doc_host and git_url are empty): no project URLs, and no `nbdev` entry point,
+# whose symbol index would give `show_doc` source links into a repository that does not exist.
 project_urls = {}
 if cfg.get('doc_host'): project_urls["Documentation"] = cfg['doc_host'] + cfg.get('doc_baseurl', '')
+nbdev_index = [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d'] if cfg.get('git_url') else []
 
 setuptools.setup(
     name=cfg['lib_name'],
@@ -44,7 +47,7 @@ setuptools.setup(
         'Natural Language :: ' + cfg['language'].title(),
     ] + ['Programming Language :: Python :: ' + o for o in py_versions[py_versions.index(min_python):]]
       + (['License :: ' + lic[1]] if lic[1] else []),
-    url=cfg['git_url'],
+    url=cfg.get('git_url') or None,
     packages=setuptools.find_packages(include=[cfg['lib_path'], cfg['lib_path'] + '.*']),
     include_package_data=True,
     install_requires=requirements,
@@ -56,7 +59,7 @@ setuptools.setup(
     zip_safe=False,
     entry_points={
         'console_scripts': cfg.get('console_scripts', '').split('\n') if cfg.get('console_scripts') else [],
-        'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d'],
+        **({'nbdev': nbdev_index} if nbdev_index else {}),
     },
     project_urls=project_urls,
     **setup_cfg)
