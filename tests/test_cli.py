@@ -267,6 +267,52 @@ def test_old_spelling_fills_a_required_option_and_keeps_its_checks(capsys):
         assert err in capsys.readouterr().err
 
 
+
+def test_missing_option_with_an_old_spelling_fails_naming_the_new_one(capsys):
+    "Neither --weights nor --baseline: exit 2, argparse's words naming --weights; no parse changes an option's `required` flag."
+    import argparse
+    from wood_nb.cli import build_parser
+    rest = ['train-wood', 'r', '--pool', 'p', '--ood-list', 'l', '--prototypes', 'x', '--out', 'o']
+    with pytest.raises(SystemExit) as e: main(rest)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.endswith('wood train-wood: error: the following arguments are required: --weights\n'), err
+    assert 'usage: wood train-wood [-h] --weights WEIGHTS' in err                # the usage line shows it as required
+    p = build_parser()
+    tw = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices['train-wood']
+    before = {x.dest: x.required for x in tw._actions}
+    p.parse_args([*rest, '--baseline', 'm.pt']); capsys.readouterr()
+    with pytest.raises(SystemExit): p.parse_args(rest)
+    assert {x.dest: x.required for x in tw._actions} == before
+
+
+def test_help_shows_every_default():
+    "Every option of every sub-command with a default shows it in --help; the presets' model settings shown are the real ones."
+    import argparse
+    from wood_nb.model import PACKAGE_WEIGHTS, PRESETS
+    from wood_nb.pipeline import DEFAULT_PLANES
+    from wood_nb.refine import BOUNDARY_PRESETS
+    from wood_nb.segment import SEG_PRESETS
+    helps = {}
+    for cmd, sp in subcommands().items():
+        helps[cmd] = ' '.join(sp.format_help().split())
+        for x in sp._actions:
+            if not x.option_strings or x.help is argparse.SUPPRESS or x.default in (None, argparse.SUPPRESS): continue
+            if x.nargs == 0 and not isinstance(x, argparse.BooleanOptionalAction): continue   # a flag
+            assert 'default' in x.help or 'official:' in x.help, (cmd, x.option_strings, x.help)
+    assert "the preset's" not in ' '.join(helps.values())
+    per = lambda f: 'default: ' + ', '.join(f'{f(name)} ({name})' for name in ('synthetic', 'voc', 'coco'))
+    assert 'timm model name (' + per(lambda n: PRESETS[n]['backbone']) + ')' in helps['train-cls']
+    assert '--output-stride {8,16,32} ' + per(lambda n: PRESETS[n]['output_stride']) in helps['train-cls']
+    assert 'timm model name (' + per(lambda n: SEG_PRESETS[n]['backbone']) + ')' in helps['train-seg']
+    for cmd, presets in (('train-cls', PRESETS), ('train-seg', SEG_PRESETS)):
+        assert [n for n, c in presets.items() if c['pretrained']] == ['synthetic'] and presets['synthetic']['pretrained'] == PACKAGE_WEIGHTS
+        assert f'(default: {PACKAGE_WEIGHTS} (synthetic); voc, coco: none, give a file)' in helps[cmd]
+    assert '(' + per(lambda n: BOUNDARY_PRESETS[n]['radius']) + ')' in helps['refine']
+    for k in ('radius', 'logt'): assert '(' + per(lambda n: BOUNDARY_PRESETS[n]['walk'][k]) + ')' in helps['refine']
+    assert '(default: auto: ' + per(lambda n: DEFAULT_PLANES[n])[len('default: '):] + ')' in helps['refine']
+    assert '--split SPLIT default: train' in helps['cam'] and '--k K default: 50' in helps['prototypes']
+
 def test_version(capsys):
     "`wood --version` prints the package's version (the one settings.ini releases) and exits 0."
     import configparser, wood_nb

@@ -46,3 +46,17 @@ def test_config_is_torch_free_and_shared():
     assert (pipeline.RUN_PRESETS, pipeline.STEPS, pipeline.PLANE_MODES) == (config.RUN_PRESETS, config.STEPS, config.PLANE_MODES)
     assert cli.DEMO_PROFILES is config.DEMO_PROFILES
     assert {k: v['train'] for k, v in refine.BOUNDARY_PRESETS.items()} == config.BOUNDARY_TRAIN_PRESETS
+
+
+def test_print_config_leaves_torch_unimported(tmp_path):
+    "`wood run --print-config` resolves and prints the settings without importing torch (nor numpy, PIL, ...), and prints what `run_config` gives."
+    from wood_nb.runconfig import config_dict, run_config
+    for preset in ('synthetic', 'voc'):
+        r = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'wood_nb.cli', 'run', '--out', str(tmp_path/'r'), '--preset', preset,
+                            '--set', 'cls.epochs=2', '--num-workers', '1', '--print-config'], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+        assert r.returncode == 0, r.stderr[-2000:]
+        imported = [l.rsplit('|', 1)[-1].strip() for l in r.stderr.splitlines() if l.startswith('import time:')]
+        assert 'wood_nb.runconfig' in imported                                   # -X importtime did list the imports
+        assert not [m for m in imported if m.split('.')[0] in HEAVY], [m for m in imported if m.split('.')[0] in HEAVY]
+        assert json.loads(r.stdout) == json.loads(json.dumps(config_dict(run_config(preset, {'cls.epochs': '2', 'num_workers': 1}))))
+        assert not (tmp_path/'r').exists()                                       # printing writes nothing

@@ -4,7 +4,7 @@
 
 # %% ../nbs/99_cli.ipynb #78975898
 from __future__ import annotations
-import argparse, json, math, sys, time
+import argparse, copy, json, math, sys, time
 from dataclasses import fields
 from pathlib import Path
 
@@ -244,20 +244,43 @@ class _OldSpelling(argparse.Action):
                          default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     def __call__(self, parser, namespace, values, option_string=None):
         print(f'warning: {option_string} is deprecated; use {self.new.option_strings[0]} (it will be removed in the next release)', file=sys.stderr)
-        self.new.required = False   # the old spelling fills a required option too (`_Parser` puts the flag back after the parse)
         self.new(parser, namespace, values, option_string)
-
-class _Parser(argparse.ArgumentParser):
-    "An `ArgumentParser` that puts back, after every parse, the `required` flags an old spelling (`_OldSpelling`) lifted."
-    def parse_known_args(self, args=None, namespace=None):
-        required = [x for x in self._actions if x.required]
-        try: return super().parse_known_args(args, namespace)
-        finally:
-            for x in required: x.required = True
 
 def _deprecated(p:argparse.ArgumentParser, old:str, new:str):
     "Accept `old`, the previous spelling of `p`'s option `new`, for one more release: same dest and value, hidden from --help, a warning when used."
-    p.add_argument(old, action=_OldSpelling, new=p._option_string_actions[new])
+    x = p._option_string_actions[new]
+    if x.required: x.required, x.either_spelling = False, True   # argparse would refuse the old spelling alone: `_Parser` checks it after the parse
+    p.add_argument(old, action=_OldSpelling, new=x)
+
+# %% ../nbs/99_cli.ipynb #abcf88e7
+def _as_required(x:argparse.Action)->argparse.Action:
+    "`x` as the usage line shows it: an option required in either spelling (`_deprecated`) is shown as required."
+    if not getattr(x, 'either_spelling', False): return x
+    x = copy.copy(x); x.required = True; return x
+
+class _Formatter(argparse.HelpFormatter):
+    "`wood`'s help: `_as_required` in the usage line."
+    def add_usage(self, usage, actions, groups, prefix=None): super().add_usage(usage, [_as_required(x) for x in actions], groups, prefix)
+
+def _help_with_default(x:argparse.Action)->str|None:
+    "`x`'s help ending with its default, unless the help tells it already or there is none to tell (a None default, a flag)."
+    h, d = x.help or '', x.default
+    if (x.help is argparse.SUPPRESS or not x.option_strings or d is None or d is argparse.SUPPRESS or 'default' in h or 'official:' in h
+            or (x.nargs == 0 and not isinstance(x, argparse.BooleanOptionalAction))): return x.help
+    shown = ' '.join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
+    shown = shown.replace('%', '%%')
+    return f'{h} (default: {shown})' if h else f'default: {shown}'
+
+class _Parser(argparse.ArgumentParser):
+    "`wood`'s parser: every option's help shows its default; after the parse, an option required in either spelling (`_deprecated`) must have been given."
+    def __init__(self, *args, **kw): super().__init__(*args, **{'formatter_class': _Formatter, **kw})
+    def add_argument(self, *args, **kw):
+        x = super().add_argument(*args, **kw); x.help = _help_with_default(x); return x
+    def parse_known_args(self, args=None, namespace=None):
+        a, rest = super().parse_known_args(args, namespace)
+        missing = ['/'.join(x.option_strings) for x in self._actions if getattr(x, 'either_spelling', False) and getattr(a, x.dest, None) is None]
+        if missing: self.error('the following arguments are required: ' + ', '.join(missing))   # argparse's own words, exit 2
+        return a, rest
 
 # %% ../nbs/99_cli.ipynb #35340220
 def _add_data_commands(sub):
@@ -290,9 +313,9 @@ def _add_classifier_commands(sub):
     t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
     t.add_argument('root', type=Path); t.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
     t.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic'); t.add_argument('--split', default='train')
-    t.add_argument('--backbone', default=None, help='timm model name (default: the preset\'s)')
-    t.add_argument('--pretrained', default=None, help="ImageNet weights: a local file, or 'efficientnet_lite0_pkg'")
-    t.add_argument('--output-stride', type=int, default=None, choices=[8, 16, 32])
+    t.add_argument('--backbone', default=None, help='timm model name (default: tf_efficientnet_lite0 (synthetic), resnet50 (voc), resnet50 (coco))')
+    t.add_argument('--pretrained', default=None, help="ImageNet weights: a local file, or 'efficientnet_lite0_pkg' (default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
+    t.add_argument('--output-stride', type=int, default=None, choices=[8, 16, 32], help='default: 16 (synthetic), 16 (voc), 16 (coco)')
     t.add_argument('--device', default='auto')
     _add_train_options(t)
     c = sub.add_parser('cam', help='write multi-scale CAM records for a split')
@@ -353,11 +376,11 @@ def _add_mask_commands(sub):
     rf.add_argument('--out', type=Path, required=True, help='folder for labels/, the boundary net, masks/ and masks.json')
     rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
     rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the confident labels (needs the crf extra)')
-    rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto', help="confident-label and walk planes: IRN's, or at the seed threshold (auto: the preset's)")
+    rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto', help="confident-label and walk planes: IRN's, or at the seed threshold (default: auto: seed (synthetic), irn (voc), irn (coco))")
     rf.add_argument('--seed-threshold', type=SHARE, default=None, help="t for --planes seed (default: found on the split's ground truth)")
-    rf.add_argument('--radius', type=AT_LEAST_1, default=None, help="boundary training pair radius on the stride-4 grid (default: the preset's, 5 synthetic / 10 VOC)")
-    rf.add_argument('--walk-radius', type=AT_LEAST_1, default=None, help="random-walk radius (default: the preset's, 3 synthetic / 5 VOC)")
-    rf.add_argument('--logt', type=COUNT, default=None, help="random-walk steps: 2^logt (default: the preset's, 6 synthetic / 8 VOC)")
+    rf.add_argument('--radius', type=AT_LEAST_1, default=None, help="boundary training pair radius on the stride-4 grid (default: 5 (synthetic), 10 (voc), 10 (coco))")
+    rf.add_argument('--walk-radius', type=AT_LEAST_1, default=None, help="random-walk radius (default: 3 (synthetic), 5 (voc), 5 (coco))")
+    rf.add_argument('--logt', type=COUNT, default=None, help="random-walk steps: 2^logt (default: 6 (synthetic), 8 (voc), 8 (coco))")
     rf.add_argument('--beta', type=POSITIVE, default=10.0); rf.add_argument('--bg-plane', type=SHARE, default=None, help="override the walk's background plane")
     rf.add_argument('--device', default='auto')
     _add_train_options(rf, boundary_train_config)
@@ -366,8 +389,8 @@ def _add_mask_commands(sub):
     sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
     sg.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
     sg.add_argument('--balanced', action=argparse.BooleanOptionalAction, default=False, help='class-balanced cross-entropy')
-    sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg'")
-    sg.add_argument('--backbone', default=None); sg.add_argument('--device', default='auto')
+    sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg' (default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
+    sg.add_argument('--backbone', default=None, help='timm model name (default: tf_efficientnet_lite0 (synthetic), resnet101 (voc), resnet101 (coco))'); sg.add_argument('--device', default='auto')
     _add_train_options(sg, seg_train_config)
     es = sub.add_parser('eval-seg', help='predict a split with a trained segmenter and score it against the masks')
     es.add_argument('root', type=Path); es.add_argument('--weights', type=Path, required=True, help='model.pt from train-seg')
@@ -442,14 +465,15 @@ def _json_out(path)->None:
 # %% ../nbs/99_cli.ipynb #1e9634b1
 def _check_inputs(a)->None:
     "Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, missing files), before any work."
-    from wood_nb.data import validate, validate_ood
     root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine', 'run') else None   # `run` checks its inputs in `run_pipeline`
     if root is not None:
         if not Path(root).is_dir(): raise WoodInputError(root, 'does not exist.', 'give the path of a VOC-layout root.')
+        from wood_nb.data import validate   # torch comes with the data layer: only the commands that read a dataset import it
         probs = validate(root, splits=[a.split], deep=False)
         if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s); `wood validate {root}` lists them all)', probs[0].fix)
     pool, lst = (a.pool, a.pool_list) if a.cmd == 'mine' else (getattr(a, 'pool', None), getattr(a, 'ood_list', None))
     if pool is not None and a.cmd in ('mine', 'prototypes', 'train-wood'):
+        from wood_nb.data import validate_ood
         probs = validate_ood(pool, list_file=str(lst), deep=False, meta='')
         if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool)', probs[0].fix)
 
@@ -554,12 +578,11 @@ def _mask_command(a)->int:
 # %% ../nbs/99_cli.ipynb #a8547f1a
 def _run_command(a)->int:
     "run, demo."
-    from wood_nb.runconfig import config_dict, run_config
-    from wood_nb.pipeline import plan_run, print_plan, run_pipeline
-    from wood_nb.train import init_distributed, is_main
+    from wood_nb.runconfig import config_dict, run_config   # torch-free: `--print-config` never imports torch
     ov = {**(load_overrides(a.config) if a.config else {}), **parse_sets(a.sets)}
     if a.num_workers is not None: ov['num_workers'] = a.num_workers
     if a.cmd == 'demo':
+        from wood_nb.train import init_distributed
         if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --root {a.out}/data/voc --pool {a.out}/data/ood --out {a.out} --from STEP.')
         run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.jobs, device=init_distributed(a.device)); return 0
     for k, v in (('voc_root', a.root), ('ood_root', a.pool)):   # the `RunConfig` fields
@@ -569,6 +592,8 @@ def _run_command(a)->int:
     preset = a.preset or ov.get('preset') or 'synthetic'
     cfg = run_config(preset, ov)
     if a.print_config: print(json.dumps(config_dict(cfg), indent=2)); return 0
+    from wood_nb.pipeline import plan_run, print_plan, run_pipeline
+    from wood_nb.train import init_distributed, is_main
     if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, deep=False), cfg); return 0
     m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
     if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
