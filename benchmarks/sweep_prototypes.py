@@ -5,9 +5,10 @@
 For every regime (benchmark knobs and run settings, `REGIMES` below; the hypotheses H1-H8 they test are in
 `nbs/09_wood.ipynb`, "Where could the prototypes matter?") and every seed S, it generates the benchmark
 (`wood synth`, the quick demo profile's 128-px counts, seed S), then with `wood run` (the kit's one runner, the quick
-profile's settings, `cls.seed`, `wood_train.seed` and `prototypes.seed` = S) trains one baseline, mines, clusters and
-trains full W-OoD (d); each other arm's folder starts as a copy of that run without its W-OoD outputs, so only its
-W-OoD step and seeds run (the fingerprints of the shared steps match):
+profile's settings, `cls.seed`, `wood_train.seed` and `prototypes.seed` = S, stopped after its `arms` step: `--to arms`)
+trains one baseline, mines, clusters and trains full W-OoD (d, the run's own `wood` step) in SWEEP/<regime>/seed<S>/run;
+the other arms are the run's `arms` (each fine-tuned from the same baseline into `run/arms/<arm>/`, seeds in
+`run/eval/<arm>.json`):
 
   a  continued training, no OoD images      wood.use_metric_term=false, wood.use_ood_term=false
   b  the OoD zero-label term only           wood.use_metric_term=false
@@ -20,7 +21,7 @@ SWEEP/sweep.png (d - b per regime, one point a seed, the mean as a bar). Finishe
 so an interrupted sweep resumes; `--report` only rebuilds the three files from the finished jobs. `--tiny`
 shrinks counts and epochs to check the script in minutes (its numbers mean nothing).
 """
-import argparse, json, os, shutil, subprocess, sys, time
+import argparse, json, os, subprocess, sys, time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -39,7 +40,6 @@ REGIMES = {  # name: (hypothesis, `wood synth` knobs over the quick profile's, `
     'cue_variants': ('H6', {'cue_variants': 3}, []),
     'partial_ood_cues': ('H7', {'ood_cue_scale': 0.35}, []),
 }
-SHARED = ('baseline', 'baseline_seeds', 'mining', 'prototypes')
 TINY_SYNTH = dict(image_size=64, n_train=24, n_val=8, n_ood=24)
 TINY_RUN = ['cls.epochs=1', 'wood_train.epochs=1', 'prototypes.k=2', 'batch_size=8', 'scales=[1.0]']
 
@@ -59,13 +59,27 @@ def run(cmd:list, log:Path):
     if rc: raise RuntimeError(f'{cmd[2] if len(cmd) > 2 else cmd} failed (exit {rc}); see {log}')
 
 
+def job_files(out:Path, regime:str, seed:int)->dict:
+    "Where a job's blocks lie: `run/eval/<arm>.json` (d: the run's `wood`), or the older layout of one run folder per arm."
+    d = out/regime/f'seed{seed}'
+    if not (d/'run').is_dir() and (d/'d').is_dir():                # a sweep run before the arms step: one folder per arm
+        return {**{a: d/a/'eval'/'wood.json' for a in ARMS}, 'baseline': d/'d'/'eval'/'baseline.json'}
+    return {**{a: d/'run'/'eval'/f"{'wood' if not ARMS[a] else a}.json" for a in ARMS}, 'baseline': d/'run'/'eval'/'baseline.json'}
+
+
 def read_job(out:Path, regime:str, seed:int)->dict:
     "A finished job's arm blocks read back from its folder (the end of `job`, and `--report`); a missing one stops with its path."
-    d, res = out/regime/f'seed{seed}', {}
-    for arm, f in [*((a, d/a/'eval'/'wood.json') for a in ARMS), ('baseline', d/'d'/'eval'/'baseline.json')]:
+    res = {}
+    for arm, f in job_files(out, regime, seed).items():
         if not f.is_file(): raise WoodInputError(f, f'is missing: regime {regime!r}, seed {seed} has not finished.', 'run the sweep without --report first.')
         res[arm] = json.loads(f.read_text())
     return {k: {m: v.get(m) for m in ('seed_miou', 'cue_activation', 'seed_threshold')} for k, v in res.items()}
+
+
+def arm_specs(arms:dict)->list:
+    "`RunConfig.arms` from `ARMS`: every arm that changes something (d, which changes nothing, is the run's own W-OoD)."
+    return [{'name': a, 'label': a, 'overrides': {kv.split('=')[0].removeprefix('wood.'): json.loads(kv.split('=', 1)[1]) for kv in sets}}
+            for a, sets in arms.items() if sets]
 
 
 def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
@@ -79,18 +93,8 @@ def job(out:Path, regime:str, seed:int, tiny:bool)->dict:
     quick = [f'{k}={v if isinstance(v, str) else json.dumps(v)}' for k, v in DEMO_PROFILES['quick'][1].items()]
     base = wood + ['run', '--root', str(d/'data'/'voc'), '--pool', str(d/'data'/'ood'), '--preset', 'synthetic']
     common = quick + [f'{s}.seed={seed}' for s in ('cls', 'wood_train', 'prototypes')] + (TINY_RUN if tiny else []) + settings + ['progress=false']
-    sets = lambda extra: [x for kv in common + extra for x in ('--set', kv)]
-    first = d/'d'
-    for step in (*SHARED, 'wood', 'wood_seeds'):
-        run(base + ['--out', str(first), *sets(ARMS['d']), '--only', step], log)
-    for arm, extra in ARMS.items():
-        r = d/arm
-        if arm != 'd' and not (r/'eval'/'wood.json').exists():
-            if r.exists(): shutil.rmtree(r)       # a half-made copy of this script's own
-            # everything but the W-OoD outputs (`wood/`, `cam/wood/`, `eval/wood.json`) and their step records
-            shutil.copytree(first, r, ignore=shutil.ignore_patterns('wood', 'wood.json', 'wood_seeds.json', 'wood.started.json', 'wood_seeds.started.json'))
-            for step in ('wood', 'wood_seeds'):
-                run(base + ['--out', str(r), *sets(extra), '--only', step], log)
+    sets = [x for kv in common + ['arms=' + json.dumps(arm_specs(ARMS))] for x in ('--set', kv)]
+    run(base + ['--out', str(d/'run'), *sets, '--to', 'arms'], log)
     return read_job(out, regime, seed)
 
 

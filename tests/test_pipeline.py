@@ -55,7 +55,7 @@ def test_run_writes_the_run_folder(reference):
     assert f"{m['baseline']['seg_miou']:.1f}" in report and 'figures/chain.png' in report
     assert f"{m['wood']['seed_miou']:15.1f}" in r.stdout
     assert sorted(p.stem for p in (run/'steps').glob('*.json')) == sorted(
-        ['baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report'])
+        ['baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'arms', 'refine', 'segment', 'report'])
     for d, epochs in (('cls', 2), ('wood', 1), ('refine/baseline', 1), ('refine/wood', 1), ('seg/baseline', 1), ('seg/wood', 1)):
         rows = (run/d/'history.csv').read_text().splitlines()              # one row an epoch of every training
         assert rows[0].startswith('epoch,loss') and len(rows) == 1 + epochs, (d, rows)

@@ -33,7 +33,7 @@ def test_dry_run_checks_and_plans_without_writing(bench, tmp_path):
     r = wood('run', '--root', bench/'voc', '--pool', bench/'ood', '--out', tmp_path/'run', '--dry-run', '--set', 'cls.epochs=2')
     assert r.returncode == 0, r.stderr
     assert '8 training images (train), 4 evaluation images (val), 12 pool images' in r.stdout
-    assert r.stdout.count('would run') == 9 and 'min on 2 CPU cores' in r.stdout and 'rough total' in r.stdout
+    assert r.stdout.count('would run') == 10 and 'min on 2 CPU cores' in r.stdout and 'rough total' in r.stdout
     assert not (tmp_path/'run').exists()
     r = wood('run', '--root', bench/'voc', '--pool', bench/'ood', '--out', bench, '--dry-run')   # the checks of a real run
     assert r.returncode == 2 and 'not a run folder' in r.stderr

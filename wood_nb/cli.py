@@ -421,6 +421,7 @@ def _add_run_commands(sub):
         q.add_argument('--set', action='append', dest='sets', metavar='KEY=VALUE', help='one setting, e.g. cls.epochs=3 (repeatable; wins over --config)')
         q.add_argument('--from', dest='from_step', choices=list(STEPS), default=None, help='redo this step and every later one')
         q.add_argument('--only', choices=list(STEPS), default=None, help='run this step alone (its predecessors must be finished)')
+        q.add_argument('--to', dest='to_step', choices=list(STEPS), default=None, help='stop after this step (e.g. arms: the ablation, no refinement or segmentation)')
         q.add_argument('--num-workers', type=COUNT, default=None, help='DataLoader workers of every training step')
         q.add_argument('--device', default='auto')
     _deprecated(rn, '--voc-root', '--root'); _deprecated(rn, '--ood-root', '--pool'); _deprecated(d, '--workers', '--jobs')
@@ -583,7 +584,7 @@ def _run_command(a)->int:
     if a.num_workers is not None: ov['num_workers'] = a.num_workers
     if a.cmd == 'demo':
         from wood_nb.train import init_distributed
-        if a.from_step or a.only: raise WoodInputError('--from/--only', 'apply to wood run.', f'use wood run --root {a.out}/data/voc --pool {a.out}/data/ood --out {a.out} --from STEP.')
+        if a.from_step or a.only or a.to_step: raise WoodInputError('--from/--only/--to', 'apply to wood run.', f'use wood run --root {a.out}/data/voc --pool {a.out}/data/ood --out {a.out} --from STEP.')
         run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.jobs, device=init_distributed(a.device)); return 0
     for k, v in (('voc_root', a.root), ('ood_root', a.pool)):   # the `RunConfig` fields
         if v is not None: ov[k] = str(v)
@@ -594,8 +595,8 @@ def _run_command(a)->int:
     if a.print_config: print(json.dumps(config_dict(cfg), indent=2)); return 0
     from wood_nb.pipeline import plan_run, print_plan, run_pipeline
     from wood_nb.train import init_distributed, is_main
-    if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, deep=False), cfg); return 0
-    m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, device=init_distributed(a.device))
+    if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, a.to_step, deep=False), cfg); return 0
+    m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, to_step=a.to_step, device=init_distributed(a.device))
     if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
     return 0
 

@@ -207,7 +207,7 @@ CURATION_MODES = ('meta', 'list', 'none')
 PLANE_MODES = ('irn', 'seed')
 RUN_PRESETS = ('synthetic', 'voc', 'coco')
 CROWD_MODES = ('ignore', 'class')  # what the COCO converter paints in crowd regions: 255, or their class (01a_coco)
-STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report')
+STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'arms', 'refine', 'segment', 'report')
 
 # %% ../nbs/00a_config.ipynb #39edf127
 def _small_crops(size:int)->dict:

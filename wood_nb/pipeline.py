@@ -12,25 +12,29 @@ import torch
 from .config import PLANE_MODES, RUN_PRESETS, STEPS
 from .runconfig import MiningConfig, PrototypeConfig, RefineConfig, SegConfig, WeightsConfig, RunConfig, TRAIN_SECTIONS
 from .runconfig import check_config, config_from_dict, config_dict, run_config, step_settings, fingerprints
-from .report import collect_metrics, chain_panels, plot_iou_change, write_report
+from .runconfig import ARM_KEYS, RESERVED_ARMS, SIDE_STEPS, arm_specs
+from .report import collect_metrics, chain_figures, chain_panels, plot_iou_change, write_report
 _all_ = ['PLANE_MODES', 'RUN_PRESETS', 'STEPS',   # re-exported (13a_runconfig, 13b_report): still part of `from wood_nb.pipeline import *`
          'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'TRAIN_SECTIONS',
          'check_config', 'config_from_dict', 'config_dict', 'run_config', 'step_settings', 'fingerprints',
-         'collect_metrics', 'chain_panels', 'plot_iou_change', 'write_report']
+         'ARM_KEYS', 'RESERVED_ARMS', 'SIDE_STEPS', 'arm_specs',
+         'collect_metrics', 'chain_figures', 'chain_panels', 'plot_iou_change', 'write_report']
 from .core import WoodInputError, read_classes, write_json
-from .data import read_split
+from .data import VOCDataset, eval_transforms, read_split
 from .train import TrainConfig, is_main, barrier, dist_info, main_result, reduce_over_processes
+from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
 from .refine import BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_mask_dir
 from .segment import train_segmenter, predict_split, eval_seg_dir, crf_postprocess
 
 # %% auto #0
 __all__ = ['DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'STEP_OUTPUTS', 'STEP_COSTS', 'refine_planes', 'refine_step', 'segment_step',
-           'refine_and_segment', 'pretrained_kw', 'check_run_inputs', 'peak_rss_mib', 'clean_partial', 'step_record',
-           'plan_run', 'run_pipeline', 'image_counts', 'estimate_seconds', 'print_plan', 'PLANE_MODES', 'RUN_PRESETS',
-           'STEPS', 'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig',
-           'TRAIN_SECTIONS', 'check_config', 'config_from_dict', 'config_dict', 'run_config', 'step_settings',
-           'fingerprints', 'collect_metrics', 'chain_panels', 'plot_iou_change', 'write_report']
+           'seeds_step', 'step_outputs', 'pretrained_kw', 'check_run_inputs', 'peak_rss_mib', 'clean_partial',
+           'step_record', 'forgotten_steps', 'plan_run', 'run_pipeline', 'image_counts', 'estimate_seconds',
+           'print_plan', 'PLANE_MODES', 'RUN_PRESETS', 'STEPS', 'MiningConfig', 'PrototypeConfig', 'RefineConfig',
+           'SegConfig', 'WeightsConfig', 'RunConfig', 'TRAIN_SECTIONS', 'check_config', 'config_from_dict',
+           'config_dict', 'run_config', 'step_settings', 'fingerprints', 'ARM_KEYS', 'RESERVED_ARMS', 'SIDE_STEPS',
+           'arm_specs', 'collect_metrics', 'chain_figures', 'chain_panels', 'plot_iou_change', 'write_report']
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 DEFAULT_PLANES = {'voc': 'irn', 'coco': 'irn', 'synthetic': 'seed'}  # the plane mode of each preset ('auto')
@@ -137,39 +141,34 @@ def segment_step(voc_root, # VOC-layout root
     return main_result(score)
 
 # %% ../nbs/13_pipeline.ipynb #285f0c4d
-def refine_and_segment(run, # a run folder with `cam/<model>/` and `eval/<model>.json` for each model
-                       voc_root, # VOC-layout root
-                       names=('baseline', 'wood'), # the models to carry through
-                       split:str='train', eval_split:str='val',
-                       preset:str='synthetic', # refinement and segmentation presets
-                       planes:str='auto', # plane mode (`refine_planes`)
-                       boundary_cfg:TrainConfig|None=None, seg_cfg:TrainConfig|None=None, # training settings (default: the presets')
-                       walk:dict|None=None, # overrides of the preset's walk
-                       balanced:bool=False, crf:bool=False, # segmentation loss and test-time CRF
-                       device=None, log=None)->dict: # per model: `mask_miou`, `seg_miou`, ...; `timings_s`
-    "Pseudo-masks and a segmentation network for each model of a run, in `refine/<model>/` and `seg/<model>/`."
-    run = Path(run); res, times = {}, {}
-    for n in names:
-        ev = run/'eval'/f'{n}.json'
-        if not ev.exists(): raise WoodInputError(ev, f'is missing: model {n!r} has no seed evaluation in this run.', 'run the W-OoD chain (run_wood_chain) first.')
-    for n in names:
-        t_seed = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
-        t = time.perf_counter(); done = (run/'refine'/n/'masks.json').exists()
-        m = refine_step(voc_root, run/'cam'/n, run/'refine'/n, split, preset, planes, t_seed, boundary_cfg, walk, crf=crf, device=device, log=log)
-        if not done: times[f'refine_{n}'] = round(time.perf_counter() - t, 1)
-        t = time.perf_counter(); done = (run/'seg'/n/'eval.json').exists()
-        s = segment_step(voc_root, run/'refine'/n/'masks', run/'seg'/n, split, eval_split, preset, seg_cfg, balanced, crf=crf, device=device, log=log)
-        if not done: times[f'seg_{n}'] = round(time.perf_counter() - t, 1)
-        r = {}
-        if m: r.update(mask_miou=round(m['miou'], 2), mask_cue_activation=m.get('cue_activation'), mask_iou=m['iou'])
-        if s: r.update(seg_miou=round(s['miou'], 2), seg_cue_activation=s.get('cue_activation'), seg_iou=s['iou'])
-        res[n] = r
-        _say(log, f"{n}: " + ', '.join(f'{k} {r[k]:.1f}' for k in ('mask_miou', 'seg_miou') if k in r))
-    res['timings_s'] = times
-    return res
+def seeds_step(model, # a CAM classifier
+               voc_root, # VOC-layout root
+               split:str, # the split whose CAMs are computed
+               cam_dir, # folder of the CAM records (`cam/<model>/` in a run)
+               json_path, # the evaluation block (`eval/<model>.json` in a run); the step is skipped when it exists
+               scales=DEFAULT_SCALES, batch_size:int=32, device=None,
+               score_split:str|None=None, # the split whose seeds are scored (default: `split`; VOC: train inside train_aug)
+               num_workers:int=0, # DataLoader workers of the CAM pass
+               progress:bool=False, # a progress bar over the images (rank 0)
+              )->dict:
+    "CAM seeds of `split` and their evaluation on `score_split`, cached in `json_path` (the `metrics.json` block plus details)."
+    json_path = Path(json_path); score_split = score_split or split
+    if json_path.exists(): return json.loads(json_path.read_text())
+    ds = VOCDataset(voc_root, split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
+    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)   # each process its share
+    def evaluate():                                                # once, on rank 0 (`main_result`)
+        r = eval_cam_dir(voc_root, score_split, cam_dir); s = r.summary(read_classes(voc_root))
+        block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold'], 'score_split': score_split}
+        if r.has_cues: block['cue_activation'] = round(s['cue_activation'], 4)
+        block['per_class_iou'] = s['iou']
+        if r.has_cues: block['cue_activation_per_class'] = s['cue_activation_per_class']
+        write_json(json_path, block)
+        return block
+    return main_result(evaluate)
 
 # %% ../nbs/13_pipeline.ipynb #b006af9f
 import os, shutil
+from dataclasses import replace
 from .core import claim_dir, own, owned, MARKER, covered_by
 from .data import validate, validate_ood, read_ood_list
 from .model import load_classifier, PRESETS
@@ -177,12 +176,17 @@ from .segment import SEG_PRESETS
 from .train import train_classifier, init_distributed
 from .mining import mine
 from .prototypes import compute_prototypes
-from .wood import train_wood, eval_block
+from .wood import random_ood_list, train_wood
 
 # %% ../nbs/13_pipeline.ipynb #b7463d8a
 STEP_OUTPUTS = {'baseline': ('cls',), 'baseline_seeds': ('cam/baseline', 'eval/baseline.json'), 'mining': ('mining',),
-                'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'),
+                'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'), 'arms': ('arms',),
                 'refine': ('refine',), 'segment': ('seg',), 'report': ('metrics.json', 'report.md', 'figures')}
+
+def step_outputs(cfg:RunConfig, step:str)->tuple:
+    "The entries of the run folder `step` writes: `STEP_OUTPUTS`, and for `arms` also `cam/<arm>/` and `eval/<arm>.json` of each arm."
+    arms = arm_specs(cfg.arms) if step == 'arms' else ()
+    return (*STEP_OUTPUTS[step], *(p for a in arms for p in (f"cam/{a['name']}", f"eval/{a['name']}.json")))
 
 # %% ../nbs/13_pipeline.ipynb #aac327b4
 def _diff(a:dict, b:dict, prefix='')->list[str]:
@@ -276,6 +280,37 @@ def _segment_both(cfg:RunConfig, run:Path, root:Path, base_file:Path, device, lo
         _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
     return out
 
+# %% ../nbs/13_pipeline.ipynb #a4d0307a
+def _seeds(cfg:RunConfig, run:Path, name:str, model_fn, device, log, io:dict)->dict:
+    "A seed step of the run: `seeds_step` on one model into `cam/<name>/` and `eval/<name>.json`; returns the step summary."
+    b = seeds_step(model_fn(), Path(cfg.voc_root), cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device, **io,
+                   score_split=cfg.score_split or None)
+    _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
+    return {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
+
+def _arm_ood(cfg:RunConfig, run:Path, arm:dict, base_model, device, io:dict)->tuple:
+    "(OoD list, prototypes file) of an arm: the run's mined ones, or a seeded random sample of the pool (as many) and its prototypes."
+    if arm['ood'] == 'mined': return run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz'
+    d, p, root, pool = run/'arms'/arm['name'], cfg.prototypes, Path(cfg.voc_root), Path(cfg.ood_root)
+    if not (d/'ood_list.txt').exists():
+        random_ood_list(pool, json.loads((run/'mining'/'mining.json').read_text())['kept'], d/'ood_list.txt', seed=p.seed)
+    if not (d/'prototypes'/'prototypes.npz').exists():
+        compute_prototypes(base_model(), root, cfg.split, pool, d/'ood_list.txt', d/'prototypes', k=p.k, iters=p.iters,
+                           seed=p.seed, init=p.init, clamp=True, batch_size=cfg.batch_size, device=device, **io)
+    return d/'ood_list.txt', d/'prototypes'/'prototypes.npz'
+
+def _arms_step(cfg:RunConfig, run:Path, base_file:Path, device, log, io:dict)->dict:
+    "The `arms` step: each arm fine-tuned from the baseline into `arms/<name>/`, then its seeds; returns each arm's seed block."
+    classes, out = read_classes(cfg.voc_root), {}
+    load = lambda f: lambda: load_classifier(f, num_classes=len(classes), classes=classes).to(device).eval()
+    for a in arm_specs(cfg.arms, cfg.wood):
+        n = a['name']; _say(log, f"arm {n}: {a['label']} ...")
+        lst, protos = _arm_ood(cfg, run, a, load(base_file), device, io)
+        train_wood(base_file, Path(cfg.voc_root), cfg.split, Path(cfg.ood_root), lst, protos, run/'arms'/n, wcfg=replace(cfg.wood, **a['overrides']),
+                   tcfg=cfg.wood_train, device=device, select_by_gt_miou=cfg.wood_train.select_by_gt_miou, select_split=cfg.score_split or cfg.split)
+        out[n] = {'label': a['label'], 'ood': a['ood'], 'overrides': a['overrides'], **_seeds(cfg, run, n, load(run/'arms'/n/'model.pt'), device, log, io)}
+    return out
+
 # %% ../nbs/13_pipeline.ipynb #819cbd83
 def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     "The function of each step; each returns a small summary dict."
@@ -291,11 +326,7 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         kw = pretrained_kw(cfg, 'classifier')
         train_classifier(root, run/'cls', cfg.preset, cfg.split, cfg=cfg.cls, model_kw=kw, device=device)
         return {}
-    def seeds(name, model_fn):
-        b = eval_block(model_fn(), root, cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device, **io,
-                       score_split=cfg.score_split or None)
-        _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
-        return {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
+    def seeds(name, model_fn): return _seeds(cfg, run, name, model_fn, device, log, io)
     def mining():
         m = cfg.mining
         r = mine(baseline_model(), pool, run/'mining', threshold=m.threshold, top_k=m.top_k, curation=m.curation,
@@ -316,7 +347,8 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     def refine(): return _refine_both(cfg, run, root, device, log, io['progress'])
     def segment(): return _segment_both(cfg, run, root, base_file, device, log, io)
     return {'baseline': baseline, 'baseline_seeds': lambda: seeds('baseline', baseline_model), 'mining': mining,
-            'prototypes': prototypes, 'wood': wood, 'wood_seeds': lambda: seeds('wood', wood_model), 'refine': refine,
+            'prototypes': prototypes, 'wood': wood, 'wood_seeds': lambda: seeds('wood', wood_model),
+            'arms': lambda: _arms_step(cfg, run, base_file, device, log, io), 'refine': refine,
             'segment': segment, 'report': lambda: write_report(run, cfg, log=log)}
 
 # %% ../nbs/13_pipeline.ipynb #5057ce4f
@@ -356,13 +388,13 @@ def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
     "Claim the run folder, clean what a kill left, forget the steps of `redo` (only entries the kit owns), write `config.json`."
     claim_dir(run, 'run', inputs)
     mine = owned(run)
-    alien = [o for s in redo for o in STEP_OUTPUTS[s] if (run/o).exists() and not covered_by(o, mine)]
+    alien = [o for s in redo for o in step_outputs(cfg, s) if (run/o).exists() and not covered_by(o, mine)]
     if alien: raise WoodInputError(run/alien[0], 'was not written by wood_nb, so --from does not delete it.', 'move it out of the run folder, or use a new --out folder.')
     own(run, ['config.json', 'steps'])
     n = clean_partial(run)
     if n: _say(log, f'removed {n} temporary file(s) left by an interrupted run')
     for s in redo:                                                     # --from: forget the step and everything after it
-        for o in STEP_OUTPUTS[s]:
+        for o in step_outputs(cfg, s):
             if covered_by(o, mine): _remove(run/o)
         for f in (run/'steps'/f'{s}.json', run/'steps'/f'{s}.started.json'): _remove(f)
     write_json(run/'config.json', config_dict(cfg))
@@ -380,22 +412,29 @@ def step_record(run, # the run folder
         raise WoodInputError(f, 'is not a readable step record (it is damaged).', f'rerun with --from {step} to redo that step and every later one.')
     return r
 
+# %% ../nbs/13_pipeline.ipynb #baf61adc
+def forgotten_steps(from_step:str|None)->list:
+    "The steps a `--from` redoes: `from_step` and every later one; a side step (`arms`) alone, as no later step reads it."
+    if not from_step: return []
+    return [from_step] if from_step in SIDE_STEPS else list(STEPS[STEPS.index(from_step):])
+
 # %% ../nbs/13_pipeline.ipynb #4225ede0
 def plan_run(cfg:RunConfig, # the run's settings
              run, # the run folder
-             from_step:str|None=None, only:str|None=None, # as for `run_pipeline`
+             from_step:str|None=None, only:str|None=None, to_step:str|None=None, # as for `run_pipeline`
              check_inputs:bool=True, # validate the dataset, the pool and the weights
              deep:bool|None=None, # decode every image (None: only when a step will run)
             )->list[dict]: # per step: `step`, `run` (True when it would run), `fingerprint`
     "Every check `run_pipeline` makes before work (folder, inputs, finished steps' settings), and which steps would run; writes nothing."
     run = Path(run).absolute()
     claim_dir(run, 'run', [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p], create=False)   # the user's own folder is refused
-    for name, v in (('from_step', from_step), ('only', only)):
+    for name, v in (('from_step', from_step), ('only', only), ('to_step', to_step)):
         if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
-    fps, first_redo = fingerprints(cfg), (STEPS.index(from_step) if from_step else len(STEPS))
-    recs = {s: step_record(run, s) for s in STEPS[:first_redo]}
+    if only and to_step: raise WoodInputError('--to', 'and --only both choose the steps to run.', 'give one of them.')
+    fps, asked = fingerprints(cfg), [only] if only else list(STEPS[:STEPS.index(to_step) + 1] if to_step else STEPS)
+    recs = {s: step_record(run, s) for s in STEPS if s not in forgotten_steps(from_step)}
     done = {s: (recs.get(s) or {}).get('fingerprint') == fps[s] for s in STEPS}
-    plan = [{'step': s, 'run': (not only or s == only) and not done[s], 'fingerprint': fps[s]} for s in STEPS]
+    plan = [{'step': s, 'run': s in asked and not done[s], 'done': done[s], 'fingerprint': fps[s]} for s in STEPS]
     if check_inputs:                    # once (its error stops every process); decode every image only when a step will run
         main_result(lambda: check_run_inputs(cfg, deep=any(p['run'] for p in plan) if deep is None else deep))
     for s, r in recs.items():                                              # refuse mixed configurations before any work
@@ -406,7 +445,7 @@ def plan_run(cfg:RunConfig, # the run's settings
                                  f'rerun with --from {s} to redo it and every later step, or write to another --out folder.')
     if only:
         for s in STEPS[:STEPS.index(only)]:
-            if not done[s]: raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
+            if not done[s] and s not in SIDE_STEPS: raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
     return plan
 
 # %% ../nbs/13_pipeline.ipynb #c593cad1
@@ -414,6 +453,7 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  run, # the run folder
                  from_step:str|None=None, # redo this step and every later one
                  only:str|None=None, # run this step alone (its predecessors must be finished)
+                 to_step:str|None=None, # stop after this step (e.g. 'arms' for the ablation: no refinement, no segmentation)
                  device=None, # default: this process's GPU under torchrun, else CUDA when present, else CPU
                  check_inputs:bool=True, # validate the dataset and pool first
                  log=None)->dict: # the `metrics.json` content (after the report step), else the step summaries
@@ -422,11 +462,12 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
     inputs = [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p]
     dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
     device = torch.device(device) if device is not None else dev
-    plan = plan_run(cfg, run, from_step, only, check_inputs)               # the user's own folder and bad input are refused here
-    fps, first_redo = {p['step']: p['fingerprint'] for p in plan}, (STEPS.index(from_step) if from_step else len(STEPS))
-    todo, steps_dir, record = [only] if only else list(STEPS), run/'steps', lambda s: step_record(run, s)
+    plan = plan_run(cfg, run, from_step, only, to_step, check_inputs)      # the user's own folder and bad input are refused here
+    fps = {p['step']: p['fingerprint'] for p in plan}
+    todo, steps_dir, record = [only] if only else list(STEPS[:STEPS.index(to_step) + 1] if to_step else STEPS), run/'steps', lambda s: step_record(run, s)
     barrier()                                                              # every process has read the records before rank 0 changes them
-    main_result(lambda: _prepare_run(run, cfg, inputs, [s for s in STEPS[first_redo:] if not only or s == only], log))   # rank 0; its error stops all
+    redo = [s for s in forgotten_steps(from_step) if not only or s == only]
+    main_result(lambda: _prepare_run(run, cfg, inputs, redo, log))         # rank 0; its error stops all
     barrier()
     fns, summary = _step_fns(cfg, run, device, log), {}
     for s in todo:
@@ -434,10 +475,10 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         if r and r['fingerprint'] == fps[s]:
             summary[s] = r.get('summary', {}); continue
         started = steps_dir/f'{s}.started.json'
-        main_result(lambda: own(run, STEP_OUTPUTS[s]))                     # refused (on every process) when the user put something there
+        main_result(lambda: own(run, step_outputs(cfg, s)))                     # refused (on every process) when the user put something there
         if is_main():
             if started.exists() and json.loads(started.read_text())['fingerprint'] != fps[s]:
-                for o in STEP_OUTPUTS[s]: _remove(run/o)                      # partial outputs of other settings
+                for o in step_outputs(cfg, s): _remove(run/o)                      # partial outputs of other settings
             write_json(started, {'fingerprint': fps[s]})
         barrier()
         _say(log, f'step {s} ...')
@@ -471,6 +512,12 @@ def _segment_seconds(cfg:RunConfig, c:dict, n:int, n_eval:int)->float:
     area = ((cfg.seg_train.crop or c['px']['seg_train']) / c['px']['seg_train'])**2
     return 2 * (c['segment'] * n * cfg.seg_train.epochs * area + c['seg_predict'] * n_eval)
 
+def _arms_seconds(cfg:RunConfig, c:dict, n:int, pool:int, area:float)->float:
+    "The extra arms: a W-OoD fine-tuning and the seeds of each, and the prototypes of a random sample for each 'random' arm."
+    ns = len(cfg.scales) / 4
+    return sum(c['wood'] * n * cfg.wood_train.epochs * area + c['seeds'] * n * ns + (c['prototypes'] * (n + pool) if a['ood'] == 'random' else 0)
+               for a in arm_specs(cfg.arms))
+
 # %% ../nbs/13_pipeline.ipynb #095d0bfb
 def image_counts(cfg:RunConfig)->dict:
     "The image counts a run's cost scales with: `train` (cfg.split), `eval` (cfg.eval_split) and `pool` (the OoD list)."
@@ -488,7 +535,7 @@ def estimate_seconds(cfg:RunConfig, # the run's settings
     est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area('cls'), 'baseline_seeds': c['seeds'] * n * ns, 'mining': c['mining'] * counts['pool'],
            'prototypes': c['prototypes'] * (n + counts['pool']), 'wood': c['wood'] * n * cfg.wood_train.epochs * area('wood_train'),
            'wood_seeds': c['seeds'] * n * ns, 'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area('boundary'),
-           'segment': _segment_seconds(cfg, c, n, counts['eval']),
+           'arms': _arms_seconds(cfg, c, n, counts['pool'], area('wood_train')), 'segment': _segment_seconds(cfg, c, n, counts['eval']),
            'report': 10.0}
     return est[step]
 
@@ -504,5 +551,6 @@ def print_plan(plan:list[dict], # `plan_run`'s answer
         t = estimate_seconds(cfg, p['step'], counts) if p['run'] else None
         total += t or 0.0
         when = '' if not p['run'] else (f'  ~{t/60:.1f} min on 2 CPU cores' if t is not None else f'  (no cost measured for the {cfg.preset} preset)')
-        print(f"  {p['step']:15s} {'would run' if p['run'] else 'finished, skipped'}{when}", file=out)
+        state = 'would run' if p['run'] else 'finished, skipped' if p.get('done', True) else 'left out'
+        print(f"  {p['step']:15s} {state}{when}", file=out)
     print(f'rough total: {total/60:.1f} min on 2 CPU cores' if STEP_COSTS.get(cfg.preset) else 'no rough total: this preset has no measured cost', file=out)

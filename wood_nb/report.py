@@ -12,17 +12,20 @@ import torch
 
 from .config import STEPS
 from .core import IGNORE_INDEX, WoodInputError, atomic_path, load_mask, read_classes, voc_palette, write_json, write_text
-from .data import eval_transforms, read_image, read_split
-from .train import is_main
-from .cam import load_cam_record, normalize_cams
+from .data import OoDDataset, VOCDataset, eval_transforms, read_image, read_split
+from .train import barrier, is_main, main_result
+from .model import load_classifier
+from .cam import compute_cams, cue_bearing_ids, load_cam_record, normalize_cams, plot_cams
 from .metrics import seed_from_cams
 from .refine import load_boundary_net
 from .segment import load_segmenter, predict
-from .wood import chain_figures
+from .mining import plot_candidates, read_ranked
+from .prototypes import image_features, load_prototypes, plot_clusters
+from .wood import plot_wood_history
 from .runconfig import RunConfig, config_from_dict
 
 # %% auto #0
-__all__ = ['collect_metrics', 'chain_panels', 'plot_iou_change', 'write_report']
+__all__ = ['collect_metrics', 'chain_panels', 'chain_figures', 'plot_iou_change', 'write_report']
 
 # %% ../nbs/13b_report.ipynb #b38f5c6a
 def _per_class(d:dict|None)->dict:
@@ -88,6 +91,56 @@ def chain_panels(voc_root, # VOC-layout root
         row[0].set_ylabel(f'{i}\n{labels.get(n, n)}', fontsize=7)
     fig.tight_layout()
     return fig
+
+# %% ../nbs/13b_report.ipynb #3d39aa7a
+def _chain_models(run:Path, arm:str)->dict:
+    "The classifier files `chain_figures` compares: the baseline (trained by the run, or the file it was given) and `arm`."
+    base = run/'cls'/'model.pt'
+    if not base.is_file() and (run/'cls'/'source.json').is_file(): base = Path(json.loads((run/'cls'/'source.json').read_text())['baseline'])
+    models = {'baseline': base, 'W-OoD': (run/'wood' if arm == 'wood' else run/'arms'/arm)/'model.pt'}
+    for f in models.values():
+        if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'run the pipeline first (wood run, wood demo or the ablation).')
+    return models
+
+def chain_figures(voc_root, pool_root, run, # the run's inputs and folder
+                  arm:str='wood', # the model to show against the baseline: 'wood' or an arm of the `arms` step
+                  n:int=6, # cue-bearing images in the CAM figure
+                  split:str='train', device=None, batch_size:int=32)->dict: # name -> written PNG
+    "Write `figures/cams.png`, `wood_history.png`, `mined_candidates.png` and `ood_clusters.png` of a run."
+    import matplotlib.pyplot as plt
+    from torch.utils.data import Subset
+    voc_root, pool_root, run = Path(voc_root), Path(pool_root), Path(run)
+    classes, models = read_classes(voc_root), _chain_models(run, arm)
+    out, figs = run/'figures', {}
+    def save(name, make):                                        # drawn and written by process 0 only
+        if is_main():
+            fig = make()
+            with atomic_path(out/name) as f: fig.savefig(f, format='png', dpi=90)
+            plt.close(fig)
+        figs[name] = out/name
+    ids = cue_bearing_ids(voc_root, VOCDataset(voc_root, split, transform=None, with_mask=False).ids, n)
+    dirs = {'baseline': run/'cam'/'baseline', 'W-OoD': run/'cam'/arm}
+    for name, f in models.items():
+        need = main_result(lambda: [i for i in ids if not (dirs[name]/f'{i}.npz').exists()])   # one answer for every process
+        if need:
+            m = load_classifier(f, num_classes=len(classes), classes=classes)
+            full = VOCDataset(voc_root, split, transform=eval_transforms(mean=m.mean, std=m.std), with_mask=False)
+            sub = Subset(full, [full.ids.index(i) for i in need]); sub.ids = need
+            compute_cams(m, sub, dirs[name], batch_size=batch_size, device=device, progress=False)
+    save('cams.png', lambda: plot_cams(voc_root, dirs, ids, title=f'baseline against W-OoD ({arm}): CAMs on cue-bearing training images'))
+    save('wood_history.png', lambda: plot_wood_history(load_classifier(models['W-OoD']).meta['history'], title=f'W-OoD ({arm}) loss terms per epoch'))
+    if (run/'mining'/'ranked.csv').is_file():
+        save('mined_candidates.png', lambda: plot_candidates(pool_root, read_ranked(run/'mining'/'ranked.csv', classes), n=18, classes=classes))
+    pf = run/'prototypes'/'mined'/'prototypes.npz'
+    if pf.is_file():
+        p = load_prototypes(pf)
+        base = load_classifier(models['baseline'], num_classes=len(classes), classes=classes)
+        ood = OoDDataset(pool_root, run/'mining'/'ood_list.txt', len(classes), transform=eval_transforms(mean=base.mean, std=base.std))
+        if list(ood.ids) == list(p['ood_paths']):
+            feats = image_features(base, ood, batch_size, device)
+            save('ood_clusters.png', lambda: plot_clusters(pool_root, p['ood_paths'], p['ood_assign'], p['ood_protos'], feats))
+    barrier()
+    return figs
 
 # %% ../nbs/13b_report.ipynb #67e977b8
 def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class: iou}`

@@ -4,15 +4,16 @@
 
 # %% ../nbs/13a_runconfig.ipynb #8776353f
 from __future__ import annotations
-import hashlib, json, math
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+import hashlib, json, math, re
+from dataclasses import asdict, replace, dataclass, field, fields, is_dataclass
 
 from .config import CURATION_MODES, DEFAULT_SCALES, PLANE_MODES, RUN_PRESETS, SEG_INITS, STEPS, WoodInputError
 from .config import TrainConfig, WoodConfig, WoodTrainConfig, boundary_train_config, check_train_config, seg_train_config
 
 # %% auto #0
-__all__ = ['TRAIN_SECTIONS', 'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig',
-           'check_config', 'config_from_dict', 'config_dict', 'run_config', 'step_settings', 'fingerprints']
+__all__ = ['TRAIN_SECTIONS', 'ARM_KEYS', 'RESERVED_ARMS', 'SIDE_STEPS', 'MiningConfig', 'PrototypeConfig', 'RefineConfig',
+           'SegConfig', 'WeightsConfig', 'RunConfig', 'arm_specs', 'check_config', 'config_from_dict', 'config_dict',
+           'run_config', 'step_settings', 'fingerprints']
 
 # %% ../nbs/13a_runconfig.ipynb #3aeefa41
 @dataclass
@@ -76,6 +77,7 @@ class RunConfig:
     batch_size: int = 32          # inference batch size
     num_workers: int = 0          # DataLoader workers of every training and inference pass
     progress: bool = True         # progress bars on every long step (rank 0)
+    arms: tuple = ()              # extra W-OoD fine-tunings of the `arms` step (the ablation): `{name, label, ood, overrides}` each
     cls: TrainConfig = field(default_factory=TrainConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
@@ -152,6 +154,32 @@ def _section_type(sect:str):
         t = type(d)
     return t
 
+# %% ../nbs/13a_runconfig.ipynb #84937f89
+ARM_KEYS = ('name', 'label', 'ood', 'overrides')  # the keys of one arm of `RunConfig.arms`
+RESERVED_ARMS = ('baseline', 'wood')  # the run's own models: `cam/<name>/` and `eval/<name>.json` are theirs
+
+def arm_specs(arms, # `RunConfig.arms`: one dict per arm
+              base:WoodConfig|None=None, # the run's `wood` section, which every arm's overrides change
+             )->tuple: # the arms, checked, with `label` (default: the name), `ood` ('mined') and `overrides` ({}) filled in
+    "Every arm checked before any work: a dict of known keys, a unique folder name, an OoD source, valid `WoodConfig` overrides."
+    out, seen, fix = [], set(), "give {'name': 'a', 'label': '...', 'ood': 'mined' or 'random', 'overrides': {'use_ood_term': false}}."
+    for i, a in enumerate(arms or ()):
+        key = f"config key 'arms' (arm {i})"
+        if not isinstance(a, dict) or not isinstance(a.get('name'), str): raise WoodInputError(key, f'{a!r} is not an arm with a name.', fix)
+        if set(a) - set(ARM_KEYS): raise WoodInputError(key, f'has unknown keys {sorted(set(a) - set(ARM_KEYS))}.', f'use {ARM_KEYS}.')
+        n, ood, ov = a['name'], a.get('ood', 'mined'), a.get('overrides') or {}
+        if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_-]{0,63}', n):
+            raise WoodInputError(key, f'{n!r} is not a folder name.', 'use letters, digits, _ and - (it names arms/<name>/, cam/<name>/).')
+        if n in RESERVED_ARMS or n in seen:
+            raise WoodInputError(key, f'{n!r} repeats an arm or clashes with the run folders (cam/{n}/, eval/{n}.json).', f'give every arm its own name, not one of {RESERVED_ARMS}.')
+        if ood not in ('mined', 'random'): raise WoodInputError(key, f'ood={ood!r} is not a choice.', "use 'mined' or 'random'.")
+        if not isinstance(ov, dict) or set(ov) - {f.name for f in fields(WoodConfig)}:
+            raise WoodInputError(key, f'overrides {ov!r} change unknown WoodConfig fields.', f'use fields of WoodConfig: {sorted(f.name for f in fields(WoodConfig))}.')
+        replace(base or WoodConfig(), **ov)                               # WoodConfig checks the values
+        seen.add(n); out.append({'name': n, 'label': str(a.get('label', n)), 'ood': ood, 'overrides': dict(ov)})
+    return tuple(out)
+
+
 # %% ../nbs/13a_runconfig.ipynb #47eb889c
 def _bad(key:str, value, want:str):
     raise WoodInputError(f'config key {key!r}', f'{value!r} is out of range: it must be {want}.', f'set {key} to {want}.')
@@ -189,6 +217,7 @@ def check_config(cfg:RunConfig)->RunConfig:
         from wood_nb.segment import SEG_PRESETS
         seg_bb, cls_bb = SEG_PRESETS[cfg.preset]['backbone'], PRESETS[cfg.preset]['backbone']
         if seg_bb != cls_bb: _bad('seg.init', cfg.seg.init, f"'imagenet' with the {cfg.preset} preset, whose segmenter ({seg_bb}) is not its classifier ({cls_bb})")
+    arm_specs(cfg.arms, cfg.wood)
     for k in ('split', 'eval_split'):
         if not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
     return cfg
@@ -207,6 +236,7 @@ def config_from_dict(d:dict)->RunConfig:
             else: kw[f.name] = _coerce(f'{where}{f.name}', dd[f.name], default, _field_defaults(cls).get(f.name))
         return cls(**kw)
     cfg = build(RunConfig, d, '')
+    cfg.arms = arm_specs(cfg.arms, cfg.wood)                          # filled in, as config.json holds them
     check_config(cfg)
     return cfg
 
@@ -243,7 +273,7 @@ def run_config(preset:str='synthetic', # 'synthetic', 'voc' or 'coco'
 # %% ../nbs/13a_runconfig.ipynb #ac821cc9
 _STEP_KEYS = {'baseline': ('preset', 'voc_root', 'split', 'cls', 'weights.classifier', 'weights.baseline'),
               'baseline_seeds': ('scales', 'batch_size', 'score_split'), 'mining': ('ood_root', 'mining', 'batch_size'),
-              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'), 'wood_seeds': ('scales', 'batch_size', 'score_split'),
+              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'), 'wood_seeds': ('scales', 'batch_size', 'score_split'), 'arms': ('arms',),
               'refine': ('refine', 'boundary', 'weights.boundary', 'score_split'), 'segment': ('eval_split', 'seg', 'seg_train', 'weights.segmenter'),
               'report': ()}
 _VOLATILE = ('num_workers', 'progress')   # settings that do not change results
@@ -259,9 +289,12 @@ def step_settings(cfg:RunConfig, step:str)->dict:
     return out
 
 # %% ../nbs/13a_runconfig.ipynb #9b3f3814
+SIDE_STEPS = ('arms',)  # steps that no later step reads: their fingerprint does not pass on to the next one
+
 def fingerprints(cfg:RunConfig)->dict:
-    "Each step's fingerprint: a hash of its settings and of its predecessor's fingerprint."
+    "Each step's fingerprint: a hash of its settings and of its predecessor's fingerprint (side steps are nobody's predecessor)."
     fp, prev = {}, ''
     for s in STEPS:
-        prev = fp[s] = hashlib.sha256(json.dumps([prev, step_settings(cfg, s)], sort_keys=True).encode()).hexdigest()[:16]
+        fp[s] = hashlib.sha256(json.dumps([prev, step_settings(cfg, s)], sort_keys=True).encode()).hexdigest()[:16]
+        if s not in SIDE_STEPS: prev = fp[s]
     return fp

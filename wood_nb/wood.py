@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_wood.ipynb #66502780
 from __future__ import annotations
-import json, math, numbers, shutil, time
+import json, math, shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -14,21 +14,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import config_json, WoodInputError, atomic_path, load_weights, read_classes, save_weights, seed_everything, write_json, write_text
+from .core import config_json, WoodInputError, load_weights, read_classes, save_weights, seed_everything, write_json, write_text
 from .data import OoDDataset, VOCDataset, eval_transforms, read_ood_list, train_transforms
 from .model import load_classifier, save_classifier
 from .train import (PairedLoader, TrainConfig, barrier, cat_over_processes, fit, init_distributed, is_main, main_result, make_loader,
-                            reduce_over_processes, train_classifier, unwrap)
+                            reduce_over_processes, unwrap)
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
-from .mining import mine
-from .prototypes import compute_prototypes, load_prototypes
+from .prototypes import load_prototypes
 
 # %% auto #0
 __all__ = ['centre_distances', 'ood_threshold', 'metric_loss_code', 'n_near', 'metric_loss_paper', 'ood_zero_loss',
            'drop_top_class_mask', 'anti_adversarial', 'as_protos', 'wood_step', 'prototype_pair', 'train_wood',
-           'plot_wood_history', 'Arm', 'ablation_arms', 'eval_block', 'random_ood_list', 'ablation_table',
-           'run_wood_chain', 'chain_figures', 'METRIC_FORMS', 'WoodConfig']
+           'plot_wood_history', 'Arm', 'ablation_arms', 'random_ood_list', 'ablation_table', 'METRIC_FORMS',
+           'WoodConfig']
 
 # %% ../nbs/09_wood.ipynb #3a9b7680
 def centre_distances(feat:torch.Tensor, # `(B, D)` image features
@@ -354,8 +353,8 @@ def plot_wood_history(history:list[dict], # `fit`'s history, or a `model.pt` met
 # %% ../nbs/09_wood.ipynb #a3f51a50
 @dataclass
 class Arm:
-    "One fine-tuning of the chain: a folder name, what it tests, the `WoodConfig` changes, which OoD images."
-    name: str # folder name under the run (`<run>/<name>/model.pt`, `<run>/cam/<name>/`)
+    "One fine-tuning of the ablation: a folder name, what it tests, the `WoodConfig` changes, which OoD images."
+    name: str # folder name under the run (`arms/<name>/model.pt`, `cam/<name>/`, `eval/<name>.json`)
     label: str # what the arm tests, for tables
     overrides: dict = field(default_factory=dict) # `WoodConfig` fields changed from the base config
     ood: str = 'mined' # 'mined': the curated hard OoD images; 'random': a random sample of the pool, same size
@@ -381,26 +380,6 @@ def ablation_arms(scaled_lam:float|None=None, # also run the scaled metric term 
     return arms
 
 # %% ../nbs/09_wood.ipynb #9fdb9a0a
-def eval_block(model, voc_root, split:str, cam_dir, json_path, scales=DEFAULT_SCALES, batch_size:int=32, device=None,
-               score_split:str|None=None, # the split whose seeds are scored (default: `split`; VOC: train inside train_aug)
-               num_workers:int=0, # DataLoader workers of the CAM pass
-               progress:bool=False, # a progress bar over the images (rank 0)
-              )->dict:
-    "CAM seeds of `split` and their evaluation on `score_split`, cached in `json_path` (the `metrics.json` block plus details)."
-    json_path = Path(json_path); score_split = score_split or split
-    if json_path.exists(): return json.loads(json_path.read_text())
-    ds = VOCDataset(voc_root, split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)   # each process its share
-    def evaluate():                                                # once, on rank 0 (`main_result`)
-        r = eval_cam_dir(voc_root, score_split, cam_dir); s = r.summary(read_classes(voc_root))
-        block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold'], 'score_split': score_split}
-        if r.has_cues: block['cue_activation'] = round(s['cue_activation'], 4)
-        block['per_class_iou'] = s['iou']
-        if r.has_cues: block['cue_activation_per_class'] = s['cue_activation_per_class']
-        write_json(json_path, block)
-        return block
-    return main_result(evaluate)
-
 def random_ood_list(pool_root, # the pool folder
                     n:int, # how many images
                     out_file, # the list to write (paths relative to the pool)
@@ -414,7 +393,7 @@ def random_ood_list(pool_root, # the pool folder
     return Path(out_file)
 
 # %% ../nbs/09_wood.ipynb #ed7c9a1f
-def ablation_table(results:dict, # `run_wood_chain`'s result
+def ablation_table(results:dict, # `{'baseline': seed block, 'arms': {name: seed block with its label}}` (the `arms` step's summary)
                   )->str: # a Markdown table
     "Seed mIoU and cue activation of the baseline and every arm, with the changes against the baseline and arm (a)."
     base = results['baseline']; arms = results['arms']; ctrl = arms.get('a_continued')
@@ -429,129 +408,3 @@ def ablation_table(results:dict, # `run_wood_chain`'s result
     rows.append(row('cls', 'baseline', base))
     for name, b in arms.items(): rows.append(row(name, b.get('label', name), b))
     return '\n'.join(rows) + '\n'
-
-# %% ../nbs/09_wood.ipynb #21bd6ed5
-def run_wood_chain(voc_root, # VOC-layout root (train split with masks for the seed evaluation)
-                   pool_root, # the OoD candidate pool (with `ood_meta.csv` for curation 'meta')
-                   out, # the run folder
-                   arms:list[Arm]|None=None, # default: the single arm 'wood' (full W-OoD)
-                   wcfg:WoodConfig|None=None, # the base loss settings of every arm (default: official)
-                   tcfg:TrainConfig|None=None, # fine-tuning settings (default: the preset's)
-                   baseline=None, # a trained baseline `model.pt` to start from; None: train one in `out/cls`
-                   baseline_tcfg:TrainConfig|None=None, # the baseline's training settings (default: the preset's)
-                   preset:str='synthetic', # model and training preset of the baseline
-                   split:str='train', # split to train on and to evaluate the seeds on
-                   threshold:float=0.5, top_k:int|None=None, curation:str='meta', curated_list=None, # mining (see `mine`)
-                   k:int=50, kmeans_seed:int=0, # OoD prototypes (see `compute_prototypes`; k clamps to the list size)
-                   scales=DEFAULT_SCALES, # CAM scales of every evaluation
-                   batch_size:int=32, # inference batch size
-                   prepare_only:bool=False, # stop after the prototypes (to fine-tune the arms in parallel processes)
-                   device=None, log=None)->dict:
-    "Baseline, its seeds, mining, curation, prototypes, then W-OoD fine-tuning and seeds per arm; every step skipped when done."
-    import sys as _sys
-    log = log or _sys.stdout; voc_root, pool_root, out = Path(voc_root), Path(pool_root), Path(out)
-    arms = arms if arms is not None else [Arm('wood', 'W-OoD')]
-    wcfg = wcfg or WoodConfig()
-    names = [a.name for a in arms]
-    if len(set(names)) != len(names) or {'cls', 'cam', 'eval', 'mining', 'prototypes', 'random'} & set(names):
-        raise WoodInputError('arms', f'names {names} repeat or clash with the run folders.', 'give every arm its own name.')
-    cfgs = {a.name: a.config(wcfg) for a in arms}                           # check every arm before any work
-    device = torch.device(device) if device is not None else init_distributed()
-    say = lambda *a: print(*a, file=log, flush=True) if is_main() else None
-    times = {}
-    def timed(key, fn, done:bool=False):                                  # times only the steps that ran
-        t = time.perf_counter(); r = fn()
-        if not done: times[key] = round(time.perf_counter() - t, 1)
-        return r
-    if baseline is None:
-        say(f'baseline classifier: training (or loading) in {out/"cls"}')
-        base_model = timed('train_cls', lambda: train_classifier(voc_root, out/'cls', preset, split, cfg=baseline_tcfg, device=device),
-                           (out/'cls'/'model.pt').exists())
-        baseline = out/'cls'/'model.pt'
-    else:
-        baseline = Path(baseline); base_model = load_classifier(baseline, num_classes=len(read_classes(voc_root)), classes=read_classes(voc_root))
-    base_model = base_model.to(device).eval()
-    say('baseline CAM seeds ...')
-    res = {'baseline': timed('eval_baseline', lambda: eval_block(base_model, voc_root, split, out/'cam'/'baseline', out/'eval'/'baseline.json', scales, batch_size, device),
-                             (out/'eval'/'baseline.json').exists())}
-    say(f"baseline: seed mIoU {res['baseline']['seed_miou']:.1f}" + (f", cue activation {res['baseline']['cue_activation']:.3f}" if 'cue_activation' in res['baseline'] else ''))
-    if (out/'mining'/'mining.json').exists(): res['mining'] = json.loads((out/'mining'/'mining.json').read_text())
-    else: res['mining'] = timed('mine', lambda: mine(base_model, pool_root, out/'mining', threshold=threshold, top_k=top_k, curation=curation,
-                                                     curated_list=curated_list, batch_size=batch_size, device=device))
-    m = res['mining']
-    say(f"mining: {m['candidates']} of {m['pool']} pool images scored above the threshold, {m['kept']} kept after curation ({curation})"
-        + (f"; hard share of the kept {m['hard_share_kept']:.3f}" if m.get('hard_share_kept') is not None else ''))
-    lists = {'mined': out/'mining'/'ood_list.txt'}
-    if any(a.ood == 'random' for a in arms):
-        lists['random'] = out/'random'/'ood_list.txt'
-        if not lists['random'].exists(): random_ood_list(pool_root, m['kept'], lists['random'], seed=kmeans_seed)
-    protos = {}
-    for src, lst in lists.items():
-        f = out/'prototypes'/src/'prototypes.npz'
-        if not f.exists():
-            timed(f'prototypes_{src}', lambda: compute_prototypes(base_model, voc_root, split, pool_root, lst, f.parent, k=k, seed=kmeans_seed,
-                                                                  clamp=True, batch_size=batch_size, device=device))
-        protos[src] = f
-    res['arms'] = {}
-    if prepare_only: return res
-    for a in arms:
-        say(f'arm {a.name}: {a.label} ...')
-        model = timed(f'train_{a.name}', lambda: train_wood(baseline, voc_root, split, pool_root, lists[a.ood], protos[a.ood], out/a.name,
-                                                            wcfg=cfgs[a.name], tcfg=tcfg, device=device), (out/a.name/'model.pt').exists())
-        b = timed(f'eval_{a.name}', lambda: eval_block(model.to(device).eval(), voc_root, split, out/'cam'/a.name, out/'eval'/f'{a.name}.json', scales, batch_size, device),
-                  (out/'eval'/f'{a.name}.json').exists())
-        res['arms'][a.name] = dict(label=a.label, ood=a.ood, overrides=config_json(a.overrides), **b)
-        say(f"arm {a.name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
-    res['timings_s'] = times
-    res['wood_config'] = config_json(wcfg)
-    if is_main(): write_json(out/'chain.json', res)
-    barrier()
-    return res
-
-# %% ../nbs/09_wood.ipynb #50719b63
-def chain_figures(voc_root, pool_root, run, # the chain's inputs and run folder
-                  arm:str='wood', # the arm to show against the baseline
-                  n:int=6, # cue-bearing images in the CAM figure
-                  split:str='train', device=None, batch_size:int=32)->dict: # name -> written PNG
-    "Write `figures/cams.png`, `wood_history.png`, `mined_candidates.png` and `ood_clusters.png` of a run."
-    import matplotlib; import matplotlib.pyplot as plt
-    from torch.utils.data import Subset
-    from wood_nb.cam import cue_bearing_ids, plot_cams
-    from wood_nb.mining import plot_candidates, read_ranked
-    from wood_nb.prototypes import image_features, plot_clusters
-    voc_root, pool_root, run = Path(voc_root), Path(pool_root), Path(run)
-    classes = read_classes(voc_root)
-    models = {'baseline': run/'cls'/'model.pt', 'W-OoD': run/arm/'model.pt'}
-    for f in models.values():
-        if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'run the chain first (run_wood_chain, wood demo or the ablation).')
-    out, figs = run/'figures', {}
-    def save(name, make):                                        # drawn and written by process 0 only
-        if is_main():
-            fig = make()
-            with atomic_path(out/name) as f: fig.savefig(f, format='png', dpi=90)
-            plt.close(fig)
-        figs[name] = out/name
-    ds = VOCDataset(voc_root, split, transform=None, with_mask=False)
-    ids = cue_bearing_ids(voc_root, ds.ids, n)
-    dirs = {'baseline': run/'cam'/'baseline', 'W-OoD': run/'cam'/arm}
-    for name, f in models.items():
-        need = main_result(lambda: [i for i in ids if not (dirs[name]/f'{i}.npz').exists()])   # one answer for every process
-        if need:
-            m = load_classifier(f, num_classes=len(classes), classes=classes)
-            full = VOCDataset(voc_root, split, transform=eval_transforms(mean=m.mean, std=m.std), with_mask=False)
-            sub = Subset(full, [full.ids.index(i) for i in need]); sub.ids = need
-            compute_cams(m, sub, dirs[name], batch_size=batch_size, device=device, progress=False)
-    save('cams.png', lambda: plot_cams(voc_root, dirs, ids, title=f'baseline against W-OoD ({arm}): CAMs on cue-bearing training images'))
-    save('wood_history.png', lambda: plot_wood_history(load_classifier(models['W-OoD']).meta['history'], title=f'W-OoD ({arm}) loss terms per epoch'))
-    if (run/'mining'/'ranked.csv').is_file():
-        save('mined_candidates.png', lambda: plot_candidates(pool_root, read_ranked(run/'mining'/'ranked.csv', classes), n=18, classes=classes))
-    pf = run/'prototypes'/'mined'/'prototypes.npz'
-    if pf.is_file():
-        p = load_prototypes(pf)
-        base = load_classifier(models['baseline'], num_classes=len(classes), classes=classes)
-        ood = OoDDataset(pool_root, run/'mining'/'ood_list.txt', len(classes), transform=eval_transforms(mean=base.mean, std=base.std))
-        if list(ood.ids) == list(p['ood_paths']):
-            feats = image_features(base, ood, batch_size, device)
-            save('ood_clusters.png', lambda: plot_clusters(pool_root, p['ood_paths'], p['ood_assign'], p['ood_protos'], feats))
-    barrier()
-    return figs
