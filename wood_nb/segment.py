@@ -36,17 +36,21 @@ class ASPP(nn.Module):
     def __init__(self, in_ch:int, # channels of the backbone's feature map
                  out_ch:int, # logits per position (C + 1)
                  rates=(6, 12, 18, 24), # one branch per dilation rate
+                 dropout:float=0.0, # channel dropout on the features while training (DeepLab-v2's VGG head: 0.5)
                 ):
         super().__init__()
         rates = tuple(rates)
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
             raise WoodInputError('rates', f'{rates!r} is not a list of positive integer dilation rates.', 'use e.g. (6, 12, 18, 24).')
-        self.rates = rates
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise WoodInputError('dropout', f'{dropout!r} is not a probability in [0, 1).', 'use e.g. 0.0 (none) or 0.5.')
+        self.rates, self.dropout = rates, float(dropout)
         self.branches = nn.ModuleList(nn.Conv2d(in_ch, out_ch, 3, padding=r, dilation=r, bias=True) for r in rates)
         for b in self.branches: nn.init.normal_(b.weight, 0, 0.01); nn.init.zeros_(b.bias)   # DeepLab's init
 
     def forward(self, x:torch.Tensor)->torch.Tensor:
         "The sum of the branches' logits, `(B, out_ch, h, w)`."
+        if self.dropout and self.training: x = F.dropout2d(x, self.dropout)   # whole feature channels, per image
         out = self.branches[0](x)
         for b in self.branches[1:]: out = out + b(x)
         return out
@@ -77,6 +81,7 @@ class DeepLabV2(nn.Module):
                  rates=(6, 12, 18, 24), # ASPP dilation rates
                  freeze_bn:bool=False, # keep the backbone's BN statistics and affine parameters fixed
                  classes:list[str]|None=None, # class names, kept in checkpoints
+                 dropout:float=0.0, # channel dropout before the head while training (`ASPP`)
                 ):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= 254:
@@ -89,7 +94,7 @@ class DeepLabV2(nn.Module):
         self.preset = None
         self.backbone = create_backbone(backbone, output_stride, dilate=True)
         self.feat_dim = self.backbone.num_features
-        self.aspp = ASPP(self.feat_dim, num_classes + 1, rates)
+        self.aspp = ASPP(self.feat_dim, num_classes + 1, rates, dropout)
         cfg = self.backbone.pretrained_cfg
         self.mean, self.std = tuple(cfg.get('mean', (0.485, 0.456, 0.406))), tuple(cfg.get('std', (0.229, 0.224, 0.225)))
         self.pretrained = None if pretrained is None or isinstance(pretrained, bool) else str(pretrained)
@@ -130,7 +135,7 @@ class DeepLabV2(nn.Module):
 
     def extra_repr(self)->str:
         return (f'backbone={self.backbone_name!r}, num_classes={self.num_classes}, output_stride={self.output_stride}, '
-                f'rates={self.rates}, freeze_bn={self.freeze_bn}, pretrained={self.pretrained!r}')
+                f'rates={self.rates}, dropout={self.aspp.dropout}, freeze_bn={self.freeze_bn}, pretrained={self.pretrained!r}')
 
 # %% ../nbs/11_segment.ipynb #560a75ee
 SEG_PRESETS = {  # model settings only; the optimiser and data settings are `seg_train_config`
@@ -139,7 +144,7 @@ SEG_PRESETS = {  # model settings only; the optimiser and data settings are `seg
     'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=8, rates=(6, 12, 18, 24), pretrained=PACKAGE_WEIGHTS,
                       freeze_bn=True, needs_pretrained=True),
 }
-_SEG_KEYS = ('backbone', 'output_stride', 'pretrained', 'rates', 'freeze_bn', 'classes')
+_SEG_KEYS = ('backbone', 'output_stride', 'pretrained', 'rates', 'freeze_bn', 'classes', 'dropout')
 
 def make_segmenter(preset:str, # a key of SEG_PRESETS
                    num_classes:int, # foreground classes C
@@ -156,7 +161,7 @@ SEG_FORMAT = 'wood_nb.deeplabv2/1'  # `format` field of checkpoints written by `
 def segmenter_config(model:DeepLabV2)->dict:
     "The settings that rebuild `model` (without its pretrained source)."
     return dict(backbone=model.backbone_name, num_classes=model.num_classes, classes=model.classes, preset=model.preset,
-                output_stride=model.output_stride, rates=list(model.rates), freeze_bn=model.freeze_bn, feat_dim=model.feat_dim,
+                output_stride=model.output_stride, rates=list(model.rates), dropout=model.aspp.dropout, freeze_bn=model.freeze_bn, feat_dim=model.feat_dim,
                 mean=list(model.mean), std=list(model.std), init=model.pretrained)
 
 def save_segmenter(model:DeepLabV2, path, meta:dict|None=None)->Path:
@@ -182,7 +187,7 @@ def _build_segmenter(path, ck:dict, num_classes, classes)->DeepLabV2:
     if classes is not None and cfg['classes'] is not None and list(classes) != list(cfg['classes']):
         raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.", 'use the checkpoint trained on this dataset.')
     model = DeepLabV2(cfg['backbone'], cfg['num_classes'], output_stride=cfg['output_stride'], rates=tuple(cfg['rates']),
-                      freeze_bn=cfg['freeze_bn'], classes=cfg['classes'])
+                      freeze_bn=cfg['freeze_bn'], classes=cfg['classes'], dropout=cfg.get('dropout', 0.0))
     model.load_state_dict(ck['state_dict'], strict=True)
     model.mean, model.std, model.pretrained, model.preset = tuple(cfg['mean']), tuple(cfg['std']), cfg.get('init'), cfg.get('preset')
     model.meta = ck.get('meta', {})
