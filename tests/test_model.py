@@ -22,7 +22,7 @@ X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
 def test_exports():
     for name in ['CAMClassifier', 'create_backbone', 'measure_stride', 'load_backbone_weights', 'lite0_to_timm',
                  'lite0_package_path', 'save_classifier', 'load_classifier', 'make_classifier', 'PRESETS',
-                 'PACKAGE_WEIGHTS', 'time_train_step', 'classifier_config']:
+                 'PACKAGE_WEIGHTS', 'time_train_step', 'classifier_config', 'backbone_state', 'fit_state_dict', 'CHECKPOINT_FORMATS']:
         assert name in M.__all__, name
 
 
@@ -205,6 +205,38 @@ def test_backbone_state_dict_file(tmp_path):
     with pytest.raises(WoodInputError, match='never downloads'):
         CAMClassifier('resnet18', 4, 16, pretrained=True)
 
+
+
+def test_backbone_state_reads_every_source(tmp_path):
+    m = CAMClassifier('resnet18', 3, 16); m.mean, m.std = (0.4,) * 3, (0.2,) * 3
+    f = save_classifier(m, tmp_path / 'cls.pth')
+    where, sd, norm, head = M.backbone_state(f, 'resnet18')
+    assert where == f and norm == ((0.4,) * 3, (0.2,) * 3) and torch.equal(head, m.classifier.weight)
+    assert list(sd) == list(m.backbone.state_dict())
+    with pytest.raises(WoodInputError, match="holds a 'resnet18' classifier, not a 'resnet50' one"):
+        M.backbone_state(f, 'resnet50')
+    with pytest.raises(WoodInputError, match="holds a 'resnet18' classifier, not a 'resnet50' one"):
+        CAMClassifier('resnet50', 3, pretrained=f)
+    save_weights(m.backbone.state_dict(), tmp_path / 'bb.pth')
+    assert M.backbone_state(tmp_path / 'bb.pth', 'resnet18')[2:] == (None, None)
+    for fmt, (what, loader) in M.CHECKPOINT_FORMATS.items():
+        if fmt == M.CKPT_FORMAT: continue
+        save_weights(dict(format=fmt, config={}, meta={}, state_dict=m.state_dict()), tmp_path / 'net.pth')
+        with pytest.raises(WoodInputError, match=f'is a {what}, not backbone weights') as e:
+            CAMClassifier('resnet18', 3, pretrained=tmp_path / 'net.pth')
+        assert loader in str(e.value) and 'net.pth' in str(e.value)
+
+
+def test_fit_state_dict_lists_what_does_not_fit():
+    net = create_backbone('resnet18', 32)
+    sd = {k: v for k, v in timm.create_model('resnet18', pretrained=False).state_dict().items() if not k.endswith('num_batches_tracked')}
+    assert M.fit_state_dict(net, sd, 'r18.pth', 'resnet18') == ['fc.weight', 'fc.bias']   # torchvision-style: no step counters
+    with pytest.raises(WoodInputError, match="does not fit backbone 'resnet18': unexpected keys: aux.weight"):
+        M.fit_state_dict(net, sd | {'aux.weight': torch.zeros(1)}, 'r18.pth', 'resnet18')
+    with pytest.raises(WoodInputError, match=r'shape mismatches: conv1.weight \(1,\)'):
+        M.fit_state_dict(net, sd | {'conv1.weight': torch.zeros(1)}, 'r18.pth', 'resnet18')
+    enc = timm.create_model('resnet18', features_only=True, out_indices=(1, 2))
+    assert set(M.fit_state_dict(enc, sd, 'r18.pth', 'resnet18', drop_any=True)) == set(sd) - set(enc.state_dict())
 
 def test_lite0_mapping_covers_timm_keys_synthetic():
     # a fake package-style state dict built from timm's own keys must map back onto them one to one

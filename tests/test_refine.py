@@ -10,8 +10,8 @@ from wood_nb.cam import compute_cams, load_cam_record, strided_size
 from wood_nb.core import WoodInputError, load_mask, read_classes
 from wood_nb.data import VOCDataset, eval_transforms, read_split, train_transforms
 from wood_nb.metrics import seed_from_cams
-from wood_nb.model import PACKAGE_WEIGHTS, CAMClassifier
-from wood_nb.refine import (BOUNDARY_PRESETS, BoundaryNet, ConfidentLabelDataset, affinity_loss, boundary_train_config, confident_labels, crf_available,
+from wood_nb.model import CHECKPOINT_FORMATS, PACKAGE_WEIGHTS, CAMClassifier, save_classifier
+from wood_nb.refine import (BOUNDARY_FORMAT, BOUNDARY_PRESETS, BoundaryNet, ConfidentLabelDataset, affinity_loss, boundary_train_config, confident_labels, crf_available,
                             crf_labels, dense_crf, eval_mask_dir, load_boundary_net, make_boundary_net, make_confident_labels,
                             make_pseudo_masks, pair_affinities, pair_labels, pair_offsets, propagate, random_walk, save_boundary_net,
                             segment_points, strided_labels, train_boundary, transition_matrix)
@@ -145,6 +145,20 @@ def test_boundary_net_shapes_and_freezing(tmp_path):
     with pytest.raises(WoodInputError, match='not a timm model'): BoundaryNet('resnet5000')
     with pytest.raises(WoodInputError, match="not 'resnet10t' ones"): BoundaryNet('resnet10t', pretrained=PACKAGE_WEIGHTS)
 
+
+
+def test_boundary_net_from_a_classifier_checkpoint(tmp_path):
+    clf = CAMClassifier('resnet10t', 3, output_stride=16); clf.mean, clf.std = (0.4,) * 3, (0.2,) * 3
+    save_classifier(clf, tmp_path/'cls.pt')
+    net = BoundaryNet('resnet10t', pretrained=tmp_path/'cls.pt')
+    assert all(torch.equal(v, clf.backbone.state_dict()[k]) for k, v in net.encoder.state_dict().items())
+    assert (net.mean, net.std) == ((0.4,) * 3, (0.2,) * 3) and net.load_report['loaded'] == len(net.encoder.state_dict())
+    with pytest.raises(WoodInputError, match="holds a 'resnet10t' classifier, not a 'resnet18' one"):
+        BoundaryNet('resnet18', pretrained=tmp_path/'cls.pt')
+    f = save_boundary_net(net, tmp_path/'b.pt')
+    with pytest.raises(WoodInputError, match='is a boundary-network checkpoint, not backbone weights'):
+        BoundaryNet('resnet10t', pretrained=f)
+    assert CHECKPOINT_FORMATS[BOUNDARY_FORMAT] == ('boundary-network checkpoint', 'wood_nb.refine.load_boundary_net')
 
 def test_package_weights_reach_lite0():
     from wood_nb.core import load_weights

