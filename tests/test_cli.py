@@ -101,7 +101,7 @@ def test_demo_small(tmp_path):
     assert json.loads((tmp_path/'run'/'config.json').read_text())['cls']['seed'] == 0
     for block, clf in (('baseline', 'cls'), ('wood', 'wood')):                # each segmenter kept its own classifier's backbone
         seg, c = load_segmenter(tmp_path/'run'/'seg'/block/'model.pt'), load_classifier(tmp_path/'run'/clf/'model.pt')
-        assert seg.meta['freeze_backbone'] is True and seg.output_stride == 16 and seg.rates == (1,)
+        assert seg.meta['freeze_backbone'] is True and seg.output_stride == 16 and seg.rates == (1, 2, 3) and seg.aspp.dropout == 0.5
         for k, v in c.backbone.state_dict().items(): assert torch.equal(seg.backbone.state_dict()[k], v), (block, k)
     assert 'W-OoD' in log.getvalue() and f"{m['wood']['seed_miou']:15.1f}" in log.getvalue() and f"{m['wood']['seg_miou']:15.1f}" in log.getvalue()
     again = run_demo(tmp_path/'run', seed=0, cfg=cfg, overrides=TINY_RUN | QUICK_SEG, workers=1, device='cpu', log=io.StringIO())

@@ -561,6 +561,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                  'wood_nb.segment._predict_loop': ('segment.html#_predict_loop', 'wood_nb/segment.py'),
                                  'wood_nb.segment._resize_pad': ('segment.html#_resize_pad', 'wood_nb/segment.py'),
                                  'wood_nb.segment.backbone_features': ('segment.html#backbone_features', 'wood_nb/segment.py'),
+                                 'wood_nb.segment.balance_power': ('segment.html#balance_power', 'wood_nb/segment.py'),
                                  'wood_nb.segment.crf_postprocess': ('segment.html#crf_postprocess', 'wood_nb/segment.py'),
                                  'wood_nb.segment.eval_seg_dir': ('segment.html#eval_seg_dir', 'wood_nb/segment.py'),
                                  'wood_nb.segment.load_segmenter': ('segment.html#load_segmenter', 'wood_nb/segment.py'),

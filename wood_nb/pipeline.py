@@ -113,7 +113,7 @@ def segment_step(voc_root, # VOC-layout root
                  eval_split:str='val', # the split to predict and score
                  preset:str='synthetic', # model and training recipe (`SEG_PRESETS`)
                  cfg:TrainConfig|None=None, # training settings (default: the preset's)
-                 balanced:bool=False, # class-balanced cross-entropy
+                 balanced:bool|float=False, # class-balanced cross-entropy, or the power of its weights (`seg_loss`)
                  scales=None, # test scales (default: `SEG_EVAL_SCALES[preset]`)
                  flip:bool=True, # add flipped passes at test time
                  crf:bool=False, # dense CRF on the predicted probabilities (needs pydensecrf2)
@@ -273,7 +273,7 @@ def _segment_both(cfg:RunConfig, run:Path, root:Path, base_file:Path, device, lo
     clf = {'baseline': base_file, 'wood': run/'wood'/'model.pt'}
     for n in ('baseline', 'wood'):
         kw = {**(pretrained_kw(cfg, 'segmenter') if sc.init == 'imagenet' else {'pretrained': str(clf[n])}),
-              **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates)) if v}}
+              **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates), ('dropout', sc.dropout)) if v is not None}}
         r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
                          sc.scales, sc.flip, sc.crf, device=device, log=log, **io, model_kw=kw, freeze_backbone=sc.freeze_backbone)
         if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}

@@ -46,12 +46,13 @@ class RefineConfig:
 class SegConfig:
     "Segmentation (`segment_step`) apart from its training settings."
     enabled: bool = True          # train and score the segmentation networks
-    balanced: bool = False        # class-balanced cross-entropy
+    balanced: float = 0.0         # class weights (inverse pixel frequency)^balanced: 0 plain CE, 1 class-balanced CE
     crf: bool = False             # dense CRF at test time
     scales: tuple|None = None     # test scales (default: the preset's)
     flip: bool = True             # flipped test passes
     output_stride: int|None = None # the network's output stride (None: the preset's, 8; 16 is about 2.4x faster on a CPU)
     rates: tuple|None = None      # ASPP dilation rates (None: the preset's, 6 12 18 24)
+    dropout: float|None = None    # channel dropout before the head while training (None: the preset's, 0)
     init: str = 'imagenet'        # backbone start: 'imagenet' (the preset's weights) or 'classifier' (each model's own CAM classifier)
     freeze_backbone: bool = False # train the head alone on features computed once (a CPU recipe; see 11_segment)
 
@@ -211,6 +212,9 @@ def check_config(cfg:RunConfig)->RunConfig:
     if cfg.seg.output_stride not in (None, 8, 16, 32): _bad('seg.output_stride', cfg.seg.output_stride, 'one of 8, 16, 32 (or null)')
     if cfg.seg.rates is not None and not (cfg.seg.rates and all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in cfg.seg.rates)):
         _bad('seg.rates', cfg.seg.rates, 'a non-empty list of positive integers, e.g. [6, 12, 18, 24] (or null)')
+    if not 0 <= cfg.seg.balanced <= 1: _bad('seg.balanced', cfg.seg.balanced, 'a power in [0, 1]: 0 (plain CE), 1 (class-balanced) or between, e.g. 0.25')
+    if cfg.seg.dropout is not None and not (isinstance(cfg.seg.dropout, (int, float)) and not isinstance(cfg.seg.dropout, bool) and 0 <= cfg.seg.dropout < 1):
+        _bad('seg.dropout', cfg.seg.dropout, 'a probability in [0, 1), e.g. 0.5 (or null)')
     if cfg.seg.init not in SEG_INITS: _bad('seg.init', cfg.seg.init, f'one of {SEG_INITS}')
     if cfg.seg.init == 'classifier':                                  # the networks' presets: imported here, the rest needs no torch
         from wood_nb.model import PRESETS

@@ -25,9 +25,9 @@ from .metrics import eval_label_dir
 
 # %% auto #0
 __all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config', 'save_segmenter',
-           'load_segmenter', 'seg_loss', 'seg_step', 'CachedFeatures', 'backbone_features', 'resolve_mask_dir',
-           'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'crf_postprocess', 'eval_seg_dir',
-           'plot_segmentation', 'SEG_TEST_SCALES', 'seg_train_config']
+           'load_segmenter', 'balance_power', 'seg_loss', 'seg_step', 'CachedFeatures', 'backbone_features',
+           'resolve_mask_dir', 'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'crf_postprocess',
+           'eval_seg_dir', 'plot_segmentation', 'SEG_TEST_SCALES', 'seg_train_config']
 
 # %% ../nbs/11_segment.ipynb #797d5011
 class ASPP(nn.Module):
@@ -186,9 +186,17 @@ def _build_segmenter(path, ck:dict, num_classes, classes)->DeepLabV2:
     return model.eval()
 
 # %% ../nbs/11_segment.ipynb #aec406b2
+def balance_power(balanced:bool|float, # False (plain CE), True (inverse frequency) or a power p in [0, 1]
+                 )->float: # the power of the inverse-frequency class weights: 0 (plain), 1 (balanced) or between
+    "The exponent p of the class weights `w_c = (N / (K n_c))^p` that `balanced` asks for, checked."
+    if isinstance(balanced, bool): return float(balanced)
+    if not isinstance(balanced, (int, float)) or not 0 <= balanced <= 1:
+        raise WoodInputError('balanced', f'{balanced!r} is neither a boolean nor a power in [0, 1].', 'use False, True, or e.g. 0.25.')
+    return float(balanced)
+
 def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
              target:torch.Tensor, # `(B, H, W)` class indices; `ignore_index` pixels are left out
-             balanced:bool=False, # weight classes by inverse pixel frequency in the batch (see above)
+             balanced:bool|float=False, # weight classes by inverse pixel frequency in the batch (True), or by its power p in [0, 1]
              ignore_index:int=IGNORE_INDEX,
              counts=None, # `(C + 1,)` counted pixels of each class in the global batch; None: this batch's
              processes:int=1, # the processes `counts` were summed over (each divides by its share of the normaliser)
@@ -204,16 +212,17 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
         lo, hi = int(target[valid].min()), int(target[valid].max())
         raise WoodInputError('masks', f'hold class values up to {hi} (min {lo}), but the net predicts {K} classes (0..{K - 1}).',
                              f'masks hold 0..{K - 1} and {ignore_index}; check classes.txt and the mask folder.')
+    p = balance_power(balanced)
     logits = logits.float()
-    if counts is None and not balanced: return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    if counts is None and not p: return F.cross_entropy(logits, target, ignore_index=ignore_index)
     n = torch.bincount(target[valid], minlength=K).float() if counts is None else torch.as_tensor(counts, dtype=torch.float32, device=logits.device)
     if n.shape != (K,): raise WoodInputError('counts', f'has shape {tuple(n.shape)}, not ({K},).', 'give the counted pixels of each of the C + 1 classes.')
-    w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n)) if balanced else torch.ones_like(n)
+    w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n))**p if p else torch.ones_like(n)
     # the (weighted) mean over the counted pixels; under DDP each process divides by its share of the global normaliser
-    return F.cross_entropy(logits, target, weight=w if balanced else None, ignore_index=ignore_index, reduction='sum') / ((n * w).sum() / processes)
+    return F.cross_entropy(logits, target, weight=w if p else None, ignore_index=ignore_index, reduction='sum') / ((n * w).sum() / processes)
 
 # %% ../nbs/11_segment.ipynb #3c746e9d
-def seg_step(balanced:bool=False, # class-balanced cross-entropy
+def seg_step(balanced:bool|float=False, # class-balanced cross-entropy, or the power of its weights (`seg_loss`)
             )->Callable:
     "A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` against `batch['mask']`."
     def step(model, batch):
@@ -297,7 +306,7 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
                     split:str='train', # the split to train on ('train_aug' for VOC)
                     preset:str='synthetic', # model and training recipe: 'synthetic' or 'voc'
                     cfg:TrainConfig|None=None, # training settings (default: `seg_train_config(preset)`)
-                    balanced:bool=False, # class-balanced cross-entropy
+                    balanced:bool|float=False, # class-balanced cross-entropy, or the power of its weights (`seg_loss`)
                     model_kw:dict|None=None, # overrides of the model preset (e.g. `pretrained='resnet101.pth'`)
                     device=None, # default: CUDA when present (this process's GPU under torchrun), else CPU
                     resume:bool=True, # continue from `out/checkpoint.pt`
@@ -312,6 +321,7 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     if freeze_backbone and len(set(cfg.long_side)) != 1:
         raise WoodInputError('long_side', f'{tuple(cfg.long_side)} is a range, but a frozen backbone sees each image once, at one size.',
                              'give one size twice, e.g. long_side=(192, 192).')
+    balance_power(balanced)                                             # checked before any work
     seed_everything(cfg.seed)
     model = make_segmenter(preset, len(classes), classes=classes, **(model_kw or {}))
     if freeze_backbone:
