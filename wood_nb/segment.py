@@ -223,13 +223,18 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
 
 # %% ../nbs/11_segment.ipynb #3c746e9d
 def seg_step(balanced:bool|float=False, # class-balanced cross-entropy, or the power of its weights (`seg_loss`)
+             shrink:int|None=None, # logits smaller than the masks: compare at `shrink` x the logits' size (masks shrunk); None: at the masks' size
             )->Callable:
     "A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` against `batch['mask']`."
     def step(model, batch):
         logits = model(batch['image'])
         target = batch['mask'].as_subclass(torch.Tensor).long()
         if logits.shape[-2:] != target.shape[-2:]:                   # a head on cached features: logits at the feature map's size
-            logits = F.interpolate(logits, size=target.shape[-2:], mode='bilinear', align_corners=False)
+            size = tuple(target.shape[-2:])
+            if shrink and all(shrink * a < b for a, b in zip(logits.shape[-2:], size)):   # masks sampled down (nearest), as DeepLab-v2 does
+                size = tuple(shrink * a for a in logits.shape[-2:])
+                target = F.interpolate(target[:, None].float(), size=size, mode='nearest')[:, 0].long()
+            logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
         kw = {}
         if isinstance(model, nn.parallel.DistributedDataParallel):   # a share of the global batch: the global pixel counts
             K = logits.shape[1]; t = target[(target >= 0) & (target < K)]
@@ -328,7 +333,7 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
         dev = torch.device(device) if device is not None else init_distributed()
         for p in model.backbone.parameters(): p.requires_grad_(False)
         ds = backbone_features(model.to(dev), root, split, masks, int(cfg.long_side[0]), progress=cfg.progress and is_main())
-        hist = fit(model.aspp, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=dev,
+        hist = fit(model.aspp, make_loader(ds, cfg), seg_step(balanced, shrink=4), cfg, out=out, resume=resume, device=dev,
                    groups=model.param_groups(cfg.lr, cfg.head_mult, cfg.weight_decay), desc='segmenter head')
     else:
         ds = VOCDataset(root, split, mask_dir=str(masks), with_mask=True, label_source='mask',
