@@ -24,7 +24,7 @@ from .prototypes import load_prototypes
 from .wood import centre_distances
 
 # %% auto #0
-__all__ = ['to_png', 'from_png', 'fit_height', 'panels', 'LRU', 'CamExplorer', 'CamExplorerView', 'CueInspector',
+__all__ = ['to_png', 'from_png', 'fit_height', 'panels', 'LRU', 'ImageStepper', 'CamExplorer', 'CamExplorerView', 'CueInspector',
            'CueInspectorView', 'Curator', 'CuratorView']
 
 # %% ../nbs/12_inspect.ipynb #b4c5ff28
@@ -113,7 +113,17 @@ def _norm_maps(rec:dict)->np.ndarray:
             else np.zeros((0,) + rec['high_res'].shape[1:], np.float32))
 
 # %% ../nbs/12_inspect.ipynb #ea45de09
-class CamExplorer:
+class ImageStepper:
+    "The selected image of a list `ids`: `index`, `id`, and `next()` / `prev()` through the subclass's `set_index` (wrapping)."
+    _index = 0
+    @property
+    def index(self)->int: return self._index
+    @property
+    def id(self)->str: return self.ids[self._index]
+    def next(self): self.set_index(self._index + 1)
+    def prev(self): self.set_index(self._index - 1)
+
+class CamExplorer(ImageStepper):
     "State of the CAM explorer: image, class, threshold and opacity over several models' CAM records."
     def __init__(self, root, # VOC-layout root (images, masks)
                  cam_dirs:dict, # `{model name: folder of CAM records}`, e.g. baseline and W-OoD
@@ -127,17 +137,11 @@ class CamExplorer:
         self._cache, self._index, self.cls = LRU(cache), 0, None
         self.set_index(0)
 
-    @property
-    def index(self)->int: return self._index
-    @property
-    def id(self)->str: return self.ids[self._index]
     def set_index(self, i:int):
         "Select image `i` (wrapping around) and keep the class when the new image has it."
         self._index = int(i) % len(self.ids)
         ks = self.keys()
         if self.cls not in ks: self.cls = int(ks[0]) if len(ks) else None
-    def next(self): self.set_index(self._index + 1)
-    def prev(self): self.set_index(self._index - 1)
 
     def record(self, name:str, id:str|None=None)->dict:
         "The CAM record of model `name` for image `id` (default: the selected one), cached, with normalised maps."
@@ -255,7 +259,7 @@ def _check_prototypes(prototypes, feat_dim:int)->tuple[dict, torch.Tensor]:
     return protos, centres
 
 # %% ../nbs/12_inspect.ipynb #3d8ca9f6
-class CueInspector:
+class CueInspector(ImageStepper):
     "State of the spurious-cue inspector: nearest OoD clusters, exemplars and similarity map of an image."
     def __init__(self, model, # the classifier whose features the prototypes were computed with (the baseline)
                  prototypes, # a `prototypes.npz` path or `load_prototypes`' dict (with `ood_paths`, `ood_assign`)
@@ -275,15 +279,9 @@ class CueInspector:
         self._cache, self._index, self.cluster = LRU(cache), 0, None
         self.set_index(0)
 
-    @property
-    def index(self)->int: return self._index
-    @property
-    def id(self)->str: return self.ids[self._index]
     def set_index(self, i:int):
         "Select image `i` (wrapping) and its nearest OoD cluster."
         self._index = int(i) % len(self.ids); self.cluster = self.nearest()[0][0]
-    def next(self): self.set_index(self._index + 1)
-    def prev(self): self.set_index(self._index - 1)
 
 # %% ../nbs/12_inspect.ipynb #0711b17e
 def _inspector_analysis(self)->dict:
