@@ -461,10 +461,10 @@ def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `o
                            overwrite:bool=False, # replace a set written earlier at `out`
                           )->Path:
     "A few images with VOC 2012's shapes and structure (20 classes, no classes.txt, XML-only train_aug ids, 255 bands) and an OoD pool."
+    _check_seed(seed)                                                  # before anything else
     from wood_nb.data import build_train_aug
     C = len(VOC_CLASSES)
     def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
-    _check_seed(seed)
     if n_train_aug * 4 < C: err('n_train_aug', f'{n_train_aug} images cannot hold all {C} VOC classes (4 objects an image at most).', 'use n_train_aug >= 5.')
     if not 1 <= n_train <= n_train_aug: err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).', 'train is a non-empty part of train_aug.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
