@@ -3,7 +3,7 @@ import json, os, subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-STEPS = ['baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report']
+from wood_nb.config import STEPS   # every step of a run, in order
 
 
 def test_gpu_check_tiny_on_cpu(tmp_path):
@@ -13,7 +13,7 @@ def test_gpu_check_tiny_on_cpu(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     rec = json.loads((tmp_path/'rec.json').read_text())
     for part in ('demo', 'voc'):
-        assert list(rec[part]['steps']) == STEPS and all(s['seconds'] >= 0 for s in rec[part]['steps'].values())
+        assert list(rec[part]['steps']) == list(STEPS) and all(s['seconds'] >= 0 for s in rec[part]['steps'].values())
         assert all(s['peak_gpu_mib'] is None for s in rec[part]['steps'].values())        # on the CPU: no GPU memory
     assert rec['demo']['steps']['baseline']['cpu_estimate_s'] is not None                   # the synthetic preset has measured costs
     assert 'full demo profile on cpu' in r.stdout and 'VOC rehearsal (6 train_aug images) on cpu' in r.stdout

@@ -22,7 +22,7 @@ SETS = ['scales=[1.0]', 'prototypes.k=4', 'mining.threshold=0.0', 'cls.epochs=2'
     f'{sec}.{k}={v}' for sec in SECTIONS
     for k, v in (('batch_size', 4), ('crop', 48), ('long_side', '[48,48]'), ('progress', 'false'))] + [
     f'{sec}.epochs=1' for sec in ('wood_train', 'boundary', 'seg_train')]
-STEPS = ['baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'refine', 'segment', 'report']
+from wood_nb.config import STEPS   # every step of a run, in order
 ENV = {**os.environ, 'HF_HUB_OFFLINE': '1', 'MPLBACKEND': 'Agg', 'OMP_NUM_THREADS': '1', 'GLOO_SOCKET_IFNAME': 'lo'}
 # float tolerance of DDP against one process: DDP averages the two processes' gradients, one process
 # sums the batch in another order; on this tiny run the weights agree to 6e-8 (cls) .. 5e-7 (seg)
