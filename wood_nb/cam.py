@@ -15,12 +15,12 @@ from torch import nn
 from .core import WoodInputError, channels_last_weights, child_path, load_mask, load_npz, save_npz
 from .config import DEFAULT_SCALES
 _all_ = ['DEFAULT_SCALES']   # re-exported: still part of `from wood_nb.cam import *`
-from .train import dist_info, barrier, unwrap
+from .train import barrier, shard, size_groups, unwrap
 
 # %% auto #0
 __all__ = ['ADV_OPTIONS', 'strided_size', 'multiscale_cams', 'target_cams', 'normalize_cams', 'save_cam_record',
-           'load_cam_record', 'anti_adversarial_climb', 'advcam_maps', 'list_collate', 'compute_cams', 'cam_overlay',
-           'plot_cams', 'cue_bearing_ids', 'DEFAULT_SCALES']
+           'load_cam_record', 'anti_adversarial_climb', 'advcam_maps', 'compute_cams', 'cam_overlay', 'plot_cams',
+           'cue_bearing_ids', 'DEFAULT_SCALES']
 
 # %% ../nbs/05_cam.ipynb #6cdae42f
 def strided_size(h:int, w:int, stride:int=4)->tuple[int, int]:
@@ -177,8 +177,6 @@ def advcam_maps(model:nn.Module, # has `forward_all`, `fmap_to_cams` and `num_cl
 # %% ../nbs/05_cam.ipynb #139ba10b
 ADV_OPTIONS = ('steps', 'step_size', 'weight', 'mask_thresh', 'max_pairs')   # the `adv` settings of `compute_cams`
 
-def list_collate(items): return items
-
 def _keys_of(item, num_classes:int, keys:str)->np.ndarray:
     if keys == 'all': return np.arange(1, num_classes + 1)
     lab = torch.as_tensor(item['label'])
@@ -218,29 +216,20 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
     return n
 
 def _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)->int:
-    "The image loop of `compute_cams` (this process's share of `ds`)."
-    from tqdm.auto import tqdm
-    rank, world, _ = dist_info()
-    C = model.num_classes
-    mine = list(range(rank, len(ds), world))
-    ids = getattr(ds, 'ids', None)
-    if skip_existing and ids is not None: mine = [i for i in mine if not (out/f'{ids[i]}.npz').exists()]
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
+    "The image loop of `compute_cams` (this process's share of `ds`, in groups of one size)."
+    C, ids = model.num_classes, getattr(ds, 'ids', None)
+    done = (lambda i: (out/f'{ids[i]}.npz').exists()) if skip_existing and ids is not None else None
     n = 0
-    for items in tqdm(loader, desc=f'{method}s{f" rank {rank}" if world > 1 else ""}', disable=not progress, leave=False):
-        groups = {}
-        for it in items: groups.setdefault(tuple(it['image'].shape), []).append(it)
-        for group in groups.values():
-            x = torch.stack([torch.as_tensor(it['image']) for it in group]).float().to(device)
-            ks = [_keys_of(it, C, keys) for it in group]
-            if method == 'advcam':
-                lows, highs = advcam_maps(model, x, [k - 1 for k in ks], scales, flip, **adv)
-                maps = [(l.cpu().numpy(), h.cpu().numpy()) for l, h in zip(lows, highs)]
-            else:
-                low, high = multiscale_cams(model, x, scales, flip, channels_last=fast)
-                maps = [(l[k - 1], h[k - 1]) for l, h, k in zip(low.cpu().numpy(), high.cpu().numpy(), ks)]
-            for it, k, (l, h) in zip(group, ks, maps):
-                save_cam_record(child_path(out, f"{it['id']}.npz"), k, l, h); n += 1
+    for _, group, x in size_groups(ds, shard(len(ds), done), batch_size, device, num_workers, progress, f'{method}s'):
+        ks = [_keys_of(it, C, keys) for it in group]
+        if method == 'advcam':
+            lows, highs = advcam_maps(model, x, [k - 1 for k in ks], scales, flip, **adv)
+            maps = [(l.cpu().numpy(), h.cpu().numpy()) for l, h in zip(lows, highs)]
+        else:
+            low, high = multiscale_cams(model, x, scales, flip, channels_last=fast)
+            maps = [(l[k - 1], h[k - 1]) for l, h, k in zip(low.cpu().numpy(), high.cpu().numpy(), ks)]
+        for it, k, (l, h) in zip(group, ks, maps):
+            save_cam_record(child_path(out, f"{it['id']}.npz"), k, l, h); n += 1
     return n
 
 # %% ../nbs/05_cam.ipynb #d7f40f6a

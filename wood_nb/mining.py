@@ -17,8 +17,7 @@ from .core import WoodInputError, write_json, write_text
 from .config import CURATION_MODES
 _all_ = ['CURATION_MODES']   # re-exported: still part of `from wood_nb.mining import *`
 from .data import IMAGENET_MEAN, IMAGENET_STD, OoDDataset, eval_transforms, read_ood_list, read_ood_meta
-from .train import barrier, dist_info, is_main, unwrap, main_result, reduce_over_processes, cat_over_processes, distributed
-from .cam import list_collate
+from .train import distributed, main_result, shard, size_groups, unwrap
 
 # %% auto #0
 __all__ = ['RANKED_HEADER', 'map_dataset', 'Candidate', 'score_pool', 'rank_candidates', 'write_ranked', 'read_ranked',
@@ -26,10 +25,6 @@ __all__ = ['RANKED_HEADER', 'map_dataset', 'Candidate', 'score_pool', 'rank_cand
            'CURATION_MODES']
 
 # %% ../nbs/07_mining.ipynb #ae3dd0a8
-def _pure(t)->torch.Tensor:
-    "A plain tensor (tv_tensors and friends unwrapped)."
-    return torch.as_tensor(t).as_subclass(torch.Tensor)
-
 @torch.no_grad()
 def map_dataset(model:nn.Module, # the frozen model (put in eval mode for the pass, its mode restored after)
                 ds, # items are dicts with an `image` `(3, H, W)` (normalised)
@@ -41,36 +36,20 @@ def map_dataset(model:nn.Module, # the frozen model (put in eval mode for the pa
                 desc:str='images', # its label
                )->list: # one CPU tensor an item, in dataset order
     "Apply `fn` to every image of `ds` with the model frozen; outputs in dataset order, gathered over `torchrun` processes."
-    from tqdm.auto import tqdm
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise WoodInputError('batch_size', f'{batch_size!r} is not a positive integer.', 'pass a batch size of 1 or more.')
-    rank, world, _ = dist_info()
     net = unwrap(model)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     was_training = net.training
     net.to(device).eval()
-    mine = list(range(rank, len(ds), world))
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, mine), batch_size=batch_size,
-                                         num_workers=num_workers, collate_fn=list_collate)
-    out = []
+    out = {}
     try:
-        for items in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            groups, res = {}, [None]*len(items)
-            for j, it in enumerate(items): groups.setdefault(tuple(it['image'].shape), []).append(j)
-            for js in groups.values():
-                x = torch.stack([_pure(items[j]['image']) for j in js]).float().to(device)
-                y = fn(net, x).detach().float().cpu()
-                for j, v in zip(js, y): res[j] = v
-            out += res
+        for pos, _, x in size_groups(ds, shard(len(ds)), batch_size, device, num_workers, progress, desc):
+            out.update(zip(pos, fn(net, x).detach().float().cpu()))
     finally: net.train(was_training)
-    if world > 1 and dist.is_available() and dist.is_initialized():
-        parts = [None]*world
-        dist.all_gather_object(parts, (mine, out))
-        full = [None]*len(ds)
-        for idx, vals in parts:
-            for i, v in zip(idx, vals): full[i] = v
-        out = full
-    return out
+    if distributed():
+        parts = [None]*dist.get_world_size()
+        dist.all_gather_object(parts, out)
+        for p in parts: out.update(p)
+    return [out[i] for i in range(len(ds))]
 
 # %% ../nbs/07_mining.ipynb #967fd5c9
 class Candidate(NamedTuple):

@@ -12,15 +12,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 
 from .core import config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything, voc_palette
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, backbone_state, fit_state_dict, preset_kwargs, save_checkpoint
 from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
 _all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
-from .train import TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader, reduce_over_processes, unwrap
-from .cam import list_collate
+from .train import (TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader, reduce_over_processes, shard,
+                           size_groups, unwrap)
 from .metrics import eval_label_dir
 
 # %% auto #0
@@ -413,34 +413,27 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
                  )->int: # predictions this process wrote
     "Write the predicted label map of every image of a split as an indexed PNG (this process's share under `torchrun`)."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    rank, world, _ = dist_info()
     net = unwrap(model)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net = net.to(device).eval()
     ds = SplitImages(voc_root, split, net.mean, net.std)
-    mine = [i for i in range(rank, len(ds), world) if not (skip_existing and (out/f'{ds.ids[i]}.png').exists())]
-    loader = DataLoader(Subset(ds, mine), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
+    done = (lambda i: (out/f'{ds.ids[i]}.png').exists()) if skip_existing else None
+    groups = size_groups(ds, shard(len(ds), done), batch_size, device, num_workers, progress, 'segment')
     with channels_last_weights(net, channels_last):                        # the caller's model, in place; restored after
-        n = _predict_loop(net, loader, scales, flip, postprocess, out, progress, channels_last)
+        n = _predict_loop(net, groups, scales, flip, postprocess, out, channels_last)
     barrier()
     return n
 
-def _predict_loop(net, loader, scales, flip, postprocess, out:Path, progress:bool, channels_last:bool)->int:
-    "The image loop of `predict_split`: predict each size group, post-process, write the label maps."
-    from tqdm.auto import tqdm
-    rank, world, _ = dist_info()
+def _predict_loop(net, groups, scales, flip, postprocess, out:Path, channels_last:bool)->int:
+    "The image loop of `predict_split`: predict each group of one size (`size_groups`), post-process, write the label maps."
     n = 0
-    for items in tqdm(loader, desc=f'segment{f" rank {rank}" if world > 1 else ""}', disable=not progress, leave=False):
-        groups = {}
-        for it in items: groups.setdefault(tuple(it['image'].shape), []).append(it)
-        for group in groups.values():
-            probs = predict(net, torch.stack([it['image'] for it in group]), scales, flip, channels_last).cpu()
-            for it, p in zip(group, probs):
-                if postprocess is None: lab = p.argmax(0).numpy().astype(np.uint8)
-                else: lab = _label_map(postprocess(it['raw'].permute(1, 2, 0).numpy(), p.numpy()), p.shape[1:], net.num_classes, it['id'])
-                save_mask(lab, child_path(out, f"{it['id']}.png")); n += 1
+    for _, group, x in groups:
+        probs = predict(net, x, scales, flip, channels_last).cpu()
+        for it, p in zip(group, probs):
+            if postprocess is None: lab = p.argmax(0).numpy().astype(np.uint8)
+            else: lab = _label_map(postprocess(it['raw'].permute(1, 2, 0).numpy(), p.numpy()), p.shape[1:], net.num_classes, it['id'])
+            save_mask(lab, child_path(out, f"{it['id']}.png")); n += 1
     return n
-
 
 # %% ../nbs/11_segment.ipynb #4f7ef6a2
 def crf_postprocess(**kernels, # keyword settings of `wood_nb.refine.dense_crf` (iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)

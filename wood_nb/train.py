@@ -20,9 +20,9 @@ from .core import config_json, WoodInputError, atomic_path, get_device, load_wei
 
 # %% auto #0
 __all__ = ['poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'distributed', 'main_result',
-           'reduce_over_processes', 'cat_over_processes', 'make_loader', 'set_epoch', 'PairedLoader', 'rng_state',
-           'set_rng_state', 'unwrap', 'to_device', 'write_history', 'fit', 'multilabel_step', 'train_classifier',
-           'TrainConfig', 'check_train_config']
+           'reduce_over_processes', 'cat_over_processes', 'make_loader', 'set_epoch', 'PairedLoader', 'list_collate',
+           'shard', 'size_groups', 'rng_state', 'set_rng_state', 'unwrap', 'to_device', 'write_history', 'fit',
+           'multilabel_step', 'train_classifier', 'TrainConfig', 'check_train_config']
 
 # %% ../nbs/04_train.ipynb #48bfa082
 from .config import TrainConfig, check_train_config
@@ -150,6 +150,42 @@ class PairedLoader:
             n = 0
             for b in self.aux: n += 1; yield b
             if not n: raise WoodInputError('OoD loader', 'yields no batch.', 'give it at least one full batch of images.')
+
+# %% ../nbs/04_train.ipynb #5c085e03
+def list_collate(items:list)->list:
+    "A `collate_fn` that keeps a batch as the list of its items (images of different sizes cannot be stacked)."
+    return items
+
+def shard(n:int, # the dataset's length
+          skip:Callable|None=None, # `skip(i) -> True` for positions already done (a resumed run)
+         )->list[int]: # this process's positions, in order
+    "This process's share of `range(n)` under `torchrun` (`rank, rank + world, ...`), less the positions `skip` names."
+    rank, world, _ = dist_info()
+    return [i for i in range(rank, n, world) if skip is None or not skip(i)]
+
+def size_groups(ds:Dataset, # items are dicts with an `image` `(3, H, W)`
+                positions:list, # the positions of `ds` to visit, e.g. `shard(len(ds))`
+                batch_size:int=16, # items a loader batch (split into groups of one image size)
+                device=None, # where the stacked images go (default: the CPU)
+                num_workers:int=0, # DataLoader workers
+                progress:bool=False, # show a progress bar
+                desc:str='images', # its label (the rank is added under `torchrun`)
+               ): # yields `(positions, items, images)`: a group's positions in `ds`, its items, `(n, 3, H, W)` float
+    "Walk `positions` of `ds` in loader batches, each split into groups of images of one size, stacked on `device`."
+    from tqdm.auto import tqdm
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise WoodInputError('batch_size', f'{batch_size!r} is not a positive integer.', 'pass a batch size of 1 or more.')
+    rank, world, _ = dist_info()
+    positions = list(positions)
+    loader = DataLoader(torch.utils.data.Subset(ds, positions), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
+    start = 0
+    for items in tqdm(loader, desc=desc + (f' rank {rank}' if world > 1 else ''), disable=not progress, leave=False):
+        groups = {}
+        for j, it in enumerate(items): groups.setdefault(tuple(it['image'].shape), []).append(j)
+        for js in groups.values():
+            x = torch.stack([torch.as_tensor(items[j]['image']).as_subclass(torch.Tensor) for j in js]).float()
+            yield [positions[start + j] for j in js], [items[j] for j in js], x.to(device or 'cpu')
+        start += len(items)
 
 # %% ../nbs/04_train.ipynb #7fcab2bb
 def rng_state()->dict:
