@@ -388,7 +388,9 @@ def _add_mask_commands(sub):
     sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
     sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
     sg.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
-    sg.add_argument('--balanced', action=argparse.BooleanOptionalAction, default=False, help='class-balanced cross-entropy')
+    sg.add_argument('--balanced', type=SHARE, nargs='?', const=1.0, default=0.0, metavar='P',
+                    help='class weights (inverse pixel frequency)^P: 0 plain cross-entropy, 1 (the bare flag) class-balanced, or between, e.g. 0.25')
+    sg.add_argument('--no-balanced', dest='balanced', action='store_const', const=0.0, help='plain cross-entropy (--balanced 0)')
     sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg' (default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
     sg.add_argument('--backbone', default=None, help='timm model name (default: tf_efficientnet_lite0 (synthetic), resnet101 (voc), resnet101 (coco))'); sg.add_argument('--device', default='auto')
     _add_train_options(sg, seg_train_config)

@@ -223,18 +223,14 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
 
 # %% ../nbs/11_segment.ipynb #3c746e9d
 def seg_step(balanced:bool|float=False, # class-balanced cross-entropy, or the power of its weights (`seg_loss`)
-             shrink:int|None=None, # logits smaller than the masks: compare at `shrink` x the logits' size (masks shrunk); None: at the masks' size
             )->Callable:
-    "A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` against `batch['mask']`."
+    "A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` (upsampled to the masks) against `batch['mask']`."
+    balanced = balance_power(balanced)                               # checked once, when the step is made
     def step(model, batch):
         logits = model(batch['image'])
         target = batch['mask'].as_subclass(torch.Tensor).long()
         if logits.shape[-2:] != target.shape[-2:]:                   # a head on cached features: logits at the feature map's size
-            size = tuple(target.shape[-2:])
-            if shrink and all(shrink * a < b for a, b in zip(logits.shape[-2:], size)):   # masks sampled down (nearest), as DeepLab-v2 does
-                size = tuple(shrink * a for a in logits.shape[-2:])
-                target = F.interpolate(target[:, None].float(), size=size, mode='nearest')[:, 0].long()
-            logits = F.interpolate(logits, size=size, mode='bilinear', align_corners=False)
+            logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode='bilinear', align_corners=False)
         kw = {}
         if isinstance(model, nn.parallel.DistributedDataParallel):   # a share of the global batch: the global pixel counts
             K = logits.shape[1]; t = target[(target >= 0) & (target < K)]
@@ -268,7 +264,9 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
                       split:str, # the images
                       mask_dir, # their masks (`<id>.png`, each of its image's size)
                       size:int, # long side the images are resized to (then padded to a square)
-                      batch_size:int=16, progress:bool=False)->CachedFeatures:
+                      batch_size:int=16, progress:bool=False,
+                      label_scale:int|None=None, # store each mask at this many times its feature map's size (nearest), when smaller
+                     )->CachedFeatures:
     "The backbone's features of every image of a split and of its mirror image, computed once, with the masks to match."
     from tqdm.auto import tqdm
     net = model.backbone                                                  # images and masks read (and checked) as for fine-tuning
@@ -282,6 +280,8 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
                 x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
                 for xi, yi in ((x, y), (x.flip(-1), y.flip(-1))):
                     f = net.forward_features(xi.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu().contiguous()
+                    if label_scale and all(label_scale * a < b for a, b in zip(f.shape[-2:], yi.shape[-2:])):   # as DeepLab-v2 shrinks labels
+                        yi = F.interpolate(yi[:, None].float(), size=tuple(label_scale * a for a in f.shape[-2:]), mode='nearest')[:, 0].to(torch.uint8)
                     items += [{'image': a.half(), 'mask': b.contiguous()} for a, b in zip(f, yi)]
     finally: net.train(was)
     return CachedFeatures(items)
@@ -332,8 +332,8 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     if freeze_backbone:
         dev = torch.device(device) if device is not None else init_distributed()
         for p in model.backbone.parameters(): p.requires_grad_(False)
-        ds = backbone_features(model.to(dev), root, split, masks, int(cfg.long_side[0]), progress=cfg.progress and is_main())
-        hist = fit(model.aspp, make_loader(ds, cfg), seg_step(balanced, shrink=4), cfg, out=out, resume=resume, device=dev,
+        ds = backbone_features(model.to(dev), root, split, masks, int(cfg.long_side[0]), progress=cfg.progress and is_main(), label_scale=4)
+        hist = fit(model.aspp, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=dev,
                    groups=model.param_groups(cfg.lr, cfg.head_mult, cfg.weight_decay), desc='segmenter head')
     else:
         ds = VOCDataset(root, split, mask_dir=str(masks), with_mask=True, label_source='mask',
