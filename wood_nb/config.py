@@ -41,30 +41,36 @@ class TrainConfig:
 
     @classmethod
     def preset(cls, name:str, **overrides)->'TrainConfig':
-        "The `voc` (IRN recipe), `coco` (IRN's recipe as the WSSS literature runs it on COCO) or `synthetic` settings (`method.md`), with overrides."
+        ("The `voc` (IRN recipe), `coco` (IRN's recipe as the WSSS literature runs it on COCO) "
+         "or `synthetic` settings (`method.md`), with overrides.")
         presets = {'voc': dict(epochs=5, batch_size=16, lr=0.1, head_mult=10.0, momentum=1e-4, weight_decay=1e-4,
                                crop=512, long_side=(320, 640)),
                    'coco': dict(epochs=5, batch_size=16, lr=0.1, head_mult=10.0, momentum=1e-4, weight_decay=1e-4,
                                 crop=512, long_side=(320, 640)),
                    'synthetic': dict(epochs=5, batch_size=16, lr=1e-3, head_mult=10.0, momentum=0.9, weight_decay=1e-4,
                                      crop=128, long_side=(96, 160))}
-        if name not in presets: raise WoodInputError('--preset', f'{name!r} is not a preset.', f'choose one of {sorted(presets)}.')
+        if name not in presets:
+            raise WoodInputError('--preset', f'{name!r} is not a preset.', f'choose one of {sorted(presets)}.')
         bad = [k for k in overrides if k not in cls.__dataclass_fields__]
-        if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(cls.__dataclass_fields__)}.')
+        if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.',
+                                     f'use fields of TrainConfig: {sorted(cls.__dataclass_fields__)}.')
         return cls(**{**presets[name], **overrides})
 
 @dataclass
 class WoodTrainConfig(TrainConfig):
     "W-OoD fine-tuning's training settings: a `TrainConfig` and the official code's checkpoint selection."
-    select_by_gt_miou: bool = False  # keep the epoch whose CAMs score best against the ground truth (official; it looks at the labels)
+    # keep the epoch whose CAMs score best against the ground truth (official; it looks at the labels)
+    select_by_gt_miou: bool = False
 
 
 # %% ../nbs/00a_config.ipynb #c2026451
 def check_train_config(t:TrainConfig, # the settings to check
                        name=lambda k: '--' + k.replace('_', '-'), # how messages name a field (an option, a config key)
                       )->TrainConfig:
-    "Raise `WoodInputError` for the first training setting out of its range (epochs, batch, rates, crop, resize range, workers)."
-    def bad(k, want): raise WoodInputError(name(k), f'{getattr(t, k)!r} is out of range: it must be {want}.', f'set {name(k)} to {want}.')
+    ("Raise `WoodInputError` for the first training setting out of its range "
+     "(epochs, batch, rates, crop, resize range, workers).")
+    def bad(k, want): raise WoodInputError(name(k), f'{getattr(t, k)!r} is out of range: it must be {want}.',
+                                           f'set {name(k)} to {want}.')
     num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     whole = lambda v: isinstance(v, int) and not isinstance(v, bool)
     if not (whole(t.epochs) and t.epochs >= 1): bad('epochs', 'an integer >= 1')
@@ -76,23 +82,30 @@ def check_train_config(t:TrainConfig, # the settings to check
         if not (num(getattr(t, k)) and getattr(t, k) >= 0): bad(k, 'a number >= 0')
     if t.crop is not None and not (whole(t.crop) and t.crop >= 1): bad('crop', 'an integer >= 1 (pixels)')
     ls = t.long_side
-    if ls is not None and not (len(ls) == 2 and all(whole(x) for x in ls) and 1 <= ls[0] <= ls[1]): bad('long_side', 'two integers lo hi with 1 <= lo <= hi')
+    if ls is not None and not (len(ls) == 2 and all(whole(x) for x in ls) and 1 <= ls[0] <= ls[1]):
+        bad('long_side', 'two integers lo hi with 1 <= lo <= hi')
     if not (whole(t.num_workers) and t.num_workers >= 0): bad('num_workers', 'an integer >= 0')
     if not (whole(t.seed) and t.seed >= 0): bad('seed', 'an integer >= 0')
     return t
 
 # %% ../nbs/00a_config.ipynb #a3f834c4
-BOUNDARY_TRAIN_PRESETS = {  # the boundary network's training settings of each recipe (`refine.BOUNDARY_PRESETS[...]['train']`)
-    'voc': dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(250, 750)),
-    'coco': dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512, long_side=(320, 960)),
-    'synthetic': dict(epochs=3, batch_size=16, lr=0.01, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128, long_side=(64, 192)),
+# the boundary network's training settings of each recipe (`refine.BOUNDARY_PRESETS[...]['train']`)
+BOUNDARY_TRAIN_PRESETS = {
+    'voc': dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512,
+                long_side=(250, 750)),
+    'coco': dict(epochs=3, batch_size=32, lr=0.1, head_mult=1.0, momentum=1e-4, weight_decay=1e-4, crop=512,
+                 long_side=(320, 960)),
+    'synthetic': dict(epochs=3, batch_size=16, lr=0.01, head_mult=1.0, momentum=0.9, weight_decay=1e-4, crop=128,
+                      long_side=(64, 192)),
 }
 
 def boundary_train_config(preset:str='synthetic', **overrides)->TrainConfig:
     "The training settings of a boundary-network preset, with overrides."
     bad = [k for k in overrides if k not in TrainConfig.__dataclass_fields__]
-    if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
-    if preset not in BOUNDARY_TRAIN_PRESETS: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(BOUNDARY_TRAIN_PRESETS)}.')
+    if bad: raise WoodInputError('TrainConfig', f'unknown settings {bad}.',
+                                 f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
+    if preset not in BOUNDARY_TRAIN_PRESETS:
+        raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(BOUNDARY_TRAIN_PRESETS)}.')
     return TrainConfig(**{**BOUNDARY_TRAIN_PRESETS[preset], **overrides})
 
 # %% ../nbs/00a_config.ipynb #85b7197d
@@ -109,9 +122,12 @@ def seg_train_config(preset:str='synthetic', # 'voc', 'coco' (`method.md`'s Deep
                      **overrides, # fields of `TrainConfig` that replace the preset's
                     )->TrainConfig:
     "The `TrainConfig` of a segmentation recipe, with overrides."
-    if preset not in SEG_TRAIN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a segmentation preset.', f'choose one of {sorted(SEG_TRAIN_PRESETS)}.')
+    if preset not in SEG_TRAIN_PRESETS:
+        raise WoodInputError('preset', f'{preset!r} is not a segmentation preset.',
+                             f'choose one of {sorted(SEG_TRAIN_PRESETS)}.')
     bad = [k for k in overrides if k not in TrainConfig.__dataclass_fields__]
-    if bad: raise WoodInputError('seg_train_config', f'unknown settings {bad}.', f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
+    if bad: raise WoodInputError('seg_train_config', f'unknown settings {bad}.',
+                                 f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
     return TrainConfig(**{**SEG_TRAIN_PRESETS[preset], **overrides})
 
 # %% ../nbs/00a_config.ipynb #d0667ac0
@@ -122,7 +138,7 @@ class WoodConfig:
     "Settings of the W-OoD loss (defaults: the official recipe)."
     lam: float = 0.007             # weight lambda of the metric term
     gamma: float = 0.25            # weight gamma of the OoD (zero-label) term
-    tau: float = 0.2               # share of OoD distances pushed (code form: of the batch; paper form: of the K centres)
+    tau: float = 0.2 # share of OoD distances pushed (code form: of the batch; paper form: of the K centres)
     metric: str = 'code'           # 'code' (official script) or 'paper' (paper's equation)
     normalize: bool = False        # distances between L2-normalised features and prototypes (scaled variant)
     push_margin: float|None = None # cap pushed distances at this value (None: unbounded, official)
@@ -131,21 +147,30 @@ class WoodConfig:
     anti_adv_clamp: bool = True    # clamp perturbed images to the batch's value range (official)
     use_metric_term: bool = True   # add lam * L_d to the loss (L_d is still logged when off)
     use_ood_term: bool = True      # add gamma * BCE(F(x_ood'), 0) (off: OoD images are not used at all)
-    drop_ood_top_class: int|None = None # drop OoD samples whose top class is this index (official: 4, bottle); None: keep all
+    # drop OoD samples whose top class is this index (official: 4, bottle); None: keep all
+    drop_ood_top_class: int|None = None
 
     def __post_init__(self):
         def err(opt, prob, fix): raise WoodInputError(f'WoodConfig.{opt}', prob, fix)
-        if self.metric not in METRIC_FORMS: err('metric', f'{self.metric!r} is not a form.', f'use one of {METRIC_FORMS}; for distances on unit vectors set normalize=True.')
+        if self.metric not in METRIC_FORMS:
+            err('metric', f'{self.metric!r} is not a form.',
+                f'use one of {METRIC_FORMS}; for distances on unit vectors set normalize=True.')
         for k in ('lam', 'gamma', 'anti_adv_step'):
             v = getattr(self, k)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0: err(k, f'{v!r} is not a non-negative number.', 'use a value >= 0.')
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or v < 0:
+                err(k, f'{v!r} is not a non-negative number.', 'use a value >= 0.')
         if not 0 < self.tau < 1: err('tau', f'{self.tau!r} is outside (0, 1).', 'use a share such as 0.2.')
-        if self.push_margin is not None and not self.push_margin > 0: err('push_margin', f'{self.push_margin!r} is not positive.', 'use None (no cap) or a positive distance.')
-        if self.anti_adv_norm not in ('batch', 'image'): err('anti_adv_norm', f'{self.anti_adv_norm!r} is not a choice.', "use 'batch' (official) or 'image'.")
+        if self.push_margin is not None and not self.push_margin > 0:
+            err('push_margin', f'{self.push_margin!r} is not positive.', 'use None (no cap) or a positive distance.')
+        if self.anti_adv_norm not in ('batch', 'image'):
+            err('anti_adv_norm', f'{self.anti_adv_norm!r} is not a choice.', "use 'batch' (official) or 'image'.")
         for k in ('normalize', 'anti_adv_clamp', 'use_metric_term', 'use_ood_term'):
-            if not isinstance(getattr(self, k), bool): err(k, f'{getattr(self, k)!r} is not a boolean.', 'use True or False.')
+            if not isinstance(getattr(self, k), bool):
+                err(k, f'{getattr(self, k)!r} is not a boolean.', 'use True or False.')
         d = self.drop_ood_top_class
-        if d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0): err('drop_ood_top_class', f'{d!r} is not a class index.', 'use None or a 0-based class index (4 = bottle in VOC).')
+        if d is not None and (isinstance(d, bool) or not isinstance(d, numbers.Integral) or d < 0):
+            err('drop_ood_top_class', f'{d!r} is not a class index.',
+                'use None or a 0-based class index (4 = bottle in VOC).')
 
 # %% ../nbs/00a_config.ipynb #e3a5a809
 SYNTH_CLASSES = ('boat', 'train', 'bird', 'aeroplane', 'sheep', 'tvmonitor')  # the classes `synth.SHAPES` draws
@@ -158,7 +183,8 @@ class SynthConfig:
     n_train: int = 1200            # training images
     n_val: int = 300               # validation images
     n_ood: int = 1000              # OoD candidates
-    ood_mix: tuple = (0.6, 0.3, 0.1) # shares of hard (cue, no object), easy (clutter only), contaminated (holds an object)
+    # shares of hard (cue, no object), easy (clutter only), contaminated (holds an object)
+    ood_mix: tuple = (0.6, 0.3, 0.1)
     objects: tuple = (0.55, 0.3, 0.15) # probabilities of 1, 2, 3 objects an image
     object_size: tuple = (0.35, 0.6) # object's long side as a fraction of the image side
     object_texture: float = 12.0   # std of the per-pixel shading on objects (0-255 scale)
@@ -170,9 +196,9 @@ class SynthConfig:
     noise: float = 6.0             # std of Gaussian pixel noise (0-255 scale)
     boundary: int = 1              # width of the 255 (ignore) border around objects in masks; 0 for none
     jpeg_quality: int = 92
-    cue_kinds: int = 0             # 0: each class its own cue kind; n: the classes share n kinds (class i draws kind i mod n)
-    cue_variants: int = 1          # appearances of every cue kind: its colours in 1-6 channel orders, one drawn an image
-    ood_cue_scale: float = 1.0     # depth of the cue band in hard OoD images, as a fraction of `cue_depth` (partial cues)
+    cue_kinds: int = 0 # 0: each class its own cue kind; n: the classes share n kinds (class i draws kind i mod n)
+    cue_variants: int = 1 # appearances of every cue kind: its colours in 1-6 channel orders, one drawn an image
+    ood_cue_scale: float = 1.0 # depth of the cue band in hard OoD images, as a fraction of `cue_depth` (partial cues)
 
     def __post_init__(self):
         self.classes = tuple(self.classes); self.ood_mix = tuple(self.ood_mix); self.objects = tuple(self.objects)
@@ -180,52 +206,67 @@ class SynthConfig:
         bad = [c for c in self.classes if c not in SYNTH_CLASSES]
         def err(opt, prob, fix): raise WoodInputError(f'SynthConfig.{opt}', prob, fix)
         if bad: err('classes', f'unknown classes {bad}.', f'choose from {list(SYNTH_CLASSES)}.')
-        if len(set(self.classes)) != len(self.classes) or not self.classes: err('classes', 'must be distinct and non-empty.', 'list each class once.')
+        if len(set(self.classes)) != len(self.classes) or not self.classes:
+            err('classes', 'must be distinct and non-empty.', 'list each class once.')
         if self.image_size < 32: err('image_size', f'{self.image_size} is too small.', 'use at least 32 pixels.')
-        if min(self.n_train, self.n_val, self.n_ood) < 1: err('n_train/n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
+        if min(self.n_train, self.n_val, self.n_ood) < 1:
+            err('n_train/n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
         for opt in ('ood_mix', 'objects'):
             p = [float(x) for x in getattr(self, opt)]
             if any(x < 0 for x in p) or not abs(sum(p) - 1) <= 1e-8 + 1e-5:   # numpy.isclose's tolerances
-                err(opt, f'{getattr(self, opt)} is not a probability vector.', 'give non-negative shares that sum to 1.')
-        if len(self.objects) > 4: err('objects', 'at most 4 objects an image are supported.', 'give at most 4 probabilities.')
+                err(opt, f'{getattr(self, opt)} is not a probability vector.',
+                    'give non-negative shares that sum to 1.')
+        if len(self.objects) > 4:
+            err('objects', 'at most 4 objects an image are supported.', 'give at most 4 probabilities.')
         for opt in ('object_size', 'cue_depth'):
             lo, hi = getattr(self, opt)
-            if not 0 < lo <= hi <= 1: err(opt, f'({lo}, {hi}) is not a range inside (0, 1].', 'give 0 < low <= high <= 1.')
+            if not 0 < lo <= hi <= 1:
+                err(opt, f'({lo}, {hi}) is not a range inside (0, 1].', 'give 0 < low <= high <= 1.')
         for opt in ('cue_rate', 'stray_cue_rate', 'texture'):
-            if not 0 <= getattr(self, opt) <= 1: err(opt, f'{getattr(self, opt)} is outside 0..1.', 'give a value in 0..1.')
-        if not 1 <= self.jpeg_quality <= 100: err('jpeg_quality', f'{self.jpeg_quality} is outside 1..100.', 'give 1..100.')
+            if not 0 <= getattr(self, opt) <= 1:
+                err(opt, f'{getattr(self, opt)} is outside 0..1.', 'give a value in 0..1.')
+        if not 1 <= self.jpeg_quality <= 100:
+            err('jpeg_quality', f'{self.jpeg_quality} is outside 1..100.', 'give 1..100.')
         if not 0 <= self.cue_kinds <= len(self.classes):
-            err('cue_kinds', f'{self.cue_kinds} is outside 0..{len(self.classes)}.', f'give 0 (a kind per class) or 1..{len(self.classes)}.')
-        if not 1 <= self.cue_variants <= 6: err('cue_variants', f'{self.cue_variants} is outside 1..6.', 'give 1..6 (the channel orders of RGB).')
-        if not 0 < self.ood_cue_scale <= 1: err('ood_cue_scale', f'{self.ood_cue_scale} is outside (0, 1].', 'give 0 < scale <= 1.')
+            err('cue_kinds', f'{self.cue_kinds} is outside 0..{len(self.classes)}.',
+                f'give 0 (a kind per class) or 1..{len(self.classes)}.')
+        if not 1 <= self.cue_variants <= 6:
+            err('cue_variants', f'{self.cue_variants} is outside 1..6.', 'give 1..6 (the channel orders of RGB).')
+        if not 0 < self.ood_cue_scale <= 1:
+            err('ood_cue_scale', f'{self.ood_cue_scale} is outside (0, 1].', 'give 0 < scale <= 1.')
 
 # %% ../nbs/00a_config.ipynb #296fba33
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)  # CAM resize factors
 SEG_TEST_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # a common multi-scale test set for DeepLab; `method.md` names none
-SEG_INITS = ('imagenet', 'classifier')  # where DeepLab's backbone starts: the preset's weights, or each model's own classifier
+# where DeepLab's backbone starts: the preset's weights, or each model's own classifier
+SEG_INITS = ('imagenet', 'classifier')
 CURATION_MODES = ('meta', 'list', 'none')
 PLANE_MODES = ('irn', 'seed')
 RUN_PRESETS = ('synthetic', 'voc', 'coco')
 CROWD_MODES = ('ignore', 'class')  # what the COCO converter paints in crowd regions: 255, or their class (01a_coco)
-STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'arms', 'refine', 'segment', 'report')
+STEPS = ('baseline', 'baseline_seeds', 'mining', 'prototypes', 'wood', 'wood_seeds', 'arms', 'refine', 'segment',
+         'report')
 
 # %% ../nbs/00a_config.ipynb #39edf127
 def _small_crops(size:int)->dict:
     "Crop and resize ranges of every training for images of `size` pixels (the synthetic preset's, scaled)."
-    return {k: v for sec, ls in (('cls', (0.75, 1.25)), ('wood_train', (0.75, 1.25)), ('boundary', (0.5, 1.5)), ('seg_train', (0.5, 2.0)))
+    return {k: v for sec, ls in (('cls', (0.75, 1.25)), ('wood_train', (0.75, 1.25)), ('boundary', (0.5, 1.5)),
+                                 ('seg_train', (0.5, 2.0)))
             for k, v in ((f'{sec}.crop', size), (f'{sec}.long_side', [round(size*ls[0]), round(size*ls[1])]))}
 
 DEMO_PROFILES = {  # benchmark knobs and run settings of each demo profile
     'quick': (dict(image_size=128, n_train=320, n_val=80, n_ood=320),     # minutes on two CPU cores: the whole chain
               {**_small_crops(128), 'wood_train.epochs': 3,
-               'batch_size': 16,                                             # inference: the same maps, 0.55 GiB less memory than 32
-               'boundary.lr': 0.1, 'boundary.epochs': 10,                    # IRN's boundary lr; 200 steps on 320 images
-               # DeepLab's head alone on the frozen backbone of each model's own classifier, trained at 1.5x (long side 192)
-               # and tested at 1, 1.5 and 2x: minutes less than fine-tuning (99_cli has the measurements). Three 3x3 branches
-               # at rates 1-3 (the 12x12 map's context), channel dropout 0.5, and class weights (inverse frequency)^0.25, which
-               # keep the head from falling back on background on unseen images (99_cli has the measurements)
-               'seg.init': 'classifier', 'seg.freeze_backbone': True, 'seg.output_stride': 16, 'seg.rates': [1, 2, 3], 'seg.dropout': 0.5,
-               'seg.balanced': 0.25,
-               'seg.scales': [1.0, 1.5, 2.0], 'seg_train.long_side': [192, 192], 'seg_train.epochs': 10, 'seg_train.lr': 0.02}),
-    'full': ({}, {}),                                                    # the default benchmark with the synthetic preset
+               'batch_size': 16,                           # inference: the same maps, 0.55 GiB less memory than 32
+               'boundary.lr': 0.1, 'boundary.epochs': 10,  # IRN's boundary lr; 200 steps on 320 images
+               # DeepLab's head alone on the frozen backbone of each model's own classifier, trained at 1.5x
+               # (long side 192) and tested at 1, 1.5 and 2x: minutes less than fine-tuning (99_cli has the
+               # measurements). Three 3x3 branches at rates 1-3 (the 12x12 map's context), channel dropout 0.5,
+               # and class weights (inverse frequency)^0.25, which keep the head from falling back on background
+               # on unseen images (99_cli has the measurements)
+               'seg.init': 'classifier', 'seg.freeze_backbone': True, 'seg.output_stride': 16, 'seg.rates': [1, 2, 3],
+               'seg.dropout': 0.5, 'seg.balanced': 0.25,
+               'seg.scales': [1.0, 1.5, 2.0], 'seg_train.long_side': [192, 192], 'seg_train.epochs': 10,
+               'seg_train.lr': 0.02}),
+    'full': ({}, {}),  # the default benchmark with the synthetic preset
 }

@@ -40,8 +40,10 @@ def read_classes(root, # dataset root; `root/classes.txt` is read when present
         if not n: raise WoodInputError(f, f'line {i} is empty.', 'write one class name a line, with no empty lines.')
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup: raise WoodInputError(f, f'class names repeat: {dup}.', 'list every class once.')
-    if not names: raise WoodInputError(f, 'the file lists no class.', 'write one class name a line, or delete the file to use the 20 VOC classes.')
-    if len(names) > 254: raise WoodInputError(f, f'{len(names)} classes do not fit mask values 1..254.', 'use at most 254 classes.')
+    if not names: raise WoodInputError(f, 'the file lists no class.',
+                                       'write one class name a line, or delete the file to use the 20 VOC classes.')
+    if len(names) > 254: raise WoodInputError(f, f'{len(names)} classes do not fit mask values 1..254.',
+                                              'use at most 254 classes.')
     return names
 
 # %% ../nbs/00_core.ipynb #d3601759
@@ -57,7 +59,8 @@ def _palette(n:int)->bytes:
     return pal.tobytes()
 
 def voc_palette(n:int=256)->np.ndarray:
-    "PASCAL VOC colour map: an `(n, 3)` uint8 array, row `k` the colour of mask value `k` (a fresh copy; built once per `n`)."
+    ("PASCAL VOC colour map: an `(n, 3)` uint8 array, row `k` the colour of mask value `k` "
+     "(a fresh copy; built once per `n`).")
     return np.frombuffer(_palette(n), np.uint8).reshape(n, 3).copy()
 
 # %% ../nbs/00_core.ipynb #db28db2e
@@ -78,14 +81,20 @@ def get_device(pref:str='auto')->torch.device:
     if pref == 'auto': return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
     fix = "use 'auto', 'cpu', 'cuda' or 'cuda:N' (N below the number of GPUs)."
     try: dev = torch.device(pref)
-    except (RuntimeError, TypeError, ValueError) as e: raise WoodInputError('--device', f'{pref!r} is not a device name.', fix) from e
-    if dev.type not in _DEVICE_TYPES: raise WoodInputError('--device', f'{pref!r} is not a device this kit runs on.', fix)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise WoodInputError('--device', f'{pref!r} is not a device name.', fix) from e
+    if dev.type not in _DEVICE_TYPES:
+        raise WoodInputError('--device', f'{pref!r} is not a device this kit runs on.', fix)
     if dev.type == 'cuda':
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0: raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no usable CUDA device.', "use --device cpu or 'auto'.")
-        if dev.index is not None and dev.index >= n: raise WoodInputError('--device', f'{pref!r} was asked for but this machine has {n} GPU(s).', fix)
+        if n == 0:
+            raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no usable CUDA device.',
+                                 "use --device cpu or 'auto'.")
+        if dev.index is not None and dev.index >= n:
+            raise WoodInputError('--device', f'{pref!r} was asked for but this machine has {n} GPU(s).', fix)
     if dev.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
-        raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no MPS device.', "use --device cpu or 'auto'.")
+        raise WoodInputError('--device', f'{pref!r} was asked for but this machine has no MPS device.',
+                             "use --device cpu or 'auto'.")
     return dev
 
 # %% ../nbs/00_core.ipynb #643830cf
@@ -98,7 +107,8 @@ def atomic_path(path, # the final file name
                ):
     "Context manager yielding a temporary path that is renamed to `path` only if the block succeeds."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    while True:                           # created as `open` creates files: mode 0666 less the umask (mkstemp would make it 0600)
+    # created as `open` creates files: mode 0666 less the umask (mkstemp would make it 0600)
+    while True:
         tmp = _temp_name(path)
         try: os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)); break
         except FileExistsError: continue
@@ -126,7 +136,8 @@ def config_json(cfg)->dict:
 # %% ../nbs/00_core.ipynb #e7059eba
 @contextlib.contextmanager
 def atomic_dir(path, # the final folder
-               overwrite:bool=False, # replace an existing non-empty folder (with `kind`: only one the kit marked with that kind)
+               # replace an existing non-empty folder (with `kind`: only one the kit marked with that kind)
+               overwrite:bool=False,
                kind:str|None=None, # mark the folder as the kit's own output of this kind (see `claim_dir`)
               ):
     "Context manager yielding a temporary folder that becomes `path` only if the block succeeds."
@@ -134,9 +145,11 @@ def atomic_dir(path, # the final folder
     if path.exists() and not path.is_dir():
         raise WoodInputError(path, 'exists and is not a folder.', 'choose another output path.')
     if path.is_dir() and any(path.iterdir()):
-        if not overwrite: raise WoodInputError(path, 'exists and is not empty.', 'choose a new output path, or pass --overwrite.')
+        if not overwrite:
+            raise WoodInputError(path, 'exists and is not empty.', 'choose a new output path, or pass --overwrite.')
         if kind is not None and _marked_kind(path) != kind:
-            raise WoodInputError(path, f'is not a {kind} folder written by wood_nb, so it is not replaced.', 'give a new output folder.')
+            raise WoodInputError(path, f'is not a {kind} folder written by wood_nb, so it is not replaced.',
+                                 'give a new output folder.')
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_name(path); os.mkdir(tmp, 0o777)                        # as `mkdir` makes folders: 0777 less the umask
     try:
@@ -164,9 +177,11 @@ def save_mask(mask:np.ndarray, # `(H, W)` integer array of class indices (0..254
 def load_mask(path)->np.ndarray:
     "Read an indexed (or greyscale) PNG mask as a `(H, W)` uint8 array of class indices."
     path = Path(path)
-    if not path.exists(): raise WoodInputError(path, 'mask file is missing.', 'restore it, or remove its id from the split list.')
+    if not path.exists():
+        raise WoodInputError(path, 'mask file is missing.', 'restore it, or remove its id from the split list.')
     try: im = Image.open(path); im.load()
-    except Exception as e: raise WoodInputError(path, f'cannot be read as an image ({e}).', 'replace the file with a valid PNG.') from e
+    except Exception as e:
+        raise WoodInputError(path, f'cannot be read as an image ({e}).', 'replace the file with a valid PNG.') from e
     if im.mode not in ('P', 'L'):
         raise WoodInputError(path, f'is a {im.mode} image, not a class-index mask.',
                              'save masks as indexed (palette) or greyscale PNGs whose values are class indices.')
@@ -194,22 +209,29 @@ def save_weights(obj, path)->Path:
 def load_weights(path, map_location='cpu'):
     "`torch.load` with `weights_only=True`; a missing, truncated or unsafe file is a `WoodInputError` naming it."
     path = Path(path)
-    if not path.exists(): raise WoodInputError(path, 'weights file is missing.', 'check the path, or rerun the step that trains it.')
-    if not path.is_file(): raise WoodInputError(path, 'is not a file.', 'give the path of a weights file (e.g. RUN/cls/model.pt).')
+    if not path.exists():
+        raise WoodInputError(path, 'weights file is missing.', 'check the path, or rerun the step that trains it.')
+    if not path.is_file():
+        raise WoodInputError(path, 'is not a file.', 'give the path of a weights file (e.g. RUN/cls/model.pt).')
     try: return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:      # weights_only refused it: classes or code beyond tensors and plain values
         with open(path, 'rb') as f: head = f.read(2)
-        if not (zipfile.is_zipfile(path) or head[:1] == b'\x80'):   # neither torch's zip format nor a pickle: some other file
-            raise WoodInputError(path, 'is not a readable PyTorch weights file (it is neither a torch archive nor a pickle).',
+        # neither torch's zip format nor a pickle: some other file
+        if not (zipfile.is_zipfile(path) or head[:1] == b'\x80'):
+            raise WoodInputError(path, 'is not a readable PyTorch weights file '
+                                 '(it is neither a torch archive nor a pickle).',
                                  'give the model.pt the kit wrote, or a state dict saved with torch.save.') from None
-        raise WoodInputError(path, 'holds Python objects other than tensors and plain values (a pickle that could run code on load); '
+        raise WoodInputError(path, 'holds Python objects other than tensors and plain values '
+                             '(a pickle that could run code on load); '
                              'the kit only loads weights and refuses it.',
                              'use a model.pt written by this kit, or re-save the weights as a state dict of tensors '
                              '(torch.save(model.state_dict(), path)) in a trusted environment.') from None
     except OSError as e:
-        raise WoodInputError(path, f'cannot be read ({e.strerror or type(e).__name__}).', 'check the file and its permissions.') from None
+        raise WoodInputError(path, f'cannot be read ({e.strerror or type(e).__name__}).',
+                             'check the file and its permissions.') from None
     except Exception as e:                   # truncated zip, not a torch file at all, ...
-        raise WoodInputError(path, f'is not a readable PyTorch weights file; it may be truncated or of another format ({type(e).__name__}).',
+        raise WoodInputError(path, 'is not a readable PyTorch weights file; it may be truncated or of another format '
+                             f'({type(e).__name__}).',
                              'replace it with a complete copy, or rerun the step that writes it.') from None
 
 def load_checkpoint(path, # a file written by one of the kit's `save_*` functions
@@ -221,14 +243,16 @@ def load_checkpoint(path, # a file written by one of the kit's `save_*` function
     ck = load_weights(path, map_location=map_location)
     if not isinstance(ck, dict) or ck.get('format') != fmt:
         tag = ck.get('format') if isinstance(ck, dict) else None
-        raise WoodInputError(path, f'is not a {what} written by wood_nb' + (f" (its format tag is {tag!r})." if tag else '.'), fix)
+        raise WoodInputError(path, f'is not a {what} written by wood_nb'
+                             + (f" (its format tag is {tag!r})." if tag else '.'), fix)
     if not isinstance(ck.get('config'), dict) or not isinstance(ck.get('state_dict'), dict):
         raise WoodInputError(path, f'carries the {what} tag but lacks its config or state_dict: it is damaged.', fix)
     return ck
 
 @contextlib.contextmanager
 def checkpoint_fits(path, what:str):
-    "Turn a checkpoint whose config or tensors do not fit the network (KeyError, size mismatch) into a `WoodInputError`."
+    ("Turn a checkpoint whose config or tensors do not fit the network (KeyError, size mismatch) "
+     "into a `WoodInputError`.")
     try: yield
     except WoodInputError: raise
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
@@ -242,7 +266,9 @@ MARKER = '.wood_nb.json'  # the marker of a folder the kit created
 def _read_marker(path:Path)->dict:
     f = Path(path)/MARKER
     try: d = json.loads(f.read_text(encoding='utf-8'))
-    except (OSError, ValueError) as e: raise WoodInputError(f, f'is not a readable wood_nb marker ({type(e).__name__}).', 'restore it, or use a new output folder.') from None
+    except (OSError, ValueError) as e:
+        raise WoodInputError(f, f'is not a readable wood_nb marker ({type(e).__name__}).',
+                             'restore it, or use a new output folder.') from None
     if not isinstance(d, dict) or d.get('kit') != 'wood_nb' or not isinstance(d.get('owned', []), list):
         raise WoodInputError(f, 'is not a wood_nb marker.', 'use a new output folder.')
     return d
@@ -273,27 +299,33 @@ def claim_dir(path, # the output folder (created when missing)
               option:str='--out', # how messages name the option that gave `path`
               create:bool=True, # False: only check (raise what `claim_dir` would), write nothing
              )->Path:
-    "Make `path` a folder the kit owns: create and mark it, or accept one that carries the marker; refuse anything else."
+    ("Make `path` a folder the kit owns: create and mark it, or accept one that carries the marker; "
+     "refuse anything else.")
     path = Path(path)
     for r in inputs:
         if r and Path(r).exists() and is_inside(path, r):
-            raise WoodInputError(path, f'is, or lies inside, the input folder {r} given to the same command; the kit does not write into its inputs.',
+            raise WoodInputError(path, f'is, or lies inside, the input folder {r} given to the same command; '
+                                 'the kit does not write into its inputs.',
                                  f'give {option} a new folder outside the dataset and the pool.')
     if path.exists() and not path.is_dir():
         raise WoodInputError(path, 'exists and is not a folder.', f'give {option} a new folder (this one is a file).')
     if path.is_dir() and (k := _marked_kind(path)) is not None:
-        if k != kind: raise WoodInputError(path, f"is a wood_nb {k} folder, not a {kind} folder; the kit does not mix them.", f'give {option} a new folder.')
+        if k != kind:
+            raise WoodInputError(path, f"is a wood_nb {k} folder, not a {kind} folder; the kit does not mix them.",
+                                 f'give {option} a new folder.')
         return path
     if not create: return path
     if path.is_dir() and any(path.iterdir()):
         raise WoodInputError(path, f'exists, is not empty and was not created by wood_nb (it has no {MARKER}); '
-                             'the kit writes only into folders it created, so nothing there is touched.', f'give {option} a new or empty folder.')
+                             'the kit writes only into folders it created, so nothing there is touched.',
+                             f'give {option} a new or empty folder.')
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK | os.X_OK): raise PermissionError(13, 'Permission denied')
         _write_marker(path, kind)
     except OSError as e:
-        raise WoodInputError(path, f'cannot be created or written ({e.strerror or type(e).__name__}).', f'give {option} a folder you can write to.') from None
+        raise WoodInputError(path, f'cannot be created or written ({e.strerror or type(e).__name__}).',
+                             f'give {option} a folder you can write to.') from None
     return path
 
 # %% ../nbs/00_core.ipynb #5f8e7a77
@@ -321,7 +353,8 @@ def own(path, # a folder made by `claim_dir`
     for r in rels:
         if Path(r).is_absolute() or '..' in Path(r).parts: raise ValueError(f'{r!r} is not a path inside {path}')
         if (path/r).exists() and not covered_by(r, d['owned']):
-            raise WoodInputError(path/r, 'exists but was not written by wood_nb; the kit does not overwrite it.', 'move it out of the run folder, or use a new output folder.')
+            raise WoodInputError(path/r, 'exists but was not written by wood_nb; the kit does not overwrite it.',
+                                 'move it out of the run folder, or use a new output folder.')
     new = [r for r in rels if r not in d['owned']]
     if new: _write_marker(path, d['kind'], d['owned'] + new)
 
@@ -333,7 +366,8 @@ def child_path(root, # the folder every result must stay inside
     p, real_root = Path(root).joinpath(*parts), Path(root).resolve()
     real = p.resolve()                                                   # an absolute part lands outside too
     if '..' in Path(*parts).parts or real == real_root or not real.is_relative_to(real_root):
-        raise WoodInputError(p, f'lies outside {root}: an id or list entry may not hold "..", an absolute path or a link out of its folder.',
+        raise WoodInputError(p, f'lies outside {root}: an id or list entry may not hold "..", an absolute path '
+                             'or a link out of its folder.',
                              'fix the id or the list entry (an id is the image file name without folder or extension).')
     return p
 

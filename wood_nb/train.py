@@ -41,7 +41,8 @@ def make_optimizer(groups:list, cfg:TrainConfig, total_steps:int):
 # %% ../nbs/04_train.ipynb #48c89674
 def dist_info()->tuple[int, int, int]:
     "(rank, world size, local rank) of this process; (0, 1, 0) outside `torchrun`."
-    if dist.is_available() and dist.is_initialized(): return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0))
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get('LOCAL_RANK', 0))
     return int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1)), int(os.environ.get('LOCAL_RANK', 0))
 
 def init_distributed(device:str='auto')->torch.device:
@@ -52,7 +53,8 @@ def init_distributed(device:str='auto')->torch.device:
     if world > 1 and not dist.is_initialized():
         if cuda: torch.cuda.set_device(local)
         dist.init_process_group('nccl' if cuda else 'gloo')
-        atexit.register(_leave_group)   # torch's advice: destroy the group before exit (a live gloo thread can abort the process)
+        # torch's advice: destroy the group before exit (a live gloo thread can abort the process)
+        atexit.register(_leave_group)
     if cuda and (world > 1 or want.index is None): return torch.device(f'cuda:{local}')
     return want
 
@@ -109,7 +111,8 @@ def reduce_over_processes(t:torch.Tensor, # a tensor of the same shape on every 
     return t.to(dev)
 
 def cat_over_processes(t:torch.Tensor, # `(n_r, ...)`: this process's rows (n_r may differ between processes)
-                      )->torch.Tensor: # `(sum n_r, ...)`, detached, rank 0's rows first (`t` detached outside `torchrun`)
+                       # `(sum n_r, ...)`, detached, rank 0's rows first (`t` detached outside `torchrun`)
+                      )->torch.Tensor:
     "The rows of `t` of every `torchrun` process, concatenated in rank order; every process must call it."
     t = t.detach()
     if not distributed(): return t
@@ -121,11 +124,16 @@ def cat_over_processes(t:torch.Tensor, # `(n_r, ...)`: this process's rows (n_r 
 def make_loader(ds:Dataset, cfg:TrainConfig, shuffle:bool=True, collate_fn=None)->DataLoader:
     "A loader whose order is a function of `(cfg.seed, epoch)`; each process gets its share of the global batch."
     rank, world, _ = dist_info()
-    if cfg.batch_size % world: raise WoodInputError('--batch-size', f'{cfg.batch_size} does not split over {world} processes.', f'use a multiple of {world}.')
-    if cfg.drop_last and len(ds) < cfg.batch_size: raise WoodInputError('--batch-size', f'{cfg.batch_size} is larger than the dataset ({len(ds)} items).', 'use a smaller batch.')
+    if cfg.batch_size % world:
+        raise WoodInputError('--batch-size', f'{cfg.batch_size} does not split over {world} processes.',
+                             f'use a multiple of {world}.')
+    if cfg.drop_last and len(ds) < cfg.batch_size:
+        raise WoodInputError('--batch-size', f'{cfg.batch_size} is larger than the dataset ({len(ds)} items).',
+                             'use a smaller batch.')
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=shuffle, seed=cfg.seed, drop_last=False)
     return DataLoader(ds, batch_size=cfg.batch_size//world, sampler=sampler, num_workers=cfg.num_workers,
-                      drop_last=cfg.drop_last, collate_fn=collate_fn, persistent_workers=False, pin_memory=torch.cuda.is_available())
+                      drop_last=cfg.drop_last, collate_fn=collate_fn, persistent_workers=False,
+                      pin_memory=torch.cuda.is_available())
 
 def set_epoch(loader, epoch:int):
     "Tell a loader (its sampler, or a loader with its own `set_epoch`) which epoch starts."
@@ -149,7 +157,8 @@ class PairedLoader:
             set_epoch(self.aux, self.epoch*10_000 + cycle); cycle += 1
             n = 0
             for b in self.aux: n += 1; yield b
-            if not n: raise WoodInputError('OoD loader', 'yields no batch.', 'give it at least one full batch of images.')
+            if not n:
+                raise WoodInputError('OoD loader', 'yields no batch.', 'give it at least one full batch of images.')
 
 # %% ../nbs/04_train.ipynb #5c085e03
 def list_collate(items:list)->list:
@@ -174,10 +183,12 @@ def size_groups(ds:Dataset, # items are dicts with an `image` `(3, H, W)`
     "Walk `positions` of `ds` in loader batches, each split into groups of images of one size, stacked on `device`."
     from tqdm.auto import tqdm
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise WoodInputError('batch_size', f'{batch_size!r} is not a positive integer.', 'pass a batch size of 1 or more.')
+        raise WoodInputError('batch_size', f'{batch_size!r} is not a positive integer.',
+                             'pass a batch size of 1 or more.')
     rank, world, _ = dist_info()
     positions = list(positions)
-    loader = DataLoader(torch.utils.data.Subset(ds, positions), batch_size=batch_size, num_workers=num_workers, collate_fn=list_collate)
+    loader = DataLoader(torch.utils.data.Subset(ds, positions), batch_size=batch_size, num_workers=num_workers,
+                        collate_fn=list_collate)
     start = 0
     for items in tqdm(loader, desc=desc + (f' rank {rank}' if world > 1 else ''), disable=not progress, leave=False):
         groups = {}
@@ -191,7 +202,8 @@ def size_groups(ds:Dataset, # items are dicts with an `image` `(3, H, W)`
 def rng_state()->dict:
     "Every RNG state, in a form `torch.load(weights_only=True)` accepts."
     st = np.random.get_state()
-    return {'python': random.getstate(), 'numpy': (st[0], torch.from_numpy(st[1].astype(np.int64)), st[2], st[3], st[4]),
+    return {'python': random.getstate(),
+            'numpy': (st[0], torch.from_numpy(st[1].astype(np.int64)), st[2], st[3], st[4]),
             'torch': torch.get_rng_state(), 'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 def set_rng_state(s:dict):
@@ -218,7 +230,8 @@ def write_history(out, # the training's output folder
                   history:list[dict], # per-epoch mean logs, `{'epoch': n, 'loss': ..., ...}`
                   name:str='train', # the run's name in TensorBoard
                  )->Path:
-    "Write `out/history.csv` (one row an epoch, atomically) and, when `tensorboard` is installed, the last epoch's scalars under `out/tb/`."
+    ("Write `out/history.csv` (one row an epoch, atomically) and, when `tensorboard` is installed, "
+     "the last epoch's scalars under `out/tb/`.")
     keys = list(dict.fromkeys(k for h in history for k in h))
     with atomic_path(Path(out)/'history.csv') as t:
         with open(t, 'w', newline='') as f:
@@ -235,13 +248,17 @@ def write_history(out, # the training's output folder
 def _resume(ckpt:Path, model:nn.Module, opt, sched, total:int, device)->tuple[int, list]:
     "Restore the model, optimiser, scheduler and random states from a training checkpoint; returns `(epoch, history)`."
     st = load_weights(ckpt, map_location=device)
-    if not isinstance(st, dict) or not {'total_steps', 'model', 'optimizer', 'scheduler', 'epoch', 'history', 'rng'} <= set(st):
+    if (not isinstance(st, dict)
+            or not {'total_steps', 'model', 'optimizer', 'scheduler', 'epoch', 'history', 'rng'} <= set(st)):
         raise WoodInputError(ckpt, 'is not a training checkpoint written by wood_nb (the resume state is missing).',
                              'delete it to start this training afresh, or use another output folder.')
-    if st['total_steps'] != total: raise WoodInputError(ckpt, f"was written for {st['total_steps']} steps, this run has {total}.", 'use the same settings, or another output folder (or delete the checkpoint).')
+    if st['total_steps'] != total:
+        raise WoodInputError(ckpt, f"was written for {st['total_steps']} steps, this run has {total}.",
+                             'use the same settings, or another output folder (or delete the checkpoint).')
     try: model.load_state_dict(st['model'])
     except RuntimeError as e:                                  # another network's checkpoint (e.g. a head-only run's)
-        raise WoodInputError(ckpt, f'holds the weights of another network than this training ({str(e).splitlines()[0]}).',
+        raise WoodInputError(ckpt, 'holds the weights of another network than this training '
+                             f'({str(e).splitlines()[0]}).',
                              'delete it to start this training afresh, or use another output folder.') from e
     opt.load_state_dict(st['optimizer']); sched.load_state_dict(st['scheduler'])
     set_rng_state(st['rng'])
@@ -254,7 +271,8 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
         out=None, # folder for `checkpoint.pt`; None: no checkpoints
         resume:bool=True, # continue from `out/checkpoint.pt` when present
         device=None, # default: CUDA when present (this process's GPU under torchrun), else CPU
-        groups:list|None=None, # parameter groups; default `model.param_groups(cfg.lr, cfg.head_mult, weight_decay=...)` or all parameters
+        # parameter groups; default `model.param_groups(cfg.lr, cfg.head_mult, weight_decay=...)` or all parameters
+        groups:list|None=None,
         on_epoch_end:Callable|None=None, # called as `on_epoch_end(epoch, logs)` after each checkpoint
         desc:str='train', # progress-bar label
        )->list[dict]: # per-epoch mean logs
@@ -265,24 +283,30 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
     ckpt = Path(out)/'checkpoint.pt' if out is not None else None
     model.to(device)
     if groups is None:
-        groups = (model.param_groups(cfg.lr, cfg.head_mult, weight_decay=cfg.weight_decay) if hasattr(model, 'param_groups')
+        groups = (model.param_groups(cfg.lr, cfg.head_mult, weight_decay=cfg.weight_decay)
+                  if hasattr(model, 'param_groups')
                   else [{'params': [p for p in model.parameters() if p.requires_grad], 'lr': cfg.lr}])
     total = cfg.epochs*len(loader)
-    if total == 0: raise WoodInputError('training data', 'gives no full batch.', 'use more images or a smaller batch size.')
+    if total == 0:
+        raise WoodInputError('training data', 'gives no full batch.', 'use more images or a smaller batch size.')
     opt, sched = make_optimizer(groups, cfg, total)
     if ckpt is not None and resume and ckpt.exists(): start, history = _resume(ckpt, model, opt, sched, total, device)
     else: start, history = 0, []; seed_everything(cfg.seed + rank)
-    net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None) if world > 1 else model
+    net = (nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+           if world > 1 else model)
     amp = cfg.amp and device.type == 'cuda'
     for epoch in range(start, cfg.epochs):
         set_epoch(loader, epoch); net.train()
         sums, n = {}, 0
-        bar = tqdm(loader, desc=f'{desc} {epoch + 1}/{cfg.epochs}', disable=not (cfg.progress and rank == 0), leave=False)
+        bar = tqdm(loader, desc=f'{desc} {epoch + 1}/{cfg.epochs}', disable=not (cfg.progress and rank == 0),
+                   leave=False)
         for batch in bar:
             batch = to_device(batch, device)
             with torch.autocast('cuda', dtype=torch.bfloat16, enabled=amp):
                 loss, logs = step(net, batch)
-            if not torch.isfinite(loss): raise FloatingPointError(f'{desc}: the loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate.')
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f'{desc}: the loss became {loss.item()} at epoch {epoch + 1}; '
+                                         'lower the learning rate.')
             opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step()
             logs = {'loss': loss.item(), **{k: float(v) for k, v in logs.items()}}
             for k, v in logs.items(): sums[k] = sums.get(k, 0.0) + v
@@ -292,7 +316,8 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
         if ckpt is not None and rank == 0:
             with atomic_path(ckpt) as t:
                 torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
-                            'epoch': epoch + 1, 'total_steps': total, 'history': history, 'rng': rng_state(), 'config': asdict(cfg)}, t)
+                            'epoch': epoch + 1, 'total_steps': total, 'history': history, 'rng': rng_state(),
+                            'config': asdict(cfg)}, t)
             write_history(Path(out), history, desc)
         barrier()
         if on_epoch_end is not None: on_epoch_end(epoch + 1, history[-1])
@@ -323,8 +348,11 @@ def train_classifier(root, # VOC-layout root
     cfg = cfg or TrainConfig.preset(preset)
     seed_everything(cfg.seed)
     model = make_classifier(preset, len(classes), classes=classes, **(model_kw or {}))
-    ds = VOCDataset(root, split, transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std), with_mask=False)
-    hist = fit(model, make_loader(ds, cfg), multilabel_step, cfg, out=out, resume=resume, device=device, desc='classifier')
+    ds = VOCDataset(root, split,
+                    transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std),
+                    with_mask=False)
+    hist = fit(model, make_loader(ds, cfg), multilabel_step, cfg, out=out, resume=resume, device=device,
+               desc='classifier')
     if is_main():
         save_classifier(model.cpu(), out/'model.pt', meta={'preset': preset, 'split': split, 'root': str(root),
                                                            'train_config': config_json(cfg),
