@@ -9,8 +9,9 @@ from dataclasses import fields
 from pathlib import Path
 
 from . import __version__
-from .config import (CROWD_MODES, CURATION_MODES, DEFAULT_SCALES, DEMO_PROFILES, METRIC_FORMS, PLANE_MODES, RUN_PRESETS, SEG_TEST_SCALES, STEPS,
-                            SynthConfig, TrainConfig, WoodConfig, WoodInputError, boundary_train_config, check_train_config, seg_train_config)
+from .config import (CROWD_MODES, CURATION_MODES, DEFAULT_SCALES, DEMO_PROFILES, METRIC_FORMS, PLANE_MODES,
+                            RUN_PRESETS, SEG_TEST_SCALES, STEPS, SynthConfig, TrainConfig, WoodConfig, WoodInputError,
+                            boundary_train_config, check_train_config, seg_train_config)
 _all_ = ['DEMO_PROFILES']   # re-exported: still part of `from wood_nb.cli import *`
 
 # %% auto #0
@@ -37,7 +38,8 @@ def run_validate(root, # a VOC-layout root, an OoD pool, or a folder written by 
     from wood_nb.data import validate, validate_ood
     out = out or sys.stdout; root = Path(root); n = 0
     for kind, path in _targets(root, list_file):
-        probs = validate(path, splits=splits, deep=deep) if kind == 'voc' else validate_ood(path, list_file=list_file, deep=deep)
+        probs = (validate(path, splits=splits, deep=deep) if kind == 'voc'
+                 else validate_ood(path, list_file=list_file, deep=deep))
         for p in probs: print(f'problem: {p}', file=out)
         print(f'{kind} {path}: ' + (f'{len(probs)} problem(s)' if probs else 'ok'), file=out)
         n += len(probs)
@@ -49,8 +51,12 @@ def _add_synth_options(p:argparse.ArgumentParser):
     d = SynthConfig()
     for f in fields(SynthConfig):
         v, opt = getattr(d, f.name), '--' + f.name.replace('_', '-')
-        if f.name == 'classes': p.add_argument(opt, nargs='+', default=None, metavar='NAME', help=f'foreground classes (default: {" ".join(v)})')
-        elif isinstance(v, tuple): p.add_argument(opt, nargs=len(v), type=float, default=None, metavar='X', help=f'default: {" ".join(map(str, v))}')
+        if f.name == 'classes':
+            p.add_argument(opt, nargs='+', default=None, metavar='NAME',
+                           help=f'foreground classes (default: {" ".join(v)})')
+        elif isinstance(v, tuple):
+            p.add_argument(opt, nargs=len(v), type=float, default=None, metavar='X',
+                           help=f'default: {" ".join(map(str, v))}')
         else: p.add_argument(opt, type=type(v), default=None, help=f'default: {v}')
 
 def _synth_config(a)->SynthConfig:
@@ -74,10 +80,12 @@ def _add_train_options(p:argparse.ArgumentParser,
 
 def _train_config(a)->TrainConfig:
     "The preset's `TrainConfig` with the options given (ranges checked)."
-    return check_train_config(TrainConfig.preset(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
+    return check_train_config(TrainConfig.preset(
+        a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
 
 def _model_kw(a)->dict:
-    return {k: v for k, v in (('backbone', a.backbone), ('pretrained', a.pretrained), ('output_stride', a.output_stride)) if v is not None}
+    return {k: v for k, v in (('backbone', a.backbone), ('pretrained', a.pretrained),
+                              ('output_stride', a.output_stride)) if v is not None}
 
 # %% ../nbs/99_cli.ipynb #705e57e2
 _WOOD_TYPES = {'push_margin': float, 'drop_ood_top_class': int}
@@ -87,21 +95,26 @@ def _add_wood_options(p:argparse.ArgumentParser):
     d = WoodConfig()
     for f in fields(WoodConfig):
         v, opt = getattr(d, f.name), '--' + f.name.replace('_', '-')
-        if isinstance(v, bool): p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=f'default: {v}')
+        if isinstance(v, bool):
+            p.add_argument(opt, action=argparse.BooleanOptionalAction, default=None, help=f'default: {v}')
         elif f.name == 'metric': p.add_argument(opt, choices=list(METRIC_FORMS), default=None, help=f'default: {v}')
-        elif f.name == 'anti_adv_norm': p.add_argument(opt, choices=['batch', 'image'], default=None, help=f'default: {v}')
+        elif f.name == 'anti_adv_norm':
+            p.add_argument(opt, choices=['batch', 'image'], default=None, help=f'default: {v}')
         else: p.add_argument(opt, type=_WOOD_TYPES.get(f.name, type(v)), default=None, help=f'default: {v}')
 
 def _wood_config(a)->WoodConfig:
     "A `WoodConfig` from parsed options (unset options keep the official values)."
-    return WoodConfig(**{f.name: getattr(a, f.name) for f in fields(WoodConfig) if getattr(a, f.name, None) is not None})
+    return WoodConfig(**{f.name: getattr(a, f.name) for f in fields(WoodConfig)
+                         if getattr(a, f.name, None) is not None})
 
 # %% ../nbs/99_cli.ipynb #0ee4c798
 def _number(kind, lo=None, hi=None, lo_open:bool=False, want:str=''):
-    "An argparse type: `kind` (int or float) within [lo, hi] (lo excluded with `lo_open`); a bad value is refused naming the option."
+    ("An argparse type: `kind` (int or float) within [lo, hi] (lo excluded with `lo_open`); a bad value is refused "
+     "naming the option.")
     def parse(text:str):
         try: v = kind(text)
-        except ValueError: raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'}") from None
         if not math.isfinite(v) or (lo is not None and (v <= lo if lo_open else v < lo)) or (hi is not None and v > hi):
             raise argparse.ArgumentTypeError(f'{text} is out of range: give {want}')
         return v
@@ -109,7 +122,9 @@ def _number(kind, lo=None, hi=None, lo_open:bool=False, want:str=''):
     return parse
 
 AT_LEAST_1, COUNT = _number(int, 1, want='an integer >= 1'), _number(int, 0, want='an integer >= 0')
-POSITIVE, NON_NEGATIVE, SHARE = _number(float, 0, lo_open=True, want='a positive number'), _number(float, 0, want='a number >= 0'), _number(float, 0, 1, want='a number in [0, 1]')
+POSITIVE, NON_NEGATIVE, SHARE = (_number(float, 0, lo_open=True, want='a positive number'),
+                                 _number(float, 0, want='a number >= 0'),
+                                 _number(float, 0, 1, want='a number in [0, 1]'))
 
 # %% ../nbs/99_cli.ipynb #d008b5f1
 def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
@@ -124,58 +139,76 @@ def run_eval_cam(root, split:str, cam_dir, out=None)->dict:
     print(f"seed mIoU {block['seed_miou']:.2f} at background threshold {block['seed_threshold']:.2f}" +
           (f", cue activation {block['cue_activation']:.3f}" if 'cue_activation' in block else ''), file=out)
     iou = r.best_iou
-    print('per-class IoU: ' + ', '.join(f'{n} {100*v:.1f}' for n, v in zip(['background'] + classes, iou) if v == v), file=out)
-    return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2)) for n, v in zip(['background'] + classes, iou)}}
+    print('per-class IoU: ' + ', '.join(f'{n} {100*v:.1f}' for n, v in zip(['background'] + classes, iou) if v == v),
+          file=out)
+    return {**block, 'per_class_iou': {n: (None if v != v else round(100*float(v), 2))
+                                       for n, v in zip(['background'] + classes, iou)}}
 
 # %% ../nbs/99_cli.ipynb #0c8b0732
 def run_refine(root, cams, out, split:str='train', preset:str='synthetic', cfg:TrainConfig|None=None, planes:str='auto',
                seed_threshold:float|None=None, radius:int|None=None, walk_radius:int|None=None, logt:int|None=None,
                bg_plane:float|None=None, crf:bool=False, beta:float=10.0, device=None, log=None)->dict|None:
-    "Boundary network, random walk and pseudo-masks from CAM records (`pipeline.refine_step`); prints and returns the mask evaluation."
+    ("Boundary network, random walk and pseudo-masks from CAM records (`pipeline.refine_step`); prints and returns "
+     "the mask evaluation.")
     from wood_nb.pipeline import refine_step
     walk = {k: v for k, v in (('radius', walk_radius), ('logt', logt)) if v is not None}
-    res = refine_step(root, cams, out, split, preset, planes, seed_threshold, cfg, walk, beta, crf, radius, bg_plane, device=device, log=log)
+    res = refine_step(root, cams, out, split, preset, planes, seed_threshold, cfg, walk, beta, crf, radius, bg_plane,
+                      device=device, log=log)
     if res is None: return None
-    print(f"mask mIoU {res['miou']:.2f} on {split}" + (f", cue activation {res['cue_activation']:.3f}" if res.get('cue_activation') is not None else '')
-          + f" ({res['planes']['mode']} planes: fg {res['planes']['fg_thresh']:.2f}, bg {res['planes']['bg_thresh']:.2f}, walk {res['planes']['bg_plane']:.2f})"
+    print(f"mask mIoU {res['miou']:.2f} on {split}"
+          + (f", cue activation {res['cue_activation']:.3f}" if res.get('cue_activation') is not None else '')
+          + f" ({res['planes']['mode']} planes: fg {res['planes']['fg_thresh']:.2f}, "
+            f"bg {res['planes']['bg_thresh']:.2f}, walk {res['planes']['bg_plane']:.2f})"
           + f"; pseudo-masks: {Path(out)/'masks'}", file=log or sys.stdout)
     return res
 
 def _boundary_train_config(a)->TrainConfig:
     "The boundary preset's `TrainConfig` with the options given."
-    return check_train_config(boundary_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
+    return check_train_config(boundary_train_config(
+        a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
 
 # %% ../nbs/99_cli.ipynb #02f87f87
 def _seg_train_config(a)->TrainConfig:
     "The preset's segmentation `TrainConfig` with the options given."
-    return check_train_config(seg_train_config(a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
+    return check_train_config(seg_train_config(
+        a.preset, **{f.name: getattr(a, f.name) for f in fields(TrainConfig) if getattr(a, f.name, None) is not None}))
 
-def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, crf:bool=False, device=None, log=None)->dict:
-    "Predict `split` with a saved segmenter into `out` (dense CRF on the probabilities with `crf`), score it, print and return the result."
+def run_eval_seg(root, weights, out, split:str='val', scales=(1.0,), flip:bool=True, crf:bool=False, device=None,
+                 log=None)->dict:
+    ("Predict `split` with a saved segmenter into `out` (dense CRF on the probabilities with `crf`), "
+     "score it, print and return the result.")
     from wood_nb.core import read_classes
     from wood_nb.segment import crf_postprocess, eval_seg_dir, load_segmenter, predict_split
     post = crf_postprocess() if crf else None
     classes = read_classes(root)
     model = load_segmenter(weights, num_classes=len(classes), classes=classes)
     device = device or next(model.parameters()).device
-    predict_split(model.to(device), root, split, out, scales=tuple(scales), flip=flip, postprocess=post, device=device, progress=False)
+    predict_split(model.to(device), root, split, out, scales=tuple(scales), flip=flip, postprocess=post, device=device,
+                  progress=False)
     r = eval_seg_dir(root, split, out)
-    print(f"seg mIoU {r['miou']:.2f} on {split} ({r['images']} images)" + (f", cue activation {r['cue_activation']:.3f}" if r.get('cue_activation') is not None else ''), file=log or sys.stdout)
+    print(f"seg mIoU {r['miou']:.2f} on {split} ({r['images']} images)"
+          + (f", cue activation {r['cue_activation']:.3f}" if r.get('cue_activation') is not None else ''),
+          file=log or sys.stdout)
     return r
 
 # %% ../nbs/99_cli.ipynb #bc2d05b7
 def run_summary(m:dict, log=None)->None:
     "Print baseline against W-OoD from a `metrics.json` content."
-    cols = [('seed_miou', 'seed mIoU'), ('cue_activation', 'seed cue act.'), ('mask_miou', 'mask mIoU'), ('seg_miou', 'seg mIoU')]
+    cols = [('seed_miou', 'seed mIoU'), ('cue_activation', 'seed cue act.'), ('mask_miou', 'mask mIoU'),
+            ('seg_miou', 'seg mIoU')]
     cols = [c for c in cols if c[0] in m['wood']]
     print(f"{'':10s}" + ''.join(f' {c:>15s}' for _, c in cols), file=log or sys.stdout)
     for name, blk in (('baseline', m['baseline']), ('W-OoD', m['wood'])):
-        print(f"{name:10s}" + ''.join(f" {blk.get(key) if blk.get(key) is not None else float('nan'):15.{3 if 'cue' in key else 1}f}" for key, _ in cols), file=log or sys.stdout)
+        print(f"{name:10s}"
+              + ''.join(f" {blk.get(key) if blk.get(key) is not None else float('nan'):15.{3 if 'cue' in key else 1}f}"
+                        for key, _ in cols), file=log or sys.stdout)
 
 # %% ../nbs/99_cli.ipynb #338aec75
 def run_demo(out, # the run folder
              seed:int=0, # benchmark seed (also the baseline's training seed)
-             profile:str='quick', # 'quick' (128-px benchmark of 320 training images, every step, minutes on a CPU) or 'full' (the default benchmark, every step; use a GPU)
+             # 'quick' (128-px benchmark of 320 training images, every step, minutes on a CPU)
+             # or 'full' (the default benchmark, every step; use a GPU)
+             profile:str='quick',
              cfg:SynthConfig|None=None, # benchmark knobs (default: the profile's)
              overrides:dict|None=None, # settings of the run (dotted keys of `RunConfig`), over the profile's
              workers:int=2, # processes that generate the benchmark
@@ -187,22 +220,26 @@ def run_demo(out, # the run folder
     from wood_nb.synth import generate, plot_benchmark
     from wood_nb.runconfig import run_config
     from wood_nb.pipeline import run_pipeline
-    if profile not in DEMO_PROFILES: raise WoodInputError('--profile', f'{profile!r} is not a demo profile.', f'choose one of {sorted(DEMO_PROFILES)}.')
+    if profile not in DEMO_PROFILES:
+        raise WoodInputError('--profile', f'{profile!r} is not a demo profile.',
+                             f'choose one of {sorted(DEMO_PROFILES)}.')
     knobs, prof_ov = DEMO_PROFILES[profile]
     log = log or sys.stdout; out = Path(out); cfg = cfg or SynthConfig(**knobs); data = out/'data'
-    run_cfg = run_config('synthetic', {'cls.seed': seed, **(prof_ov if cfg == SynthConfig(**knobs) else {}), **(overrides or {}),
-                                       'voc_root': str(data/'voc'), 'ood_root': str(data/'ood')})
-    claim_dir(out, 'run'); own(out, ['data', 'benchmark.png'])   # a folder of the user's is refused before anything is written
+    run_cfg = run_config('synthetic', {'cls.seed': seed, **(prof_ov if cfg == SynthConfig(**knobs) else {}),
+                                       **(overrides or {}), 'voc_root': str(data/'voc'), 'ood_root': str(data/'ood')})
+    claim_dir(out, 'run'); own(out, ['data', 'benchmark.png'])   # a folder of the user's: refused before any write
     meta = json.loads((data/'synth.json').read_text()) if (data/'synth.json').exists() else None
     if meta and meta['seed'] == seed and meta['config'] == json.loads(json.dumps(asdict(cfg))):
         print(f'benchmark: {data} exists with the same seed and knobs; reusing it', file=log)
     else:
         if meta and (out/'steps').is_dir():
-            raise WoodInputError(out, f'holds a run on a benchmark of other knobs or seed ({meta["seed"]}).', 'use another --out folder.')
+            raise WoodInputError(out, f'holds a run on a benchmark of other knobs or seed ({meta["seed"]}).',
+                                 'use another --out folder.')
         print(f'benchmark: generating into {data} (seed {seed}) ...', file=log)
         generate(data, seed=seed, cfg=cfg, overwrite=meta is not None, workers=workers)
     n = run_validate(data, out=log)
-    if n: raise WoodInputError(data, f'the generated benchmark has {n} problem(s).', 'report this as a bug; delete the folder and rerun.')
+    if n: raise WoodInputError(data, f'the generated benchmark has {n} problem(s).',
+                               'report this as a bug; delete the folder and rerun.')
     if not (out/'benchmark.png').exists():
         with atomic_path(out/'benchmark.png') as f: plot_benchmark(data).savefig(f, format='png', dpi=90)
     m = run_pipeline(run_cfg, out, device=device, check_inputs=False, log=log)
@@ -214,9 +251,12 @@ def run_demo(out, # the run folder
 def load_overrides(path)->dict:
     "Dotted-key settings from a JSON file: flat (`{'cls.epochs': 3}`) or nested (a run's `config.json`)."
     path = Path(path)
-    if not path.is_file(): raise WoodInputError(path, 'is not a file.' if path.exists() else 'does not exist.', 'give a JSON file of settings.')
+    if not path.is_file():
+        raise WoodInputError(path, 'is not a file.' if path.exists() else 'does not exist.',
+                             'give a JSON file of settings.')
     try: d = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise WoodInputError(path, f'is not JSON ({e}).', 'write the settings as a JSON object.') from e
+    except json.JSONDecodeError as e:
+        raise WoodInputError(path, f'is not JSON ({e}).', 'write the settings as a JSON object.') from e
     if not isinstance(d, dict): raise WoodInputError(path, 'is not a JSON object.', 'write {"key": value, ...}.')
     def flat(x, prefix=''):
         out = {}
@@ -237,19 +277,23 @@ def parse_sets(items:list|None)->dict:
 
 # %% ../nbs/99_cli.ipynb #2303d60c
 class _OldSpelling(argparse.Action):
-    "The old spelling of the option `new`: parses like it (same dest, type, nargs, choices), hidden from the help, one warning line on stderr."
+    ("The old spelling of the option `new`: parses like it (same dest, type, nargs, choices), hidden from the help, "
+     "one warning line on stderr.")
     def __init__(self, option_strings, dest, new:argparse.Action, **kw):
         self.new = new
-        super().__init__(option_strings, new.dest, nargs=new.nargs, type=new.type, choices=new.choices, metavar=new.metavar,
-                         default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        super().__init__(option_strings, new.dest, nargs=new.nargs, type=new.type, choices=new.choices,
+                         metavar=new.metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     def __call__(self, parser, namespace, values, option_string=None):
-        print(f'warning: {option_string} is deprecated; use {self.new.option_strings[0]} (it will be removed in the next release)', file=sys.stderr)
+        print(f'warning: {option_string} is deprecated; use {self.new.option_strings[0]} '
+              '(it will be removed in the next release)', file=sys.stderr)
         self.new(parser, namespace, values, option_string)
 
 def _deprecated(p:argparse.ArgumentParser, old:str, new:str):
-    "Accept `old`, the previous spelling of `p`'s option `new`, for one more release: same dest and value, hidden from --help, a warning when used."
+    ("Accept `old`, the previous spelling of `p`'s option `new`, for one more release: same dest and value, "
+     "hidden from --help, a warning when used.")
     x = p._option_string_actions[new]
-    if x.required: x.required, x.either_spelling = False, True   # argparse would refuse the old spelling alone: `_Parser` checks it after the parse
+    # argparse would refuse the old spelling alone: `_Parser` checks it after the parse
+    if x.required: x.required, x.either_spelling = False, True
     p.add_argument(old, action=_OldSpelling, new=x)
 
 # %% ../nbs/99_cli.ipynb #abcf88e7
@@ -260,26 +304,31 @@ def _as_required(x:argparse.Action)->argparse.Action:
 
 class _Formatter(argparse.HelpFormatter):
     "`wood`'s help: `_as_required` in the usage line."
-    def add_usage(self, usage, actions, groups, prefix=None): super().add_usage(usage, [_as_required(x) for x in actions], groups, prefix)
+    def add_usage(self, usage, actions, groups, prefix=None):
+        super().add_usage(usage, [_as_required(x) for x in actions], groups, prefix)
 
 def _help_with_default(x:argparse.Action)->str|None:
-    "`x`'s help ending with its default, unless the help tells it already or there is none to tell (a None default, a flag)."
+    ("`x`'s help ending with its default, unless the help tells it already or there is none to tell "
+     "(a None default, a flag).")
     h, d = x.help or '', x.default
-    if (x.help is argparse.SUPPRESS or not x.option_strings or d is None or d is argparse.SUPPRESS or 'default' in h or 'official:' in h
-            or (x.nargs == 0 and not isinstance(x, argparse.BooleanOptionalAction))): return x.help
+    if (x.help is argparse.SUPPRESS or not x.option_strings or d is None or d is argparse.SUPPRESS or 'default' in h
+            or 'official:' in h or (x.nargs == 0 and not isinstance(x, argparse.BooleanOptionalAction))): return x.help
     shown = ' '.join(map(str, d)) if isinstance(d, (list, tuple)) else str(d)
     shown = shown.replace('%', '%%')
     return f'{h} (default: {shown})' if h else f'default: {shown}'
 
 class _Parser(argparse.ArgumentParser):
-    "`wood`'s parser: every option's help shows its default; after the parse, an option required in either spelling (`_deprecated`) must have been given."
+    ("`wood`'s parser: every option's help shows its default; after the parse, an option required in either spelling "
+     "(`_deprecated`) must have been given.")
     def __init__(self, *args, **kw): super().__init__(*args, **{'formatter_class': _Formatter, **kw})
     def add_argument(self, *args, **kw):
         x = super().add_argument(*args, **kw); x.help = _help_with_default(x); return x
     def parse_known_args(self, args=None, namespace=None):
         a, rest = super().parse_known_args(args, namespace)
-        missing = ['/'.join(x.option_strings) for x in self._actions if getattr(x, 'either_spelling', False) and getattr(a, x.dest, None) is None]
-        if missing: self.error('the following arguments are required: ' + ', '.join(missing))   # argparse's own words, exit 2
+        missing = ['/'.join(x.option_strings) for x in self._actions
+                   if getattr(x, 'either_spelling', False) and getattr(a, x.dest, None) is None]
+        if missing:                                                             # argparse's own words, exit 2
+            self.error('the following arguments are required: ' + ', '.join(missing))
         return a, rest
 
 # %% ../nbs/99_cli.ipynb #35340220
@@ -287,129 +336,209 @@ def _add_data_commands(sub):
     "validate, synth, convert-coco: check, generate and convert datasets."
     v = sub.add_parser('validate', help='check a dataset root or an OoD pool and list every problem')
     v.add_argument('root', type=Path)
-    v.add_argument('--split', action='append', dest='splits', metavar='NAME', help='a split list to check (repeatable; default: all)')
-    v.add_argument('--pool-list', default='ood_list.txt', help="the name of an OoD pool's candidate list file (default: ood_list.txt)")
-    v.add_argument('--deep', action=argparse.BooleanOptionalAction, default=True, help='decode every image fully (default: on)')
+    v.add_argument('--split', action='append', dest='splits', metavar='NAME',
+                   help='a split list to check (repeatable; default: all)')
+    v.add_argument('--pool-list', default='ood_list.txt',
+                   help="the name of an OoD pool's candidate list file (default: ood_list.txt)")
+    v.add_argument('--deep', action=argparse.BooleanOptionalAction, default=True,
+                   help='decode every image fully (default: on)')
     s = sub.add_parser('synth', help='generate the embedded spurious-cue benchmark')
     s.add_argument('out', type=Path)
     s.add_argument('--seed', type=COUNT, default=0)
     s.add_argument('--jobs', type=COUNT, default=2, help='processes to render with (default: 2)')
-    s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False, help='replace an existing non-empty OUT')
+    s.add_argument('--overwrite', action=argparse.BooleanOptionalAction, default=False,
+                   help='replace an existing non-empty OUT')
     _add_synth_options(s)
-    cc = sub.add_parser('convert-coco', help='MS-COCO (annotations/instances_<set>.json and the images) into the VOC layout the kit reads (the coco extra)')
-    cc.add_argument('coco_root', type=Path, help='the COCO folder: annotations/instances_<set>.json and <set>/ for every set')
-    cc.add_argument('--out', type=Path, required=True, help='the VOC-layout root to write (a new folder, or one convert-coco wrote: resumed)')
-    cc.add_argument('--sets', nargs='+', default=['train2014', 'val2014'], metavar='SET', help='COCO sets; train2014 becomes the split train (default: train2014 val2014)')
-    cc.add_argument('--crowd', choices=list(CROWD_MODES), default='ignore', help='crowd regions: ignore (255, default) or class')
-    cc.add_argument('--keep-empty', action=argparse.BooleanOptionalAction, default=False, help='list images without annotations too (default: left out)')
-    cc.add_argument('--link', choices=['hard', 'copy'], default='hard', help='images: hard links (default; a copy where refused) or copies')
+    cc = sub.add_parser('convert-coco', help='MS-COCO (annotations/instances_<set>.json and the images) into the VOC '
+                                             'layout the kit reads (the coco extra)')
+    cc.add_argument('coco_root', type=Path,
+                    help='the COCO folder: annotations/instances_<set>.json and <set>/ for every set')
+    cc.add_argument('--out', type=Path, required=True,
+                    help='the VOC-layout root to write (a new folder, or one convert-coco wrote: resumed)')
+    cc.add_argument('--sets', nargs='+', default=['train2014', 'val2014'], metavar='SET',
+                    help='COCO sets; train2014 becomes the split train (default: train2014 val2014)')
+    cc.add_argument('--crowd', choices=list(CROWD_MODES), default='ignore',
+                    help='crowd regions: ignore (255, default) or class')
+    cc.add_argument('--keep-empty', action=argparse.BooleanOptionalAction, default=False,
+                    help='list images without annotations too (default: left out)')
+    cc.add_argument('--link', choices=['hard', 'copy'], default='hard',
+                    help='images: hard links (default; a copy where refused) or copies')
     cc.add_argument('--jobs', type=AT_LEAST_1, default=1, help='threads that draw and write images (default: 1)')
     cc.add_argument('--progress', action=argparse.BooleanOptionalAction, default=True)
-    for q, old, new in ((v, '--list-file', '--pool-list'), (s, '--workers', '--jobs'), (cc, '--workers', '--jobs')): _deprecated(q, old, new)
+    for q, old, new in ((v, '--list-file', '--pool-list'), (s, '--workers', '--jobs'), (cc, '--workers', '--jobs')):
+        _deprecated(q, old, new)
+
 
 # %% ../nbs/99_cli.ipynb #0daecc08
 def _add_classifier_commands(sub):
     "train-cls, cam, eval-cam: the baseline classifier and its CAM seeds."
     t = sub.add_parser('train-cls', help='train the baseline CAM classifier on a VOC-layout root')
-    t.add_argument('root', type=Path); t.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
-    t.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic'); t.add_argument('--split', default='train')
-    t.add_argument('--backbone', default=None, help='timm model name (default: tf_efficientnet_lite0 (synthetic), resnet50 (voc), resnet50 (coco))')
-    t.add_argument('--pretrained', default=None, help="ImageNet weights: a local file, or 'efficientnet_lite0_pkg' (default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
-    t.add_argument('--output-stride', type=int, default=None, choices=[8, 16, 32], help='default: 16 (synthetic), 16 (voc), 16 (coco)')
+    t.add_argument('root', type=Path)
+    t.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
+    t.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
+    t.add_argument('--split', default='train')
+    t.add_argument('--backbone', default=None,
+                   help='timm model name (default: tf_efficientnet_lite0 (synthetic), resnet50 (voc), resnet50 (coco))')
+    t.add_argument('--pretrained', default=None,
+                   help="ImageNet weights: a local file, or 'efficientnet_lite0_pkg' "
+                        "(default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
+    t.add_argument('--output-stride', type=int, default=None, choices=[8, 16, 32],
+                   help='default: 16 (synthetic), 16 (voc), 16 (coco)')
     t.add_argument('--device', default='auto')
     _add_train_options(t)
     c = sub.add_parser('cam', help='write multi-scale CAM records for a split')
-    c.add_argument('root', type=Path); c.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
-    c.add_argument('--out', type=Path, required=True, help='folder for <id>.npz records'); c.add_argument('--split', default='train')
-    c.add_argument('--scales', type=POSITIVE, nargs='+', default=list(DEFAULT_SCALES)); c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
-    c.add_argument('--keys', choices=['label', 'all'], default='label', help="classes to keep: the image's labels, or all")
-    c.add_argument('--batch-size', type=AT_LEAST_1, default=16); c.add_argument('--device', default='auto')
+    c.add_argument('root', type=Path)
+    c.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
+    c.add_argument('--out', type=Path, required=True, help='folder for <id>.npz records')
+    c.add_argument('--split', default='train')
+    c.add_argument('--scales', type=POSITIVE, nargs='+', default=list(DEFAULT_SCALES))
+    c.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
+    c.add_argument('--keys', choices=['label', 'all'], default='label',
+                   help="classes to keep: the image's labels, or all")
+    c.add_argument('--batch-size', type=AT_LEAST_1, default=16)
+    c.add_argument('--device', default='auto')
     c.add_argument('--method', choices=['cam', 'advcam'], default='cam',
-                   help='cam: plain CAMs; advcam: AdvCAM anti-adversarial climbing (slow: (steps+1) forward/backward passes per class, scale and flip)')
+                   help='cam: plain CAMs; advcam: AdvCAM anti-adversarial climbing '
+                        '(slow: (steps+1) forward/backward passes per class, scale and flip)')
     c.add_argument('--adv-steps', type=AT_LEAST_1, default=27, help='AdvCAM climbing steps (official: 27)')
     c.add_argument('--adv-step-size', type=POSITIVE, default=0.08, help='AdvCAM step size (official: 0.08)')
-    c.add_argument('--adv-weight', type=NON_NEGATIVE, default=7.0, help='AdvCAM regularisation weight on already-high regions (official: 7)')
-    c.add_argument('--adv-mask-thresh', type=SHARE, default=0.5, help='AdvCAM mask threshold of already-high regions (official: 0.5)')
+    c.add_argument('--adv-weight', type=NON_NEGATIVE, default=7.0,
+                   help='AdvCAM regularisation weight on already-high regions (official: 7)')
+    c.add_argument('--adv-mask-thresh', type=SHARE, default=0.5,
+                   help='AdvCAM mask threshold of already-high regions (official: 0.5)')
     e = sub.add_parser('eval-cam', help='seed mIoU (and cue activation) of CAM records against the masks')
-    e.add_argument('root', type=Path); e.add_argument('--cams', type=Path, required=True); e.add_argument('--split', default='train')
+    e.add_argument('root', type=Path)
+    e.add_argument('--cams', type=Path, required=True)
+    e.add_argument('--split', default='train')
     e.add_argument('--json', type=Path, default=None, help='also write the result to this file')
     _deprecated(c, '--seeds', '--method')
+
 
 # %% ../nbs/99_cli.ipynb #0ad48c80
 def _add_ood_commands(sub):
     "mine, prototypes, train-wood: the OoD data and the W-OoD classifier."
     m = sub.add_parser('mine', help='score an OoD candidate pool with the baseline, rank, curate, write ood_list.txt')
-    m.add_argument('pool', type=Path); m.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
-    m.add_argument('--out', type=Path, required=True, help='folder for scores.csv, ranked.csv, ood_list.txt, mining.json')
-    m.add_argument('--threshold', type=SHARE, default=0.5, help='keep candidates whose top class probability exceeds it (default 0.5)')
+    m.add_argument('pool', type=Path)
+    m.add_argument('--weights', type=Path, required=True, help='model.pt from train-cls')
+    m.add_argument('--out', type=Path, required=True,
+                   help='folder for scores.csv, ranked.csv, ood_list.txt, mining.json')
+    m.add_argument('--threshold', type=SHARE, default=0.5,
+                   help='keep candidates whose top class probability exceeds it (default 0.5)')
     m.add_argument('--top-k', type=AT_LEAST_1, default=None, help='keep at most this many of the best')
-    m.add_argument('--curation', choices=list(CURATION_MODES), default='meta', help="'list': a person's list; 'meta': the pool's ood_meta.csv; 'none'")
+    m.add_argument('--curation', choices=list(CURATION_MODES), default='meta',
+                   help="'list': a person's list; 'meta': the pool's ood_meta.csv; 'none'")
     m.add_argument('--curated-list', type=Path, default=None, help='with --curation list: the file of kept paths')
-    m.add_argument('--pool-list', default='ood_list.txt', help="the name of the pool's candidate list file (default: ood_list.txt)")
-    m.add_argument('--batch-size', type=AT_LEAST_1, default=32); m.add_argument('--device', default='auto')
+    m.add_argument('--pool-list', default='ood_list.txt',
+                   help="the name of the pool's candidate list file (default: ood_list.txt)")
+    m.add_argument('--batch-size', type=AT_LEAST_1, default=32)
+    m.add_argument('--device', default='auto')
     pr = sub.add_parser('prototypes', help='class prototypes and k-means OoD prototypes with the frozen baseline')
-    pr.add_argument('root', type=Path, help='VOC-layout root'); pr.add_argument('--weights', type=Path, required=True)
-    pr.add_argument('--pool', type=Path, required=True, help='the OoD pool folder'); pr.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
-    pr.add_argument('--out', type=Path, required=True); pr.add_argument('--split', default='train')
-    pr.add_argument('--k', type=AT_LEAST_1, default=50); pr.add_argument('--iters', type=AT_LEAST_1, default=10)
-    pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++'); pr.add_argument('--seed', type=COUNT, default=0)
-    pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False, help='fewer OoD images than k: use k = N')
-    pr.add_argument('--batch-size', type=AT_LEAST_1, default=32); pr.add_argument('--device', default='auto')
+    pr.add_argument('root', type=Path, help='VOC-layout root')
+    pr.add_argument('--weights', type=Path, required=True)
+    pr.add_argument('--pool', type=Path, required=True, help='the OoD pool folder')
+    pr.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
+    pr.add_argument('--out', type=Path, required=True)
+    pr.add_argument('--split', default='train')
+    pr.add_argument('--k', type=AT_LEAST_1, default=50)
+    pr.add_argument('--iters', type=AT_LEAST_1, default=10)
+    pr.add_argument('--init', choices=['k-means++', 'first'], default='k-means++')
+    pr.add_argument('--seed', type=COUNT, default=0)
+    pr.add_argument('--clamp', action=argparse.BooleanOptionalAction, default=False,
+                    help='fewer OoD images than k: use k = N')
+    pr.add_argument('--batch-size', type=AT_LEAST_1, default=32)
+    pr.add_argument('--device', default='auto')
     w = sub.add_parser('train-wood', help='fine-tune a baseline with the W-OoD loss (mined OoD images + prototypes)')
-    w.add_argument('root', type=Path, help='VOC-layout root'); w.add_argument('--weights', type=Path, required=True, help='the baseline: model.pt from train-cls')
+    w.add_argument('root', type=Path, help='VOC-layout root')
+    w.add_argument('--weights', type=Path, required=True, help='the baseline: model.pt from train-cls')
     w.add_argument('--pool', type=Path, required=True, help='the OoD pool folder')
     w.add_argument('--ood-list', type=Path, required=True, help='the curated list (e.g. mining/ood_list.txt)')
     w.add_argument('--prototypes', type=Path, required=True, help='prototypes.npz from wood prototypes')
     w.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
-    w.add_argument('--split', default='train'); w.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help="default: the baseline's")
+    w.add_argument('--split', default='train')
+    w.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help="default: the baseline's")
     w.add_argument('--select-by-gt-miou', action=argparse.BooleanOptionalAction, default=False,
-                   help='keep the epoch with the best CAM mIoU against ground truth (the official choice; looks at the labels)')
-    w.add_argument('--select-split', default='train'); w.add_argument('--device', default='auto')
+                   help='keep the epoch with the best CAM mIoU against ground truth '
+                        '(the official choice; looks at the labels)')
+    w.add_argument('--select-split', default='train')
+    w.add_argument('--device', default='auto')
     _add_wood_options(w); _add_train_options(w)
     _deprecated(m, '--list-file', '--pool-list'); _deprecated(w, '--baseline', '--weights')
+
 
 # %% ../nbs/99_cli.ipynb #61ffcd7f
 def _add_mask_commands(sub):
     "refine, train-seg, eval-seg: pseudo-masks and the segmenter."
     rf = sub.add_parser('refine', help='pseudo-masks from CAM records: confident labels, boundary network, random walk')
-    rf.add_argument('root', type=Path, help='VOC-layout root'); rf.add_argument('--cams', type=Path, required=True, help='CAM records (wood cam)')
-    rf.add_argument('--out', type=Path, required=True, help='folder for labels/, the boundary net, masks/ and masks.json')
-    rf.add_argument('--split', default='train'); rf.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
-    rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the confident labels (needs the crf extra)')
-    rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto', help="confident-label and walk planes: IRN's, or at the seed threshold (default: auto: seed (synthetic), irn (voc), irn (coco))")
-    rf.add_argument('--seed-threshold', type=SHARE, default=None, help="t for --planes seed (default: found on the split's ground truth)")
-    rf.add_argument('--radius', type=AT_LEAST_1, default=None, help="boundary training pair radius on the stride-4 grid (default: 5 (synthetic), 10 (voc), 10 (coco))")
-    rf.add_argument('--walk-radius', type=AT_LEAST_1, default=None, help="random-walk radius (default: 3 (synthetic), 5 (voc), 5 (coco))")
-    rf.add_argument('--logt', type=COUNT, default=None, help="random-walk steps: 2^logt (default: 6 (synthetic), 8 (voc), 8 (coco))")
-    rf.add_argument('--beta', type=POSITIVE, default=10.0); rf.add_argument('--bg-plane', type=SHARE, default=None, help="override the walk's background plane")
+    rf.add_argument('root', type=Path, help='VOC-layout root')
+    rf.add_argument('--cams', type=Path, required=True, help='CAM records (wood cam)')
+    rf.add_argument('--out', type=Path, required=True,
+                    help='folder for labels/, the boundary net, masks/ and masks.json')
+    rf.add_argument('--split', default='train')
+    rf.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
+    rf.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False,
+                    help='dense CRF on the confident labels (needs the crf extra)')
+    rf.add_argument('--planes', choices=['auto', *PLANE_MODES], default='auto',
+                    help="confident-label and walk planes: IRN's, or at the seed threshold "
+                         "(default: auto: seed (synthetic), irn (voc), irn (coco))")
+    rf.add_argument('--seed-threshold', type=SHARE, default=None,
+                    help="t for --planes seed (default: found on the split's ground truth)")
+    rf.add_argument('--radius', type=AT_LEAST_1, default=None,
+                    help="boundary training pair radius on the stride-4 grid "
+                         "(default: 5 (synthetic), 10 (voc), 10 (coco))")
+    rf.add_argument('--walk-radius', type=AT_LEAST_1, default=None,
+                    help="random-walk radius (default: 3 (synthetic), 5 (voc), 5 (coco))")
+    rf.add_argument('--logt', type=COUNT, default=None,
+                    help="random-walk steps: 2^logt (default: 6 (synthetic), 8 (voc), 8 (coco))")
+    rf.add_argument('--beta', type=POSITIVE, default=10.0)
+    rf.add_argument('--bg-plane', type=SHARE, default=None, help="override the walk's background plane")
     rf.add_argument('--device', default='auto')
     _add_train_options(rf, boundary_train_config)
     sg = sub.add_parser('train-seg', help='train DeepLab-v2 on a folder of (pseudo-)masks')
-    sg.add_argument('root', type=Path, help='VOC-layout root'); sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
-    sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt'); sg.add_argument('--split', default='train')
+    sg.add_argument('root', type=Path, help='VOC-layout root')
+    sg.add_argument('--masks', type=Path, required=True, help='mask folder: absolute, or a folder name under ROOT')
+    sg.add_argument('--out', type=Path, required=True, help='folder for checkpoint.pt and model.pt')
+    sg.add_argument('--split', default='train')
     sg.add_argument('--preset', choices=list(RUN_PRESETS), default='synthetic')
     sg.add_argument('--balanced', type=SHARE, nargs='?', const=1.0, default=0.0, metavar='P',
-                    help='class weights (inverse pixel frequency)^P: 0 plain cross-entropy, 1 (the bare flag) class-balanced, or between, e.g. 0.25')
-    sg.add_argument('--no-balanced', dest='balanced', action='store_const', const=0.0, help='plain cross-entropy (--balanced 0)')
-    sg.add_argument('--pretrained', default=None, help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg' (default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
-    sg.add_argument('--backbone', default=None, help='timm model name (default: tf_efficientnet_lite0 (synthetic), resnet101 (voc), resnet101 (coco))'); sg.add_argument('--device', default='auto')
+                    help='class weights (inverse pixel frequency)^P: 0 plain cross-entropy, 1 (the bare flag) '
+                         'class-balanced, or between, e.g. 0.25')
+    sg.add_argument('--no-balanced', dest='balanced', action='store_const', const=0.0,
+                    help='plain cross-entropy (--balanced 0)')
+    sg.add_argument('--pretrained', default=None,
+                    help="backbone ImageNet weights: a local file (VOC: resnet101), or 'efficientnet_lite0_pkg' "
+                         "(default: efficientnet_lite0_pkg (synthetic); voc, coco: none, give a file)")
+    sg.add_argument('--backbone', default=None,
+                    help='timm model name '
+                         '(default: tf_efficientnet_lite0 (synthetic), resnet101 (voc), resnet101 (coco))')
+    sg.add_argument('--device', default='auto')
     _add_train_options(sg, seg_train_config)
     es = sub.add_parser('eval-seg', help='predict a split with a trained segmenter and score it against the masks')
-    es.add_argument('root', type=Path); es.add_argument('--weights', type=Path, required=True, help='model.pt from train-seg')
-    es.add_argument('--out', type=Path, required=True, help='folder for the predicted <id>.png'); es.add_argument('--split', default='val')
-    es.add_argument('--scales', type=POSITIVE, nargs='+', default=[1.0], help=f'test scales (multi-scale: {" ".join(map(str, SEG_TEST_SCALES))})')
-    es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True); es.add_argument('--json', type=Path, default=None)
-    es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False, help='dense CRF on the predicted probabilities (needs the crf extra)')
+    es.add_argument('root', type=Path)
+    es.add_argument('--weights', type=Path, required=True, help='model.pt from train-seg')
+    es.add_argument('--out', type=Path, required=True, help='folder for the predicted <id>.png')
+    es.add_argument('--split', default='val')
+    es.add_argument('--scales', type=POSITIVE, nargs='+', default=[1.0],
+                    help=f'test scales (multi-scale: {" ".join(map(str, SEG_TEST_SCALES))})')
+    es.add_argument('--flip', action=argparse.BooleanOptionalAction, default=True)
+    es.add_argument('--json', type=Path, default=None)
+    es.add_argument('--crf', action=argparse.BooleanOptionalAction, default=False,
+                    help='dense CRF on the predicted probabilities (needs the crf extra)')
     es.add_argument('--device', default='auto')
+
 
 # %% ../nbs/99_cli.ipynb #cde4b12f
 def _add_run_commands(sub):
     "run, demo: the whole method in a run folder."
-    rn = sub.add_parser('run', help='the whole method in a resumable run folder: baseline, seeds, mining, prototypes, W-OoD, masks, segmentation, report')
-    rn.add_argument('--root', type=Path, default=None, help='VOC-layout dataset root'); rn.add_argument('--pool', type=Path, default=None, help='the OoD candidate pool')
+    rn = sub.add_parser('run', help='the whole method in a resumable run folder: baseline, seeds, mining, prototypes, '
+                                    'W-OoD, masks, segmentation, report')
+    rn.add_argument('--root', type=Path, default=None, help='VOC-layout dataset root')
+    rn.add_argument('--pool', type=Path, default=None, help='the OoD candidate pool')
     rn.add_argument('--out', type=Path, required=True, help='the run folder')
-    rn.add_argument('--print-config', action='store_true', help='print the resolved settings (preset, --config, --set) as JSON and exit')
-    rn.add_argument('--dry-run', action='store_true', help='check the folder, inputs and weights, print the steps that would run and a rough time for each, and exit')
+    rn.add_argument('--print-config', action='store_true',
+                    help='print the resolved settings (preset, --config, --set) as JSON and exit')
+    rn.add_argument('--dry-run', action='store_true',
+                    help='check the folder, inputs and weights, print the steps that would run and a rough time for '
+                         'each, and exit')
     d = sub.add_parser('demo', help='run the kit on the embedded benchmark (generated into RUN/data)')
     d.add_argument('--out', type=Path, required=True, help='the run folder')
     d.add_argument('--seed', type=COUNT, default=0, help='benchmark seed (also the baseline training seed)')
@@ -418,23 +547,34 @@ def _add_run_commands(sub):
                         'full: the default 128-px benchmark of 1,200 images, DeepLab-v2 fine-tuned whole (use a GPU)')
     d.add_argument('--jobs', type=COUNT, default=2, help='processes that generate the benchmark')
     for q in (rn, d):
-        if q is rn: q.add_argument('--preset', choices=list(RUN_PRESETS), default=None, help='default: synthetic, or the run folder\'s')
-        q.add_argument('--config', type=Path, default=None, help='JSON file of settings (dotted keys, or a run\'s config.json)')
-        q.add_argument('--set', action='append', dest='sets', metavar='KEY=VALUE', help='one setting, e.g. cls.epochs=3 (repeatable; wins over --config)')
-        q.add_argument('--from', dest='from_step', choices=list(STEPS), default=None, help='redo this step and every later one')
-        q.add_argument('--only', choices=list(STEPS), default=None, help='run this step alone (its predecessors must be finished)')
-        q.add_argument('--to', dest='to_step', choices=list(STEPS), default=None, help='stop after this step (e.g. arms: the ablation, no refinement or segmentation)')
+        if q is rn:
+            q.add_argument('--preset', choices=list(RUN_PRESETS), default=None,
+                           help='default: synthetic, or the run folder\'s')
+        q.add_argument('--config', type=Path, default=None,
+                       help='JSON file of settings (dotted keys, or a run\'s config.json)')
+        q.add_argument('--set', action='append', dest='sets', metavar='KEY=VALUE',
+                       help='one setting, e.g. cls.epochs=3 (repeatable; wins over --config)')
+        q.add_argument('--from', dest='from_step', choices=list(STEPS), default=None,
+                       help='redo this step and every later one')
+        q.add_argument('--only', choices=list(STEPS), default=None,
+                       help='run this step alone (its predecessors must be finished)')
+        q.add_argument('--to', dest='to_step', choices=list(STEPS), default=None,
+                       help='stop after this step (e.g. arms: the ablation, no refinement or segmentation)')
         q.add_argument('--num-workers', type=COUNT, default=None, help='DataLoader workers of every training step')
         q.add_argument('--device', default='auto')
-    _deprecated(rn, '--voc-root', '--root'); _deprecated(rn, '--ood-root', '--pool'); _deprecated(d, '--workers', '--jobs')
+    _deprecated(rn, '--voc-root', '--root'); _deprecated(rn, '--ood-root', '--pool')
+    _deprecated(d, '--workers', '--jobs')
+
 
 # %% ../nbs/99_cli.ipynb #035613f7
 def build_parser()->argparse.ArgumentParser:
     "The `wood` argument parser."
-    p = _Parser(prog='wood', description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
+    p = _Parser(prog='wood',
+                description='wood_nb: weakly supervised semantic segmentation with out-of-distribution data (W-OoD).')
     p.add_argument('--version', action='version', version=f'wood_nb {__version__}')
     sub = p.add_subparsers(dest='cmd', required=True, metavar='COMMAND')
-    for add in (_add_data_commands, _add_classifier_commands, _add_ood_commands, _add_mask_commands, _add_run_commands): add(sub)
+    for add in (_add_data_commands, _add_classifier_commands, _add_ood_commands, _add_mask_commands, _add_run_commands):
+        add(sub)
     return p
 
 # %% ../nbs/99_cli.ipynb #a9a3374d
@@ -463,28 +603,37 @@ def _json_out(path)->None:
     try: d = json.loads(Path(path).read_text())
     except (OSError, ValueError): d = None
     if not (isinstance(d, dict) and ('miou' in d or 'seed_miou' in d)):
-        raise WoodInputError(path, 'exists and is not an evaluation written by wood; it is not overwritten.', 'give --json a new file name.')
+        raise WoodInputError(path, 'exists and is not an evaluation written by wood; it is not overwritten.',
+                             'give --json a new file name.')
 
 # %% ../nbs/99_cli.ipynb #1e9634b1
 def _check_inputs(a)->None:
-    "Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, missing files), before any work."
-    root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine', 'run') else None   # `run` checks its inputs in `run_pipeline`
+    ("Header-level checks of the dataset split and the OoD pool a stage command reads (ids, links out of a root, "
+     "missing files), before any work.")
+    # `run` checks its inputs in `run_pipeline`
+    root = getattr(a, 'root', None) if a.cmd not in ('validate', 'synth', 'mine', 'run') else None
     if root is not None:
         if not Path(root).is_dir(): raise WoodInputError(root, 'does not exist.', 'give the path of a VOC-layout root.')
-        from wood_nb.data import validate   # torch comes with the data layer: only the commands that read a dataset import it
+        # torch comes with the data layer: only the commands that read a dataset import it
+        from wood_nb.data import validate
         probs = validate(root, splits=[a.split], deep=False)
-        if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s); `wood validate {root}` lists them all)', probs[0].fix)
+        if probs:
+            raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s); '
+                                                f'`wood validate {root}` lists them all)', probs[0].fix)
     pool, lst = (a.pool, a.pool_list) if a.cmd == 'mine' else (getattr(a, 'pool', None), getattr(a, 'ood_list', None))
     if pool is not None and a.cmd in ('mine', 'prototypes', 'train-wood'):
         from wood_nb.data import validate_ood
         probs = validate_ood(pool, list_file=str(lst), deep=False, meta='')
-        if probs: raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool)', probs[0].fix)
+        if probs:
+            raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool)',
+                                 probs[0].fix)
 
 # %% ../nbs/99_cli.ipynb #1a83766e
 def _data_command(a)->int:
     "validate, synth, convert-coco."
     if a.cmd == 'validate':
-        if not a.root.exists(): raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root or an OoD pool.')
+        if not a.root.exists():
+            raise WoodInputError(a.root, 'does not exist.', 'give the path of a VOC-layout root or an OoD pool.')
         return 1 if run_validate(a.root, splits=a.splits, list_file=a.pool_list, deep=a.deep) else 0
     if a.cmd == 'synth':
         from wood_nb.synth import generate
@@ -492,7 +641,8 @@ def _data_command(a)->int:
         out = generate(a.out, seed=a.seed, cfg=_synth_config(a), overwrite=a.overwrite, workers=a.jobs)
         print(f'wrote {out} in {time.perf_counter() - t:.1f} s'); return 0
     from wood_nb.coco import convert_coco, print_coco_report
-    r = convert_coco(a.coco_root, a.out, sets=a.sets, crowd=a.crowd, keep_empty=a.keep_empty, link=a.link, workers=a.jobs, progress=a.progress)
+    r = convert_coco(a.coco_root, a.out, sets=a.sets, crowd=a.crowd, keep_empty=a.keep_empty, link=a.link,
+                     workers=a.jobs, progress=a.progress)
     print_coco_report(r); print(f"dataset: {a.out} (report: {a.out/'conversion'/'report.json'})")
     return 1 if any(s['failed'] for s in r['splits'].values()) else 0
 
@@ -516,9 +666,10 @@ def _classifier_command(a)->int:
         model = load_classifier(a.weights, num_classes=len(classes), classes=classes)
         _claim(a.out, 'cam', a.root)
         ds = VOCDataset(a.root, a.split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-        adv = dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh) if a.method == 'advcam' else None
-        n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys, batch_size=a.batch_size, device=device,
-                         method=a.method, adv=adv)
+        adv = (dict(steps=a.adv_steps, step_size=a.adv_step_size, weight=a.adv_weight, mask_thresh=a.adv_mask_thresh)
+               if a.method == 'advcam' else None)
+        n = compute_cams(model.to(device), ds, a.out, scales=tuple(a.scales), flip=a.flip, keys=a.keys,
+                         batch_size=a.batch_size, device=device, method=a.method, adv=adv)
         print(f'cams: wrote {n} record(s) into {a.out}'); return 0
     _json_out(a.json)
     block = run_eval_cam(a.root, a.split, a.cams)
@@ -544,7 +695,8 @@ def _ood_command(a)->int:
                                init=a.init, seed=a.seed, clamp=a.clamp, batch_size=a.batch_size, device=device)
         print(f'prototypes: {f}'); return 0
     from wood_nb.wood import train_wood
-    for f, what in ((a.weights, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'), (a.prototypes, 'prototypes.npz')):   # the root: `_check_inputs`
+    for f, what in ((a.weights, 'the baseline model.pt'), (a.pool, 'the OoD pool folder'),
+                    (a.prototypes, 'prototypes.npz')):                        # the root: `_check_inputs`
         if not f.exists(): raise WoodInputError(f, 'does not exist.', f'give the path of {what}.')
     wcfg = _wood_config(a); device = init_distributed(a.device); _claim(a.out, 'train-wood', a.root, a.pool)
     preset = a.preset or load_classifier(a.weights).meta.get('preset') or 'synthetic'
@@ -560,19 +712,22 @@ def _mask_command(a)->int:
     from wood_nb.core import write_json
     from wood_nb.train import init_distributed, is_main
     if a.cmd == 'refine':
-        if not a.cams.is_dir(): raise WoodInputError(a.cams, 'does not exist.', 'give the path of the CAM records of wood cam.')
+        if not a.cams.is_dir():
+            raise WoodInputError(a.cams, 'does not exist.', 'give the path of the CAM records of wood cam.')
         cfg = _boundary_train_config(a); device = init_distributed(a.device); _claim(a.out, 'refine', a.root, a.cams)
-        run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.planes, a.seed_threshold, a.radius, a.walk_radius, a.logt,
-                   a.bg_plane, a.crf, a.beta, device)
+        run_refine(a.root, a.cams, a.out, a.split, a.preset, cfg, a.planes, a.seed_threshold, a.radius, a.walk_radius,
+                   a.logt, a.bg_plane, a.crf, a.beta, device)
         return 0
     if a.cmd == 'train-seg':
         from wood_nb.segment import train_segmenter
         cfg = _seg_train_config(a); device = init_distributed(a.device); _claim(a.out, 'train-seg', a.root, a.masks)
         kw = {k: v for k, v in (('pretrained', a.pretrained), ('backbone', a.backbone)) if v is not None}
-        train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw, device=device)
+        train_segmenter(a.root, a.masks, a.out, a.split, a.preset, cfg=cfg, balanced=a.balanced, model_kw=kw,
+                        device=device)
         if is_main(): print(f"segmenter: {a.out/'model.pt'}")
         return 0
-    if not a.weights.is_file(): raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
+    if not a.weights.is_file():
+        raise WoodInputError(a.weights, 'does not exist.', 'give the model.pt written by wood train-seg.')
     _json_out(a.json); device = init_distributed(a.device); _claim(a.out, 'eval-seg', a.root)
     r = run_eval_seg(a.root, a.weights, a.out, a.split, a.scales, a.flip, a.crf, device)
     if a.json and is_main(): write_json(a.json, r)
@@ -586,8 +741,12 @@ def _run_command(a)->int:
     if a.num_workers is not None: ov['num_workers'] = a.num_workers
     if a.cmd == 'demo':
         from wood_nb.train import init_distributed
-        if a.from_step or a.only or a.to_step: raise WoodInputError('--from/--only/--to', 'apply to wood run.', f'use wood run --root {a.out}/data/voc --pool {a.out}/data/ood --out {a.out} --from STEP.')
-        run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.jobs, device=init_distributed(a.device)); return 0
+        if a.from_step or a.only or a.to_step:
+            raise WoodInputError('--from/--only/--to', 'apply to wood run.',
+                                 f'use wood run --root {a.out}/data/voc --pool {a.out}/data/ood '
+                                 f'--out {a.out} --from STEP.')
+        run_demo(a.out, seed=a.seed, profile=a.profile, overrides=ov, workers=a.jobs, device=init_distributed(a.device))
+        return 0
     for k, v in (('voc_root', a.root), ('ood_root', a.pool)):   # the `RunConfig` fields
         if v is not None: ov[k] = str(v)
     if (a.out/'config.json').exists() and not (a.root or a.config):     # rerun of a run folder: its own settings
@@ -598,13 +757,17 @@ def _run_command(a)->int:
     from wood_nb.pipeline import plan_run, print_plan, run_pipeline
     from wood_nb.train import init_distributed, is_main
     if a.dry_run: print_plan(plan_run(cfg, a.out, a.from_step, a.only, a.to_step, deep=False), cfg); return 0
-    m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, to_step=a.to_step, device=init_distributed(a.device))
-    if is_main() and 'baseline' in m and 'wood' in m: run_summary(m)   # metrics.json; `--only STEP` returns step summaries
+    m = run_pipeline(cfg, a.out, from_step=a.from_step, only=a.only, to_step=a.to_step,
+                     device=init_distributed(a.device))
+    if is_main() and 'baseline' in m and 'wood' in m:   # metrics.json; `--only STEP` returns step summaries
+        run_summary(m)
     return 0
 
 # %% ../nbs/99_cli.ipynb #b03e0dd7
-_COMMANDS = {**dict.fromkeys(('validate', 'synth', 'convert-coco'), _data_command), **dict.fromkeys(('train-cls', 'cam', 'eval-cam'), _classifier_command),
-             **dict.fromkeys(('mine', 'prototypes', 'train-wood'), _ood_command), **dict.fromkeys(('refine', 'train-seg', 'eval-seg'), _mask_command),
+_COMMANDS = {**dict.fromkeys(('validate', 'synth', 'convert-coco'), _data_command),
+             **dict.fromkeys(('train-cls', 'cam', 'eval-cam'), _classifier_command),
+             **dict.fromkeys(('mine', 'prototypes', 'train-wood'), _ood_command),
+             **dict.fromkeys(('refine', 'train-seg', 'eval-seg'), _mask_command),
              **dict.fromkeys(('run', 'demo'), _run_command)}
 
 def main(argv:list|None=None)->int:
@@ -615,13 +778,16 @@ def main(argv:list|None=None)->int:
         _forget_created(); print(f'error: {e}', file=sys.stderr); return 2
     except OSError as e:                       # a file the system refused: name it, no traceback
         _forget_created(); where = e.filename or 'a file'
-        print(f'error: {where}: {e.strerror or e} Fix: check that the path exists and that you may read or write it.', file=sys.stderr); return 2
+        print(f'error: {where}: {e.strerror or e} Fix: check that the path exists and that you may read or write it.',
+              file=sys.stderr); return 2
     finally: _CREATED.clear()
 
 def _main(a)->int:
-    "Run the parsed sub-command (raises `WoodInputError` for bad input); each command imports its stages here, not when the module loads."
+    ("Run the parsed sub-command (raises `WoodInputError` for bad input); each command imports its stages here, "
+     "not when the module loads.")
     _check_inputs(a)
     return _COMMANDS[a.cmd](a)
 
 # %% ../nbs/99_cli.ipynb #d6a08464
-if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())   # `python -m wood_nb.cli`; never runs in a notebook kernel
+# `python -m wood_nb.cli`; never runs in a notebook kernel
+if __name__ == '__main__' and '__file__' in globals(): sys.exit(main())
