@@ -10,11 +10,13 @@ from pathlib import Path
 import torch
 
 from .config import PLANE_MODES, RUN_PRESETS, STEPS
-from .runconfig import MiningConfig, PrototypeConfig, RefineConfig, SegConfig, WeightsConfig, RunConfig, TRAIN_SECTIONS
+from .runconfig import (MiningConfig, PrototypeConfig, RefineConfig, SegConfig, WeightsConfig, RunConfig,
+                               TRAIN_SECTIONS)
 from .runconfig import check_config, config_from_dict, config_dict, run_config, step_settings, fingerprints
 from .runconfig import ARM_KEYS, RESERVED_ARMS, SIDE_STEPS, arm_specs
 from .report import collect_metrics, chain_figures, chain_panels, plot_iou_change, write_report
-_all_ = ['PLANE_MODES', 'RUN_PRESETS', 'STEPS',   # re-exported (13a_runconfig, 13b_report): still part of `from wood_nb.pipeline import *`
+# re-exported (13a_runconfig, 13b_report): still part of `from wood_nb.pipeline import *`
+_all_ = ['PLANE_MODES', 'RUN_PRESETS', 'STEPS',
          'MiningConfig', 'PrototypeConfig', 'RefineConfig', 'SegConfig', 'WeightsConfig', 'RunConfig', 'TRAIN_SECTIONS',
          'check_config', 'config_from_dict', 'config_dict', 'run_config', 'step_settings', 'fingerprints',
          'ARM_KEYS', 'RESERVED_ARMS', 'SIDE_STEPS', 'arm_specs',
@@ -38,7 +40,8 @@ __all__ = ['DEFAULT_PLANES', 'SEG_EVAL_SCALES', 'STEP_OUTPUTS', 'STEP_COSTS', 'r
 
 # %% ../nbs/13_pipeline.ipynb #b96253c9
 DEFAULT_PLANES = {'voc': 'irn', 'coco': 'irn', 'synthetic': 'seed'}  # the plane mode of each preset ('auto')
-SEG_EVAL_SCALES = {'voc': (0.5, 0.75, 1.0, 1.25, 1.5), 'coco': (0.5, 0.75, 1.0), 'synthetic': (1.0,)}  # test scales (with flips) of each preset (method.md)
+# test scales (with flips) of each preset (method.md)
+SEG_EVAL_SCALES = {'voc': (0.5, 0.75, 1.0, 1.25, 1.5), 'coco': (0.5, 0.75, 1.0), 'synthetic': (1.0,)}
 
 def refine_planes(mode:str='irn', # 'irn' (0.30 / 0.15, walk plane 0.22) or 'seed' (planes at the seed threshold)
                   seed_threshold:float|None=None, # the seeds' best background threshold (needed for 'seed')
@@ -48,7 +51,8 @@ def refine_planes(mode:str='irn', # 'irn' (0.30 / 0.15, walk plane 0.22) or 'see
     if mode != 'seed': raise WoodInputError('planes', f'{mode!r} is not a plane mode.', f'use one of {PLANE_MODES}.')
     if seed_threshold is None or not 0 < float(seed_threshold) < 1:
         raise WoodInputError('planes', f"'seed' planes need the seeds' threshold in (0, 1), got {seed_threshold!r}.",
-                             "pass seed_threshold (the best t of the seed evaluation, eval/<model>.json), or use planes='irn'.")
+                             "pass seed_threshold (the best t of the seed evaluation, eval/<model>.json), "
+                             "or use planes='irn'.")
     t = float(seed_threshold)
     return dict(fg_thresh=t, bg_thresh=round(max(t - 0.25, 0.05), 4), bg_plane=t)
 
@@ -77,30 +81,40 @@ def refine_step(voc_root, # VOC-layout root
                 bg_plane:float|None=None, # override of the walk's background plane
                 device=None, log=None,
                 model_kw:dict|None=None, # overrides of the network preset (e.g. `pretrained='resnet50.pth'`)
-                score_split:str|None=None, # the split the masks are scored on (default: `split`; VOC: train inside train_aug)
+                # the split the masks are scored on (default: `split`; VOC: train inside train_aug)
+                score_split:str|None=None,
                 progress:bool=False, # progress bars (labels, boundary training, pseudo-masks)
                )->dict|None: # the mask evaluation (None when the split has no ground truth)
-    "Boundary network, random-walk pseudo-masks and their score for one model's CAMs; skipped when `out/masks.json` exists."
+    ("Boundary network, random-walk pseudo-masks and their score for one model's CAMs; "
+     "skipped when `out/masks.json` exists.")
     out, voc_root = Path(out), Path(voc_root)
     if (out/'masks.json').exists(): return json.loads((out/'masks.json').read_text())
-    if preset not in BOUNDARY_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a refinement preset.', f'choose one of {sorted(BOUNDARY_PRESETS)}.')
+    if preset not in BOUNDARY_PRESETS:
+        raise WoodInputError('preset', f'{preset!r} is not a refinement preset.',
+                             f'choose one of {sorted(BOUNDARY_PRESETS)}.')
     mode = DEFAULT_PLANES[preset] if planes == 'auto' else planes
-    if not Path(cam_dir).is_dir(): raise WoodInputError(cam_dir, 'is not a folder of CAM records.', 'compute the CAMs of this split first (wood cam).')
+    if not Path(cam_dir).is_dir():
+        raise WoodInputError(cam_dir, 'is not a folder of CAM records.',
+                             'compute the CAMs of this split first (wood cam).')
     score_split = score_split or split
     has_gt = not _without_masks(voc_root, score_split)
-    if mode == 'seed' and seed_threshold is None and has_gt:         # the seeds' best threshold, as the seed evaluation finds it
-        seed_threshold = main_result(lambda: eval_cam_dir(voc_root, score_split, cam_dir).summary(read_classes(voc_root))['seed_threshold'])
+    if mode == 'seed' and seed_threshold is None and has_gt:  # the seeds' best threshold, as their evaluation finds it
+        seed_threshold = main_result(
+            lambda: eval_cam_dir(voc_root, score_split, cam_dir).summary(read_classes(voc_root))['seed_threshold'])
         _say(log, f'seed threshold of {cam_dir}: {seed_threshold:.2f}')
     p = refine_planes(mode, seed_threshold)
     if bg_plane is not None: p['bg_plane'] = float(bg_plane)
     w = {**BOUNDARY_PRESETS[preset]['walk'], **(walk or {})}
-    net = train_boundary(voc_root, split, cam_dir, out, cfg=cfg, preset=preset, radius=radius, fg_thresh=p['fg_thresh'], bg_thresh=p['bg_thresh'], crf=crf,
-                         model_kw=model_kw, device=device, progress=progress)
-    make_pseudo_masks(net, voc_root, split, cam_dir, out/'masks', radius=int(w['radius']), beta=beta, logt=int(w['logt']),
-                      bg_plane=p['bg_plane'], device=device, progress=progress)
-    if not has_gt: _say(log, f"pseudo-masks: {out/'masks'} (no ground truth for every image of {score_split!r}: not scored)"); return None
+    net = train_boundary(voc_root, split, cam_dir, out, cfg=cfg, preset=preset, radius=radius, fg_thresh=p['fg_thresh'],
+                         bg_thresh=p['bg_thresh'], crf=crf, model_kw=model_kw, device=device, progress=progress)
+    make_pseudo_masks(net, voc_root, split, cam_dir, out/'masks', radius=int(w['radius']), beta=beta,
+                      logt=int(w['logt']), bg_plane=p['bg_plane'], device=device, progress=progress)
+    if not has_gt:
+        _say(log, f"pseudo-masks: {out/'masks'} (no ground truth for every image of {score_split!r}: not scored)")
+        return None
     def score():                                                   # once, on rank 0
-        res = {**eval_mask_dir(voc_root, score_split, out/'masks'), 'score_split': score_split, 'planes': {'mode': mode, **p}, 'walk': w}
+        res = {**eval_mask_dir(voc_root, score_split, out/'masks'), 'score_split': score_split,
+               'planes': {'mode': mode, **p}, 'walk': w}
         write_json(out/'masks.json', res)
         return res
     return main_result(score)
@@ -123,17 +137,20 @@ def segment_step(voc_root, # VOC-layout root
                  progress:bool=False, # a progress bar over the predicted images
                  freeze_backbone:bool=False, # train the head alone on features computed once (`train_segmenter`)
                 )->dict|None: # the evaluation (None when `eval_split` has no ground truth)
-    "DeepLab-v2 on one model's pseudo-masks, its predictions of `eval_split` and their score; skipped when `out/eval.json` exists."
+    ("DeepLab-v2 on one model's pseudo-masks, its predictions of `eval_split` and their score; "
+     "skipped when `out/eval.json` exists.")
     out, voc_root = Path(out), Path(voc_root)
     if (out/'eval.json').exists(): return json.loads((out/'eval.json').read_text())
     post = crf_postprocess() if crf else None                  # before training: a missing extra stops here
-    model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, model_kw=model_kw, device=device,
-                            freeze_backbone=freeze_backbone)
+    model = train_segmenter(voc_root, mask_dir, out, split, preset, cfg=cfg, balanced=balanced, model_kw=model_kw,
+                            device=device, freeze_backbone=freeze_backbone)
     dev = device or (torch.device('cuda') if torch.cuda.is_available() else torch.device('cpu'))
-    predict_split(model.to(dev), voc_root, eval_split, out/'pred', scales=tuple(scales or SEG_EVAL_SCALES.get(preset, (1.0,))), flip=flip,
-                  postprocess=post, device=dev, num_workers=num_workers, progress=progress)
+    predict_split(model.to(dev), voc_root, eval_split, out/'pred',
+                  scales=tuple(scales or SEG_EVAL_SCALES.get(preset, (1.0,))), flip=flip, postprocess=post, device=dev,
+                  num_workers=num_workers, progress=progress)
     if _without_masks(voc_root, eval_split):
-        _say(log, f"predictions: {out/'pred'} (no ground truth for every image of {eval_split!r}: not scored)"); return None
+        _say(log, f"predictions: {out/'pred'} (no ground truth for every image of {eval_split!r}: not scored)")
+        return None
     def score():                                                   # once, on rank 0
         res = {**eval_seg_dir(voc_root, eval_split, out/'pred'), 'crf': crf}
         write_json(out/'eval.json', res)
@@ -147,18 +164,22 @@ def seeds_step(model, # a CAM classifier
                cam_dir, # folder of the CAM records (`cam/<model>/` in a run)
                json_path, # the evaluation block (`eval/<model>.json` in a run); the step is skipped when it exists
                scales=DEFAULT_SCALES, batch_size:int=32, device=None,
-               score_split:str|None=None, # the split whose seeds are scored (default: `split`; VOC: train inside train_aug)
+               # the split whose seeds are scored (default: `split`; VOC: train inside train_aug)
+               score_split:str|None=None,
                num_workers:int=0, # DataLoader workers of the CAM pass
                progress:bool=False, # a progress bar over the images (rank 0)
               )->dict:
-    "CAM seeds of `split` and their evaluation on `score_split`, cached in `json_path` (the `metrics.json` block plus details)."
+    ("CAM seeds of `split` and their evaluation on `score_split`, cached in `json_path` "
+     "(the `metrics.json` block plus details).")
     json_path = Path(json_path); score_split = score_split or split
     if json_path.exists(): return json.loads(json_path.read_text())
     ds = VOCDataset(voc_root, split, transform=eval_transforms(mean=model.mean, std=model.std), with_mask=False)
-    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, num_workers=num_workers, progress=progress)   # each process its share
+    compute_cams(model, ds, cam_dir, scales=scales, batch_size=batch_size, device=device, num_workers=num_workers,
+                 progress=progress)                                # each process its share
     def evaluate():                                                # once, on rank 0 (`main_result`)
         r = eval_cam_dir(voc_root, score_split, cam_dir); s = r.summary(read_classes(voc_root))
-        block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold'], 'score_split': score_split}
+        block = {'seed_miou': round(s['seed_miou'], 2), 'seed_threshold': s['seed_threshold'],
+                 'score_split': score_split}
         if r.has_cues: block['cue_activation'] = round(s['cue_activation'], 4)
         block['per_class_iou'] = s['iou']
         if r.has_cues: block['cue_activation_per_class'] = s['cue_activation_per_class']
@@ -180,11 +201,13 @@ from .wood import random_ood_list, train_wood
 
 # %% ../nbs/13_pipeline.ipynb #b7463d8a
 STEP_OUTPUTS = {'baseline': ('cls',), 'baseline_seeds': ('cam/baseline', 'eval/baseline.json'), 'mining': ('mining',),
-                'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'), 'arms': ('arms',),
+                'prototypes': ('prototypes',), 'wood': ('wood',), 'wood_seeds': ('cam/wood', 'eval/wood.json'),
+                'arms': ('arms',),
                 'refine': ('refine',), 'segment': ('seg',), 'report': ('metrics.json', 'report.md', 'figures')}
 
 def step_outputs(cfg:RunConfig, step:str)->tuple:
-    "The entries of the run folder `step` writes: `STEP_OUTPUTS`, and for `arms` also `cam/<arm>/` and `eval/<arm>.json` of each arm."
+    ("The entries of the run folder `step` writes: `STEP_OUTPUTS`, and for `arms` also `cam/<arm>/` and "
+     "`eval/<arm>.json` of each arm.")
     arms = arm_specs(cfg.arms) if step == 'arms' else ()
     return (*STEP_OUTPUTS[step], *(p for a in arms for p in (f"cam/{a['name']}", f"eval/{a['name']}.json")))
 
@@ -199,57 +222,84 @@ def _diff(a:dict, b:dict, prefix='')->list[str]:
     return out
 
 # %% ../nbs/13_pipeline.ipynb #9f168924
-_NET_PRESETS = {'classifier': PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}   # the model presets of each network
+_NET_PRESETS = {'classifier': PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}   # each network's
 
 def pretrained_kw(cfg:RunConfig, # the run's settings
                   net:str, # 'classifier', 'boundary' or 'segmenter'
                  )->dict: # `{'pretrained': file}`, or `{}` for the preset's own
-    "The model overrides that give one network its local ImageNet weights: `weights.<net>`, else the classifier's file when the backbones match."
+    ("The model overrides that give one network its local ImageNet weights: `weights.<net>`, "
+     "else the classifier's file when the backbones match.")
     w = getattr(cfg.weights, net)
-    if not w and net != 'classifier' and cfg.weights.classifier and _NET_PRESETS[net][cfg.preset]['backbone'] == PRESETS[cfg.preset]['backbone']:
+    if (not w and net != 'classifier' and cfg.weights.classifier
+            and _NET_PRESETS[net][cfg.preset]['backbone'] == PRESETS[cfg.preset]['backbone']):
         w = cfg.weights.classifier            # IRN's boundary net is the classifier's ImageNet ResNet-50, frozen
     return {'pretrained': str(w)} if w else {}
 
 # %% ../nbs/13_pipeline.ipynb #7365f539
-def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
-    "Raise `WoodInputError` for the first kind of bad input found (dataset, pool, checkpoint, splits)."
+def _check_data(cfg:RunConfig, deep:bool)->None:
+    "The dataset and the pool: their folders, images and masks (`deep`: every image decoded), the splits, the OoD list."
     root, pool = Path(cfg.voc_root or '.'), Path(cfg.ood_root or '.')
     if not cfg.voc_root or not root.is_dir():
-        raise WoodInputError(cfg.voc_root or 'voc_root', 'is not a folder.', 'give the VOC-layout dataset root (--root).')
+        raise WoodInputError(cfg.voc_root or 'voc_root', 'is not a folder.',
+                             'give the VOC-layout dataset root (--root).')
     if not cfg.ood_root or not pool.is_dir():
         raise WoodInputError(cfg.ood_root or 'ood_root', 'is not a folder.', 'give the OoD candidate pool (--pool).')
     splits = list(dict.fromkeys([cfg.split, cfg.score_split or cfg.split, cfg.eval_split]))
     probs = validate(root, splits=splits, deep=deep)
     if probs:
-        raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the dataset; `wood validate {root}` lists them all)', probs[0].fix)
+        raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the dataset; '
+                                            f'`wood validate {root}` lists them all)', probs[0].fix)
     if cfg.score_split and cfg.score_split != cfg.split:
         scored, made = read_split(root, cfg.score_split), set(read_split(root, cfg.split))
         out_of = [i for i in scored if i not in made]
-        if out_of: raise WoodInputError('score_split', f'{cfg.score_split!r} has {len(out_of)} image(s) outside the training split {cfg.split!r} (e.g. {out_of[0]}).',
-                                        f'score on a subset of {cfg.split!r}, or leave score_split empty.')
+        if out_of:
+            raise WoodInputError('score_split', f'{cfg.score_split!r} has {len(out_of)} image(s) outside the training '
+                                                f'split {cfg.split!r} (e.g. {out_of[0]}).',
+                                 f'score on a subset of {cfg.split!r}, or leave score_split empty.')
         no_gt = _without_masks(root, cfg.score_split)
-        if no_gt: raise WoodInputError('score_split', f'{cfg.score_split!r} has no ground-truth mask for {len(no_gt)} image(s) (e.g. SegmentationClass/{no_gt[0]}.png).',
-                                       'score on a split whose images all have masks (VOC: train).')
+        if no_gt:
+            raise WoodInputError('score_split', f'{cfg.score_split!r} has no ground-truth mask for {len(no_gt)} '
+                                                f'image(s) (e.g. SegmentationClass/{no_gt[0]}.png).',
+                                 'score on a split whose images all have masks (VOC: train).')
     if (pool/'ood_list.txt').is_file() and not [l for l in (pool/'ood_list.txt').read_text().split('\n') if l.strip()]:
-        raise WoodInputError(pool/'ood_list.txt', 'lists no image: the OoD pool is empty.', 'put candidate images in the pool and list them, one path a line.')
+        raise WoodInputError(pool/'ood_list.txt', 'lists no image: the OoD pool is empty.',
+                             'put candidate images in the pool and list them, one path a line.')
     probs = validate_ood(pool, deep=deep)
     if probs:
-        raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool; `wood validate {pool}` lists them all)', probs[0].fix)
+        raise WoodInputError(probs[0].path, f'{probs[0].problem} ({len(probs)} problem(s) in the pool; '
+                                            f'`wood validate {pool}` lists them all)', probs[0].fix)
+
+# %% ../nbs/13_pipeline.ipynb #b61aa381
+def _check_weights(cfg:RunConfig)->None:
+    "The networks' files: a given baseline of the dataset's classes, weights files that exist, ImageNet weights."
+    root = Path(cfg.voc_root or '.')
     if cfg.weights.baseline:
         f = Path(cfg.weights.baseline)
-        if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'give a model.pt written by wood train-cls, or leave weights.baseline empty.')
+        if not f.is_file():
+            raise WoodInputError(f, 'does not exist.',
+                                 'give a model.pt written by wood train-cls, or leave weights.baseline empty.')
         n = len(read_classes(root)); m = load_classifier(f)
         if m.num_classes != n:
-            raise WoodInputError(f, f'is a classifier of {m.num_classes} classes; the dataset {root} has {n}.', 'give a baseline trained on this dataset, or leave weights.baseline empty to train one.')
+            raise WoodInputError(f, f'is a classifier of {m.num_classes} classes; the dataset {root} has {n}.',
+                                 'give a baseline trained on this dataset, '
+                                 'or leave weights.baseline empty to train one.')
     for k in ('classifier', 'boundary', 'segmenter'):
         w = getattr(cfg.weights, k)
-        if w and not Path(w).is_file(): raise WoodInputError(f'weights.{k}', f'{w} does not exist.', 'give a local weights file.')
+        if w and not Path(w).is_file():
+            raise WoodInputError(f'weights.{k}', f'{w} does not exist.', 'give a local weights file.')
     for net, presets in _NET_PRESETS.items():
         p = presets[cfg.preset]
         if net == 'classifier' and cfg.weights.baseline: continue
         if p.get('needs_pretrained') and p.get('pretrained') is None and not pretrained_kw(cfg, net):
-            raise WoodInputError(f'weights.{net}', f"the {cfg.preset} preset's {net} is a {p['backbone']} that starts from ImageNet weights, and none were given.",
-                                 f"download {p['backbone']} ImageNet weights once and give the file (--set weights.{net}=PATH).")
+            raise WoodInputError(f'weights.{net}', f"the {cfg.preset} preset's {net} is a {p['backbone']} "
+                                                   "that starts from ImageNet weights, and none were given.",
+                                 f"download {p['backbone']} ImageNet weights once and give the file "
+                                 f"(--set weights.{net}=PATH).")
+
+def check_run_inputs(cfg:RunConfig, deep:bool=True)->None:
+    "Raise `WoodInputError` for the first kind of bad input found (dataset, pool, checkpoint, splits)."
+    _check_data(cfg, deep)
+    _check_weights(cfg)
 
 # %% ../nbs/13_pipeline.ipynb #0dd5e429
 def _refine_both(cfg:RunConfig, run:Path, root:Path, device, log, progress:bool)->dict:
@@ -258,14 +308,16 @@ def _refine_both(cfg:RunConfig, run:Path, root:Path, device, log, progress:bool)
     walk = {k: v for k, v in (('radius', r.walk_radius), ('logt', r.logt)) if v is not None}
     for n in ('baseline', 'wood'):
         t = json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold']
-        m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk, r.beta, r.crf,
-                        model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None, device=device, log=log, progress=progress)
+        m = refine_step(root, run/'cam'/n, run/'refine'/n, cfg.split, cfg.preset, r.planes, t, cfg.boundary, walk,
+                        r.beta, r.crf, model_kw=pretrained_kw(cfg, 'boundary'), score_split=cfg.score_split or None,
+                        device=device, log=log, progress=progress)
         if m: out[n] = {'mask_miou': round(m['miou'], 2), 'mask_cue_activation': m.get('cue_activation')}
         _say(log, f"{n}: pseudo-masks" + (f", mask mIoU {m['miou']:.1f}" if m else ''))
     return out
 
 def _segment_both(cfg:RunConfig, run:Path, root:Path, base_file:Path, device, log, io:dict)->dict:
-    "The `segment` step (when `seg.enabled`): a segmenter trained on each pseudo-mask set, scored on the evaluation split."
+    ("The `segment` step (when `seg.enabled`): a segmenter trained on each pseudo-mask set, "
+     "scored on the evaluation split.")
     sc, out = cfg.seg, {}
     if not sc.enabled:
         _say(log, 'segmentation: left out (seg.enabled is false); add it with --from segment --set seg.enabled=true')
@@ -273,42 +325,51 @@ def _segment_both(cfg:RunConfig, run:Path, root:Path, base_file:Path, device, lo
     clf = {'baseline': base_file, 'wood': run/'wood'/'model.pt'}
     for n in ('baseline', 'wood'):
         kw = {**(pretrained_kw(cfg, 'segmenter') if sc.init == 'imagenet' else {'pretrained': str(clf[n])}),
-              **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates), ('dropout', sc.dropout)) if v is not None}}
-        r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset, cfg.seg_train, sc.balanced,
-                         sc.scales, sc.flip, sc.crf, device=device, log=log, **io, model_kw=kw, freeze_backbone=sc.freeze_backbone)
+              **{k: v for k, v in (('output_stride', sc.output_stride), ('rates', sc.rates), ('dropout', sc.dropout))
+                 if v is not None}}
+        r = segment_step(root, run/'refine'/n/'masks', run/'seg'/n, cfg.split, cfg.eval_split, cfg.preset,
+                         cfg.seg_train, sc.balanced, sc.scales, sc.flip, sc.crf, device=device, log=log, **io,
+                         model_kw=kw, freeze_backbone=sc.freeze_backbone)
         if r: out[n] = {'seg_miou': round(r['miou'], 2), 'seg_cue_activation': r.get('cue_activation')}
         _say(log, f"{n}: segmentation" + (f", val mIoU {r['miou']:.1f}" if r else ''))
     return out
 
 # %% ../nbs/13_pipeline.ipynb #a4d0307a
 def _seeds(cfg:RunConfig, run:Path, name:str, model_fn, device, log, io:dict)->dict:
-    "A seed step of the run: `seeds_step` on one model into `cam/<name>/` and `eval/<name>.json`; returns the step summary."
-    b = seeds_step(model_fn(), Path(cfg.voc_root), cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales, cfg.batch_size, device, **io,
-                   score_split=cfg.score_split or None)
-    _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}" + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
+    ("A seed step of the run: `seeds_step` on one model into `cam/<name>/` and `eval/<name>.json`; "
+     "returns the step summary.")
+    b = seeds_step(model_fn(), Path(cfg.voc_root), cfg.split, run/'cam'/name, run/'eval'/f'{name}.json', cfg.scales,
+                   cfg.batch_size, device, **io, score_split=cfg.score_split or None)
+    _say(log, f"{name}: seed mIoU {b['seed_miou']:.1f}"
+              + (f", cue activation {b['cue_activation']:.3f}" if 'cue_activation' in b else ''))
     return {k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}
 
 def _arm_ood(cfg:RunConfig, run:Path, arm:dict, base_model, device, io:dict)->tuple:
-    "(OoD list, prototypes file) of an arm: the run's mined ones, or a seeded random sample of the pool (as many) and its prototypes."
+    ("(OoD list, prototypes file) of an arm: the run's mined ones, or a seeded random sample of the pool (as many) "
+     "and its prototypes.")
     if arm['ood'] == 'mined': return run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz'
     d, p, root, pool = run/'arms'/arm['name'], cfg.prototypes, Path(cfg.voc_root), Path(cfg.ood_root)
     if not (d/'ood_list.txt').exists():
-        random_ood_list(pool, json.loads((run/'mining'/'mining.json').read_text())['kept'], d/'ood_list.txt', seed=p.seed)
+        random_ood_list(pool, json.loads((run/'mining'/'mining.json').read_text())['kept'], d/'ood_list.txt',
+                        seed=p.seed)
     if not (d/'prototypes'/'prototypes.npz').exists():
         compute_prototypes(base_model(), root, cfg.split, pool, d/'ood_list.txt', d/'prototypes', k=p.k, iters=p.iters,
                            seed=p.seed, init=p.init, clamp=True, batch_size=cfg.batch_size, device=device, **io)
     return d/'ood_list.txt', d/'prototypes'/'prototypes.npz'
 
 def _arms_step(cfg:RunConfig, run:Path, base_file:Path, device, log, io:dict)->dict:
-    "The `arms` step: each arm fine-tuned from the baseline into `arms/<name>/`, then its seeds; returns each arm's seed block."
+    ("The `arms` step: each arm fine-tuned from the baseline into `arms/<name>/`, then its seeds; "
+     "returns each arm's seed block.")
     classes, out = read_classes(cfg.voc_root), {}
     load = lambda f: lambda: load_classifier(f, num_classes=len(classes), classes=classes).to(device).eval()
     for a in arm_specs(cfg.arms, cfg.wood):
         n = a['name']; _say(log, f"arm {n}: {a['label']} ...")
         lst, protos = _arm_ood(cfg, run, a, load(base_file), device, io)
-        train_wood(base_file, Path(cfg.voc_root), cfg.split, Path(cfg.ood_root), lst, protos, run/'arms'/n, wcfg=replace(cfg.wood, **a['overrides']),
-                   tcfg=cfg.wood_train, device=device, select_by_gt_miou=cfg.wood_train.select_by_gt_miou, select_split=cfg.score_split or cfg.split)
-        out[n] = {'label': a['label'], 'ood': a['ood'], 'overrides': a['overrides'], **_seeds(cfg, run, n, load(run/'arms'/n/'model.pt'), device, log, io)}
+        train_wood(base_file, Path(cfg.voc_root), cfg.split, Path(cfg.ood_root), lst, protos, run/'arms'/n,
+                   wcfg=replace(cfg.wood, **a['overrides']), tcfg=cfg.wood_train, device=device,
+                   select_by_gt_miou=cfg.wood_train.select_by_gt_miou, select_split=cfg.score_split or cfg.split)
+        out[n] = {'label': a['label'], 'ood': a['ood'], 'overrides': a['overrides'],
+                  **_seeds(cfg, run, n, load(run/'arms'/n/'model.pt'), device, log, io)}
     return out
 
 # %% ../nbs/13_pipeline.ipynb #819cbd83
@@ -316,12 +377,14 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
     "The function of each step; each returns a small summary dict."
     root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
     classes = read_classes(root)
-    io = dict(num_workers=cfg.num_workers, progress=cfg.progress and is_main())   # every inference pass: workers and a bar on rank 0
+    io = dict(num_workers=cfg.num_workers, progress=cfg.progress and is_main())  # every inference pass; a bar on rank 0
     base_file = Path(cfg.weights.baseline) if cfg.weights.baseline else run/'cls'/'model.pt'   # the baseline classifier
     def baseline_model(): return load_classifier(base_file, num_classes=len(classes), classes=classes).to(device).eval()
     def baseline():
         if cfg.weights.baseline:
-            if is_main(): (run/'cls').mkdir(parents=True, exist_ok=True); write_json(run/'cls'/'source.json', {'baseline': str(cfg.weights.baseline)})
+            if is_main():
+                (run/'cls').mkdir(parents=True, exist_ok=True)
+                write_json(run/'cls'/'source.json', {'baseline': str(cfg.weights.baseline)})
             return {'from': cfg.weights.baseline}
         kw = pretrained_kw(cfg, 'classifier')
         train_classifier(root, run/'cls', cfg.preset, cfg.split, cfg=cfg.cls, model_kw=kw, device=device)
@@ -331,19 +394,23 @@ def _step_fns(cfg:RunConfig, run:Path, device, log)->dict:
         m = cfg.mining
         r = mine(baseline_model(), pool, run/'mining', threshold=m.threshold, top_k=m.top_k, curation=m.curation,
                  curated_list=m.curated_list, batch_size=cfg.batch_size, device=device, **io)
-        _say(log, f"mining: {r['candidates']} of {r['pool']} pool images above the threshold, {r['kept']} kept ({m.curation})")
+        _say(log, f"mining: {r['candidates']} of {r['pool']} pool images above the threshold, "
+                  f"{r['kept']} kept ({m.curation})")
         return r
     def prototypes():
         p = cfg.prototypes
-        compute_prototypes(baseline_model(), root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined', k=p.k,
-                           iters=p.iters, seed=p.seed, init=p.init, clamp=True, batch_size=cfg.batch_size, device=device, **io)
+        compute_prototypes(baseline_model(), root, cfg.split, pool, run/'mining'/'ood_list.txt',
+                           run/'prototypes'/'mined', k=p.k, iters=p.iters, seed=p.seed, init=p.init, clamp=True,
+                           batch_size=cfg.batch_size, device=device, **io)
         return {}
     def wood():
-        train_wood(base_file, root, cfg.split, pool, run/'mining'/'ood_list.txt', run/'prototypes'/'mined'/'prototypes.npz', run/'wood',
-                   wcfg=cfg.wood, tcfg=cfg.wood_train, device=device, select_by_gt_miou=cfg.wood_train.select_by_gt_miou,
+        train_wood(base_file, root, cfg.split, pool, run/'mining'/'ood_list.txt',
+                   run/'prototypes'/'mined'/'prototypes.npz', run/'wood', wcfg=cfg.wood, tcfg=cfg.wood_train,
+                   device=device, select_by_gt_miou=cfg.wood_train.select_by_gt_miou,
                    select_split=cfg.score_split or cfg.split)
         return {}
-    def wood_model(): return load_classifier(run/'wood'/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
+    def wood_model():
+        return load_classifier(run/'wood'/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
     def refine(): return _refine_both(cfg, run, root, device, log, io['progress'])
     def segment(): return _segment_both(cfg, run, root, base_file, device, log, io)
     return {'baseline': baseline, 'baseline_seeds': lambda: seeds('baseline', baseline_model), 'mining': mining,
@@ -372,12 +439,14 @@ def _leftover(p:Path, name:str)->bool:
     return p.name.startswith(f'.{name}.') and (p.name.endswith('.part') or p.name == f'.{name}.removing')
 
 def clean_partial(run:Path)->int:
-    "Remove what killed writes left in the kit's own entries of `run` (temporary `.*.part` files, half-removed folders); returns how many."
+    ("Remove what killed writes left in the kit's own entries of `run` (temporary `.*.part` files, "
+     "half-removed folders); returns how many.")
     run, found = Path(run), set()
     for rel in owned(run) + [MARKER]:
         p = run/rel
         if p.parent.is_dir(): found |= {q for q in p.parent.iterdir() if _leftover(q, p.name)}   # beside the entry
-        if p.is_dir() and not p.is_symlink(): found |= {q for q in p.rglob('.*') if q.name.endswith('.part') or q.name.endswith('.removing')}
+        if p.is_dir() and not p.is_symlink():
+            found |= {q for q in p.rglob('.*') if q.name.endswith('.part') or q.name.endswith('.removing')}
     for p in sorted(found, reverse=True):
         if p.is_dir() and not p.is_symlink(): shutil.rmtree(p, ignore_errors=True)
         elif p.exists() or p.is_symlink(): p.unlink()
@@ -385,11 +454,13 @@ def clean_partial(run:Path)->int:
 
 # %% ../nbs/13_pipeline.ipynb #08129be2
 def _prepare_run(run:Path, cfg:RunConfig, inputs:list, redo:list, log=None):
-    "Claim the run folder, clean what a kill left, forget the steps of `redo` (only entries the kit owns), write `config.json`."
+    ("Claim the run folder, clean what a kill left, forget the steps of `redo` (only entries the kit owns), "
+     "write `config.json`.")
     claim_dir(run, 'run', inputs)
     mine = owned(run)
     alien = [o for s in redo for o in step_outputs(cfg, s) if (run/o).exists() and not covered_by(o, mine)]
-    if alien: raise WoodInputError(run/alien[0], 'was not written by wood_nb, so --from does not delete it.', 'move it out of the run folder, or use a new --out folder.')
+    if alien: raise WoodInputError(run/alien[0], 'was not written by wood_nb, so --from does not delete it.',
+                                   'move it out of the run folder, or use a new --out folder.')
     own(run, ['config.json', 'steps'])
     n = clean_partial(run)
     if n: _say(log, f'removed {n} temporary file(s) left by an interrupted run')
@@ -409,12 +480,14 @@ def step_record(run, # the run folder
     try: r = json.loads(f.read_text())
     except (OSError, ValueError): r = None
     if not isinstance(r, dict) or not isinstance(r.get('fingerprint'), str) or not isinstance(r.get('settings'), dict):
-        raise WoodInputError(f, 'is not a readable step record (it is damaged).', f'rerun with --from {step} to redo that step and every later one.')
+        raise WoodInputError(f, 'is not a readable step record (it is damaged).',
+                             f'rerun with --from {step} to redo that step and every later one.')
     return r
 
 # %% ../nbs/13_pipeline.ipynb #baf61adc
 def forgotten_steps(from_step:str|None)->list:
-    "The steps a `--from` redoes: `from_step` and every later one; a side step (`arms`) alone, as no later step reads it."
+    ("The steps a `--from` redoes: `from_step` and every later one; a side step (`arms`) alone, "
+     "as no later step reads it.")
     if not from_step: return []
     return [from_step] if from_step in SIDE_STEPS else list(STEPS[STEPS.index(from_step):])
 
@@ -425,9 +498,11 @@ def plan_run(cfg:RunConfig, # the run's settings
              check_inputs:bool=True, # validate the dataset, the pool and the weights
              deep:bool|None=None, # decode every image (None: only when a step will run)
             )->list[dict]: # per step: `step`, `run` (True when it would run), `fingerprint`
-    "Every check `run_pipeline` makes before work (folder, inputs, finished steps' settings), and which steps would run; writes nothing."
+    ("Every check `run_pipeline` makes before work (folder, inputs, finished steps' settings), and which steps "
+     "would run; writes nothing.")
     run = Path(run).absolute()
-    claim_dir(run, 'run', [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p], create=False)   # the user's own folder is refused
+    claim_dir(run, 'run', [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p],
+              create=False)                                                # the user's own folder is refused
     for name, v in (('from_step', from_step), ('only', only), ('to_step', to_step)):
         if v is not None and v not in STEPS: raise WoodInputError(name, f'{v!r} is not a step.', f'use one of {STEPS}.')
     if only and to_step: raise WoodInputError('--to', 'and --only both choose the steps to run.', 'give one of them.')
@@ -435,17 +510,20 @@ def plan_run(cfg:RunConfig, # the run's settings
     recs = {s: step_record(run, s) for s in STEPS if s not in forgotten_steps(from_step)}
     done = {s: (recs.get(s) or {}).get('fingerprint') == fps[s] for s in STEPS}
     plan = [{'step': s, 'run': s in asked and not done[s], 'done': done[s], 'fingerprint': fps[s]} for s in STEPS]
-    if check_inputs:                    # once (its error stops every process); decode every image only when a step will run
+    if check_inputs:               # once (its error stops every process); decode every image only when a step will run
         main_result(lambda: check_run_inputs(cfg, deep=any(p['run'] for p in plan) if deep is None else deep))
     for s, r in recs.items():                                              # refuse mixed configurations before any work
         if r and r['fingerprint'] != fps[s]:
             changed = _diff(r['settings'], step_settings(cfg, s))
             raise WoodInputError(run/'steps'/f'{s}.json', f"step {s!r} finished with other settings" +
                                  (f" ({'; '.join(changed)})" if changed else ' (an earlier step changed)') + '.',
-                                 f'rerun with --from {s} to redo it and every later step, or write to another --out folder.')
+                                 f'rerun with --from {s} to redo it and every later step, '
+                                 'or write to another --out folder.')
     if only:
         for s in STEPS[:STEPS.index(only)]:
-            if not done[s] and s not in SIDE_STEPS: raise WoodInputError(only, f"needs step {s!r} finished with these settings first.", f'run without --only (or --only {s}) first.')
+            if not done[s] and s not in SIDE_STEPS:
+                raise WoodInputError(only, f"needs step {s!r} finished with these settings first.",
+                                     f'run without --only (or --only {s}) first.')
     return plan
 
 # %% ../nbs/13_pipeline.ipynb #c593cad1
@@ -453,19 +531,22 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
                  run, # the run folder
                  from_step:str|None=None, # redo this step and every later one
                  only:str|None=None, # run this step alone (its predecessors must be finished)
-                 to_step:str|None=None, # stop after this step (e.g. 'arms' for the ablation: no refinement, no segmentation)
+                 # stop after this step (e.g. 'arms' for the ablation: no refinement, no segmentation)
+                 to_step:str|None=None,
                  device=None, # default: this process's GPU under torchrun, else CUDA when present, else CPU
                  check_inputs:bool=True, # validate the dataset and pool first
                  log=None)->dict: # the `metrics.json` content (after the report step), else the step summaries
     "The whole method in a resumable run folder: every step skipped when finished with the same settings."
-    run = Path(run).absolute()                                             # a relative --out would be read against the pool folder
+    run = Path(run).absolute()                                  # a relative --out would be read against the pool folder
     inputs = [Path(p) for p in (cfg.voc_root, cfg.ood_root) if p]
-    dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')   # joins the group under torchrun
+    # joins the group under torchrun
+    dev = init_distributed('cpu' if device is not None and torch.device(device).type == 'cpu' else 'auto')
     device = torch.device(device) if device is not None else dev
-    plan = plan_run(cfg, run, from_step, only, to_step, check_inputs)      # the user's own folder and bad input are refused here
+    plan = plan_run(cfg, run, from_step, only, to_step, check_inputs)  # the user's own folder and bad input are refused
     fps = {p['step']: p['fingerprint'] for p in plan}
-    todo, steps_dir, record = [only] if only else list(STEPS[:STEPS.index(to_step) + 1] if to_step else STEPS), run/'steps', lambda s: step_record(run, s)
-    barrier()                                                              # every process has read the records before rank 0 changes them
+    todo, steps_dir, record = ([only] if only else list(STEPS[:STEPS.index(to_step) + 1] if to_step else STEPS),
+                               run/'steps', lambda s: step_record(run, s))
+    barrier()                                          # every process has read the records before rank 0 changes them
     redo = [s for s in forgotten_steps(from_step) if not only or s == only]
     main_result(lambda: _prepare_run(run, cfg, inputs, redo, log))         # rank 0; its error stops all
     barrier()
@@ -475,7 +556,8 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         if r and r['fingerprint'] == fps[s]:
             summary[s] = r.get('summary', {}); continue
         started = steps_dir/f'{s}.started.json'
-        main_result(lambda: own(run, step_outputs(cfg, s)))                     # refused (on every process) when the user put something there
+        # refused (on every process) when the user put something there
+        main_result(lambda: own(run, step_outputs(cfg, s)))
         if is_main():
             if started.exists() and json.loads(started.read_text())['fingerprint'] != fps[s]:
                 for o in step_outputs(cfg, s): _remove(run/o)                      # partial outputs of other settings
@@ -486,22 +568,29 @@ def run_pipeline(cfg:RunConfig, # the run's settings (`run_config`)
         if device.type == 'cuda': torch.cuda.reset_peak_memory_stats(device)
         summary[s] = fns[s]() or {}
         secs = round(time.perf_counter() - t, 1)
-        rss = round(float(reduce_over_processes(torch.tensor(peak_rss_mib(), dtype=torch.float64), 'max')), 1)   # the largest of the processes
-        gpu = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == 'cuda' else None   # this process's GPU
+        # the largest peak memory of the processes; the GPU's of this process
+        rss = round(float(reduce_over_processes(torch.tensor(peak_rss_mib(), dtype=torch.float64), 'max')), 1)
+        gpu = round(torch.cuda.max_memory_allocated(device) / 2**20, 1) if device.type == 'cuda' else None
         if is_main():
-            write_json(steps_dir/f'{s}.json', {'step': s, 'fingerprint': fps[s], 'settings': step_settings(cfg, s), 'seconds': secs,
-                                               'peak_rss_mib': rss, 'peak_gpu_mib': gpu, 'processes': dist_info()[1], 'summary': summary[s]})
+            write_json(steps_dir/f'{s}.json', {'step': s, 'fingerprint': fps[s], 'settings': step_settings(cfg, s),
+                                               'seconds': secs, 'peak_rss_mib': rss, 'peak_gpu_mib': gpu,
+                                               'processes': dist_info()[1], 'summary': summary[s]})
             _remove(started)
         barrier()
-    return json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo else summary
+    return (json.loads((run/'metrics.json').read_text()) if (run/'metrics.json').exists() and 'report' in todo
+            else summary)
 
 # %% ../nbs/13_pipeline.ipynb #7c0c1e87
-STEP_COSTS = {  # seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px` of each training section
-    'synthetic': dict(px=dict(cls=128, wood_train=128, boundary=128, seg_train=128), baseline=0.0212, seeds=0.1105, mining=0.0063,
-                      prototypes=0.0055, wood=0.0607, refine=0.0232, segment=0.164, seg_predict=0.092,      # quick demo record (128 px)
-                      seg_features=0.022, seg_head=0.004, seg_predict_frozen=0.06),                     # its frozen-backbone segmentation
-    'voc': dict(px=dict(cls=512, wood_train=512, boundary=512, seg_train=321), baseline=0.71, seeds=3.86, mining=0.14,
-                prototypes=0.13, wood=1.77, refine=1.71, segment=1.78, seg_predict=11.08),              # benchmarks/bench_voc_cost.py
+# seconds per image on the 2-core CPU (training: per image and epoch) at the reference crop `px` of each training
+# section
+STEP_COSTS = {
+    'synthetic': dict(px=dict(cls=128, wood_train=128, boundary=128, seg_train=128),      # quick demo record (128 px)
+                      baseline=0.0212, seeds=0.1105, mining=0.0063, prototypes=0.0055, wood=0.0607, refine=0.0232,
+                      segment=0.164, seg_predict=0.092,
+                      seg_features=0.022, seg_head=0.004, seg_predict_frozen=0.06),   # its frozen-backbone segmentation
+    'voc': dict(px=dict(cls=512, wood_train=512, boundary=512, seg_train=321),            # benchmarks/bench_voc_cost.py
+                baseline=0.71, seeds=3.86, mining=0.14, prototypes=0.13, wood=1.77, refine=1.71, segment=1.78,
+                seg_predict=11.08),
 }
 
 def _segment_seconds(cfg:RunConfig, c:dict, n:int, n_eval:int)->float:
@@ -513,15 +602,18 @@ def _segment_seconds(cfg:RunConfig, c:dict, n:int, n_eval:int)->float:
     return 2 * (c['segment'] * n * cfg.seg_train.epochs * area + c['seg_predict'] * n_eval)
 
 def _arms_seconds(cfg:RunConfig, c:dict, n:int, pool:int, area:float)->float:
-    "The extra arms: a W-OoD fine-tuning and the seeds of each, and the prototypes of a random sample for each 'random' arm."
+    ("The extra arms: a W-OoD fine-tuning and the seeds of each, and the prototypes of a random sample "
+     "for each 'random' arm.")
     ns = len(cfg.scales) / 4
-    return sum(c['wood'] * n * cfg.wood_train.epochs * area + c['seeds'] * n * ns + (c['prototypes'] * (n + pool) if a['ood'] == 'random' else 0)
+    return sum(c['wood'] * n * cfg.wood_train.epochs * area + c['seeds'] * n * ns
+               + (c['prototypes'] * (n + pool) if a['ood'] == 'random' else 0)
                for a in arm_specs(cfg.arms))
 
 # %% ../nbs/13_pipeline.ipynb #095d0bfb
 def image_counts(cfg:RunConfig)->dict:
     "The image counts a run's cost scales with: `train` (cfg.split), `eval` (cfg.eval_split) and `pool` (the OoD list)."
-    return dict(train=len(read_split(cfg.voc_root, cfg.split)), eval=len(read_split(cfg.voc_root, cfg.eval_split)), pool=len(read_ood_list(cfg.ood_root)))
+    return dict(train=len(read_split(cfg.voc_root, cfg.split)), eval=len(read_split(cfg.voc_root, cfg.eval_split)),
+                pool=len(read_ood_list(cfg.ood_root)))
 
 def estimate_seconds(cfg:RunConfig, # the run's settings
                      step:str, # one of `STEPS`
@@ -532,11 +624,12 @@ def estimate_seconds(cfg:RunConfig, # the run's settings
     if not c: return None
     area = lambda sect: ((getattr(cfg, sect).crop or c['px'][sect]) / c['px'][sect])**2
     n, ns = counts['train'], len(cfg.scales) / 4
-    est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area('cls'), 'baseline_seeds': c['seeds'] * n * ns, 'mining': c['mining'] * counts['pool'],
-           'prototypes': c['prototypes'] * (n + counts['pool']), 'wood': c['wood'] * n * cfg.wood_train.epochs * area('wood_train'),
-           'wood_seeds': c['seeds'] * n * ns, 'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area('boundary'),
-           'arms': _arms_seconds(cfg, c, n, counts['pool'], area('wood_train')), 'segment': _segment_seconds(cfg, c, n, counts['eval']),
-           'report': 10.0}
+    est = {'baseline': c['baseline'] * n * cfg.cls.epochs * area('cls'), 'baseline_seeds': c['seeds'] * n * ns,
+           'mining': c['mining'] * counts['pool'], 'prototypes': c['prototypes'] * (n + counts['pool']),
+           'wood': c['wood'] * n * cfg.wood_train.epochs * area('wood_train'), 'wood_seeds': c['seeds'] * n * ns,
+           'refine': 2 * c['refine'] * n * cfg.boundary.epochs / 3 * area('boundary'),
+           'arms': _arms_seconds(cfg, c, n, counts['pool'], area('wood_train')),
+           'segment': _segment_seconds(cfg, c, n, counts['eval']), 'report': 10.0}
     return est[step]
 
 # %% ../nbs/13_pipeline.ipynb #9afe0139
@@ -545,12 +638,15 @@ def print_plan(plan:list[dict], # `plan_run`'s answer
     "Print the steps that would run or be skipped, with a rough CPU time for each."
     out = out or sys.stdout
     counts = image_counts(cfg)
-    print(f"{counts['train']} training images ({cfg.split}), {counts['eval']} evaluation images ({cfg.eval_split}), {counts['pool']} pool images", file=out)
+    print(f"{counts['train']} training images ({cfg.split}), {counts['eval']} evaluation images ({cfg.eval_split}), "
+          f"{counts['pool']} pool images", file=out)
     total = 0.0
     for p in plan:
         t = estimate_seconds(cfg, p['step'], counts) if p['run'] else None
         total += t or 0.0
-        when = '' if not p['run'] else (f'  ~{t/60:.1f} min on 2 CPU cores' if t is not None else f'  (no cost measured for the {cfg.preset} preset)')
+        when = '' if not p['run'] else (f'  ~{t/60:.1f} min on 2 CPU cores' if t is not None
+                                        else f'  (no cost measured for the {cfg.preset} preset)')
         state = 'would run' if p['run'] else 'finished, skipped' if p.get('done', True) else 'left out'
         print(f"  {p['step']:15s} {state}{when}", file=out)
-    print(f'rough total: {total/60:.1f} min on 2 CPU cores' if STEP_COSTS.get(cfg.preset) else 'no rough total: this preset has no measured cost', file=out)
+    print(f'rough total: {total/60:.1f} min on 2 CPU cores' if STEP_COSTS.get(cfg.preset)
+          else 'no rough total: this preset has no measured cost', file=out)

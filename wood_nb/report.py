@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from .config import STEPS
-from .core import IGNORE_INDEX, WoodInputError, atomic_path, load_mask, read_classes, voc_palette, write_json, write_text
+from .core import (IGNORE_INDEX, WoodInputError, atomic_path, load_mask, read_classes, voc_palette, write_json,
+                          write_text)
 from .data import OoDDataset, VOCDataset, eval_transforms, read_image, read_split
 from .train import barrier, is_main, main_result
 from .model import load_classifier
@@ -36,13 +37,16 @@ def collect_metrics(run)->dict:
     run = Path(run); out = {}
     for n in ('baseline', 'wood'):
         b, blk = json.loads((run/'eval'/f'{n}.json').read_text()), {}
-        blk.update({k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b}, per_class_iou=_per_class(b.get('per_class_iou')))
+        blk.update({k: b[k] for k in ('seed_miou', 'seed_threshold', 'cue_activation') if k in b},
+                   per_class_iou=_per_class(b.get('per_class_iou')))
         if (run/'refine'/n/'masks.json').exists():
             m = json.loads((run/'refine'/n/'masks.json').read_text())
-            blk.update(mask_miou=round(m['miou'], 2), mask_cue_activation=m.get('cue_activation'), per_class_mask_iou=_per_class(m['iou']))
+            blk.update(mask_miou=round(m['miou'], 2), mask_cue_activation=m.get('cue_activation'),
+                       per_class_mask_iou=_per_class(m['iou']))
         if (run/'seg'/n/'eval.json').exists():
             g = json.loads((run/'seg'/n/'eval.json').read_text())
-            blk.update(seg_miou=round(g['miou'], 2), seg_cue_activation=g.get('cue_activation'), per_class_seg_iou=_per_class(g['iou']))
+            blk.update(seg_miou=round(g['miou'], 2), seg_cue_activation=g.get('cue_activation'),
+                       per_class_seg_iou=_per_class(g['iou']))
         out[n] = blk
     if (run/'mining'/'mining.json').exists(): out['mining'] = json.loads((run/'mining'/'mining.json').read_text())
     recs = {s: json.loads((run/'steps'/f'{s}.json').read_text()) for s in STEPS if (run/'steps'/f'{s}.json').exists()}
@@ -59,17 +63,20 @@ def chain_panels(voc_root, # VOC-layout root
                  names=('baseline', 'wood'), # the models, one row each per image
                  labels:dict|None=None, # display names of the models
                  device='cpu'):
-    "Image, ground truth, seed, confident labels, boundary map, pseudo-mask and segmentation of each image, one row a model."
+    ("Image, ground truth, seed, confident labels, boundary map, pseudo-mask and segmentation of each image, "
+     "one row a model.")
     import matplotlib.pyplot as plt
     voc_root, run, pal = Path(voc_root), Path(run), voc_palette()
     pal_unsure = pal.copy(); pal_unsure[IGNORE_INDEX] = 255
     classes = read_classes(voc_root); labels = labels or {}
-    has_seg = all((run/'seg'/n/'model.pt').exists() for n in names)   # the segmentation column only when every model has its network
-    cols = ('image', 'ground truth', 'seed (t)', 'confident labels', 'boundary', 'pseudo-mask') + (('segmentation',) if has_seg else ())
+    has_seg = all((run/'seg'/n/'model.pt').exists() for n in names)   # a segmentation column when every model has one
+    cols = (('image', 'ground truth', 'seed (t)', 'confident labels', 'boundary', 'pseudo-mask')
+            + (('segmentation',) if has_seg else ()))
     nets = {}
     for n in names:
         bnet = load_boundary_net(run/'refine'/n/'model.pt').to(device).eval()
-        snet = load_segmenter(run/'seg'/n/'model.pt', num_classes=len(classes), classes=classes).to(device).eval() if has_seg else None
+        snet = (load_segmenter(run/'seg'/n/'model.pt', num_classes=len(classes), classes=classes).to(device).eval()
+                if has_seg else None)
         nets[n] = (bnet, snet, json.loads((run/'eval'/f'{n}.json').read_text())['seed_threshold'])
     rows = [(i, n) for i in ids for n in names]
     fig, axs = plt.subplots(len(rows), len(cols), figsize=(1.7*len(cols), 1.75*len(rows)), squeeze=False)
@@ -79,9 +86,10 @@ def chain_panels(voc_root, # VOC-layout root
         bnet, snet, t = nets[n]
         rec = load_cam_record(run/'cam'/n/f'{i}.npz')
         seed = seed_from_cams(normalize_cams(rec['high_res']), rec['keys'], t)
+        x = lambda net: eval_transforms(mean=net.mean, std=net.std)(img)[None].float().to(device)   # a network's input
         with torch.no_grad():
-            bd = bnet.boundary(eval_transforms(mean=bnet.mean, std=bnet.std)(img)[None].float().to(device))[0].cpu().numpy()
-            seg = predict(snet, eval_transforms(mean=snet.mean, std=snet.std)(img)[None].float().to(device), (1.0,), True)[0].argmax(0).cpu().numpy() if has_seg else None
+            bd = bnet.boundary(x(bnet))[0].cpu().numpy()
+            seg = predict(snet, x(snet), (1.0,), True)[0].argmax(0).cpu().numpy() if has_seg else None
         panels = (rgb, pal[load_mask(voc_root/'SegmentationClass'/f'{i}.png')], pal[seed],
                   pal_unsure[load_mask(run/'refine'/n/'labels'/f'{i}.png')], bd,
                   pal[load_mask(run/'refine'/n/'masks'/f'{i}.png')]) + ((pal[seg.astype(np.uint8)],) if has_seg else ())
@@ -94,14 +102,18 @@ def chain_panels(voc_root, # VOC-layout root
 
 # %% ../nbs/13b_report.ipynb #3d39aa7a
 def _chain_models(run:Path, arm:str)->dict:
-    "The classifier files `chain_figures` compares: the baseline (trained by the run, or the file it was given) and `arm`."
+    ("The classifier files `chain_figures` compares: the baseline (trained by the run, or the file it was given) "
+     "and `arm`.")
     base = run/'cls'/'model.pt'
-    if not base.is_file() and (run/'cls'/'source.json').is_file(): base = Path(json.loads((run/'cls'/'source.json').read_text())['baseline'])
+    if not base.is_file() and (run/'cls'/'source.json').is_file():
+        base = Path(json.loads((run/'cls'/'source.json').read_text())['baseline'])
     models = {'baseline': base, 'W-OoD': (run/'wood' if arm == 'wood' else run/'arms'/arm)/'model.pt'}
     for f in models.values():
-        if not f.is_file(): raise WoodInputError(f, 'does not exist.', 'run the pipeline first (wood run, wood demo or the ablation).')
+        if not f.is_file():
+            raise WoodInputError(f, 'does not exist.', 'run the pipeline first (wood run, wood demo or the ablation).')
     return models
 
+# %% ../nbs/13b_report.ipynb #176b5d64
 def chain_figures(voc_root, pool_root, run, # the run's inputs and folder
                   arm:str='wood', # the model to show against the baseline: 'wood' or an arm of the `arms` step
                   n:int=6, # cue-bearing images in the CAM figure
@@ -121,24 +133,29 @@ def chain_figures(voc_root, pool_root, run, # the run's inputs and folder
     ids = cue_bearing_ids(voc_root, VOCDataset(voc_root, split, transform=None, with_mask=False).ids, n)
     dirs = {'baseline': run/'cam'/'baseline', 'W-OoD': run/'cam'/arm}
     for name, f in models.items():
-        need = main_result(lambda: [i for i in ids if not (dirs[name]/f'{i}.npz').exists()])   # one answer for every process
+        need = main_result(lambda: [i for i in ids if not (dirs[name]/f'{i}.npz').exists()])   # one answer for all
         if need:
             m = load_classifier(f, num_classes=len(classes), classes=classes)
             full = VOCDataset(voc_root, split, transform=eval_transforms(mean=m.mean, std=m.std), with_mask=False)
             sub = Subset(full, [full.ids.index(i) for i in need]); sub.ids = need
             compute_cams(m, sub, dirs[name], batch_size=batch_size, device=device, progress=False)
-    save('cams.png', lambda: plot_cams(voc_root, dirs, ids, title=f'baseline against W-OoD ({arm}): CAMs on cue-bearing training images'))
-    save('wood_history.png', lambda: plot_wood_history(load_classifier(models['W-OoD']).meta['history'], title=f'W-OoD ({arm}) loss terms per epoch'))
+    save('cams.png', lambda: plot_cams(voc_root, dirs, ids,
+                                       title=f'baseline against W-OoD ({arm}): CAMs on cue-bearing training images'))
+    save('wood_history.png', lambda: plot_wood_history(load_classifier(models['W-OoD']).meta['history'],
+                                                       title=f'W-OoD ({arm}) loss terms per epoch'))
     if (run/'mining'/'ranked.csv').is_file():
-        save('mined_candidates.png', lambda: plot_candidates(pool_root, read_ranked(run/'mining'/'ranked.csv', classes), n=18, classes=classes))
+        save('mined_candidates.png', lambda: plot_candidates(pool_root, read_ranked(run/'mining'/'ranked.csv', classes),
+                                                             n=18, classes=classes))
     pf = run/'prototypes'/'mined'/'prototypes.npz'
     if pf.is_file():
         p = load_prototypes(pf)
         base = load_classifier(models['baseline'], num_classes=len(classes), classes=classes)
-        ood = OoDDataset(pool_root, run/'mining'/'ood_list.txt', len(classes), transform=eval_transforms(mean=base.mean, std=base.std))
+        ood = OoDDataset(pool_root, run/'mining'/'ood_list.txt', len(classes),
+                         transform=eval_transforms(mean=base.mean, std=base.std))
         if list(ood.ids) == list(p['ood_paths']):
             feats = image_features(base, ood, batch_size, device)
-            save('ood_clusters.png', lambda: plot_clusters(pool_root, p['ood_paths'], p['ood_assign'], p['ood_protos'], feats))
+            save('ood_clusters.png',
+                 lambda: plot_clusters(pool_root, p['ood_paths'], p['ood_assign'], p['ood_protos'], feats))
     barrier()
     return figs
 
@@ -150,7 +167,8 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
     "Bars of the per-class IoU change from `before` to `after` (classes with no IoU in either are left out)."
     import matplotlib.pyplot as plt
     ks = [k for k in before if before.get(k) is not None and after.get(k) is not None]
-    if not ks: raise WoodInputError('before/after', 'share no class with an IoU.', 'pass the per-class IoU of two evaluations of the same dataset.')
+    if not ks: raise WoodInputError('before/after', 'share no class with an IoU.',
+                                    'pass the per-class IoU of two evaluations of the same dataset.')
     d = np.array([after[k] - before[k] for k in ks])
     fig, ax = plt.subplots(figsize=(max(3.5, 0.55*len(ks) + 1), 2.6))
     ax.bar(range(len(ks)), d, color=['tab:green' if v >= 0 else 'tab:red' for v in d])
@@ -163,46 +181,30 @@ def plot_iou_change(before:dict, # per-class IoU (%) of the first model, `{class
     return fig
 
 # %% ../nbs/13b_report.ipynb #015949c7
-def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
-    "Write `metrics.json`, the figures and `report.md` of a finished run; returns the metrics."
-    import matplotlib; matplotlib.use('Agg', force=False)
-    import matplotlib.pyplot as plt
-    run = Path(run)
-    cfg = cfg or config_from_dict(json.loads((run/'config.json').read_text()))
-    root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
-    figs = {k: Path(v).relative_to(run) for k, v in chain_figures(root, pool, run, arm='wood').items()}   # every process (its passes are split)
-    m = collect_metrics(run)
-    if not is_main(): return m
-    from wood_nb.cam import cue_bearing_ids
-    sc = cfg.score_split or cfg.split
-    ids = cue_bearing_ids(root, read_split(root, sc), 3)                 # the first three where the dataset has no cue masks
-    pics = {'chain': lambda: chain_panels(root, run, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
-            'class_change_seeds': lambda: plot_iou_change(m['baseline']['per_class_iou'], m['wood']['per_class_iou'], f'seeds ({sc})')}
-    if 'per_class_mask_iou' in m['wood']:
-        pics['class_change_masks'] = lambda: plot_iou_change(m['baseline']['per_class_mask_iou'], m['wood']['per_class_mask_iou'], f'pseudo-masks ({sc})')
-    if 'per_class_seg_iou' in m['wood']:
-        pics['class_change_seg'] = lambda: plot_iou_change(m['baseline']['per_class_seg_iou'], m['wood']['per_class_seg_iou'], f'segmentation ({cfg.eval_split})')
-    for name, make in pics.items():
-        fig = make()
-        with atomic_path(run/'figures'/f'{name}.png') as f: fig.savefig(f, format='png', dpi=100)
-        plt.close(fig); figs[name] = Path('figures')/f'{name}.png'
-    write_json(run/'metrics.json', m)
-    b, w = m['baseline'], m['wood']
-    has_seg = 'seg_miou' in b or 'seg_miou' in w                    # the segmentation columns only when a network was scored
-    no_seg = '' if cfg.seg.enabled else (' Segmentation was left out (`seg.enabled` is false, as in the quick demo profile): '
-                                          f'`wood run --out {run} --from segment --set seg.enabled=true` adds it.')
+def _report_md(run:Path, cfg:RunConfig, m:dict, figs:dict)->str:
+    "The text of `report.md`: the tables of the metrics `m` and the figures `figs` (name -> path in the run folder)."
+    b, w, sc = m['baseline'], m['wood'], cfg.score_split or cfg.split
+    has_seg = 'seg_miou' in b or 'seg_miou' in w          # the segmentation columns only when a network was scored
+    no_seg = '' if cfg.seg.enabled else (' Segmentation was left out (`seg.enabled` is false, as in the quick demo '
+                                         f'profile): `wood run --out {run} --from segment --set seg.enabled=true` '
+                                         'adds it.')
     L = [f'# W-OoD run: {run.name}', '',
-         f'Preset `{cfg.preset}`; dataset `{cfg.voc_root}` (split `{cfg.split}`, segmentation scored on `{cfg.eval_split}`); OoD pool `{cfg.ood_root}`. '
+         f'Preset `{cfg.preset}`; dataset `{cfg.voc_root}` (split `{cfg.split}`, segmentation scored on '
+         f'`{cfg.eval_split}`); OoD pool `{cfg.ood_root}`. '
          f'Settings: `config.json`; numbers: `metrics.json` (this report is written from it).', '',
          '## Baseline against W-OoD', '',
-         f'mIoU in %: seeds and pseudo-masks on `{sc}`, segmentation on `{cfg.eval_split}`. Cue activation (0..1, lower is better) in brackets where the dataset has cue masks.' + no_seg, '',
-         '| model | seed mIoU | seed threshold | pseudo-mask mIoU |' + (' segmentation mIoU |' if has_seg else ''), '|---|---|---|---|' + ('---|' if has_seg else '')]
-
+         f'mIoU in %: seeds and pseudo-masks on `{sc}`, segmentation on `{cfg.eval_split}`. '
+         'Cue activation (0..1, lower is better) in brackets where the dataset has cue masks.' + no_seg, '',
+         '| model | seed mIoU | seed threshold | pseudo-mask mIoU |' + (' segmentation mIoU |' if has_seg else ''),
+         '|---|---|---|---|' + ('---|' if has_seg else '')]
     for name, x in (('baseline', b), ('W-OoD', w)):
         cue = lambda k: f" ({x[k]:.3f})" if x.get(k) is not None else ''
         L.append(f"| {name} | {_fmt(x.get('seed_miou'))}{cue('cue_activation')} | {_fmt(x.get('seed_threshold'), 2)} | "
-                 f"{_fmt(x.get('mask_miou'))}{cue('mask_cue_activation')} |" + (f" {_fmt(x.get('seg_miou'))}{cue('seg_cue_activation')} |" if has_seg else ''))
-    L += ['', '## Per class', '', '| class | seeds: baseline | seeds: W-OoD | masks: baseline | masks: W-OoD |' + (' seg: baseline | seg: W-OoD |' if has_seg else ''),
+                 f"{_fmt(x.get('mask_miou'))}{cue('mask_cue_activation')} |"
+                 + (f" {_fmt(x.get('seg_miou'))}{cue('seg_cue_activation')} |" if has_seg else ''))
+    L += ['', '## Per class', '',
+          '| class | seeds: baseline | seeds: W-OoD | masks: baseline | masks: W-OoD |'
+          + (' seg: baseline | seg: W-OoD |' if has_seg else ''),
           '|---|---|---|---|---|' + ('---|---|' if has_seg else '')]
     for c in b['per_class_iou']:
         keys = ('per_class_iou', 'per_class_mask_iou') + (('per_class_seg_iou',) if has_seg else ())
@@ -210,14 +212,50 @@ def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
         L.append(f'| {c} | ' + ' | '.join(_fmt(v) for v in row) + ' |')
     if 'mining' in m:
         mm = m['mining']
-        L += ['', '## Mining', '', f"{mm.get('candidates')} of {mm.get('pool')} pool images scored above the threshold; {mm.get('kept')} kept after curation"
-              + (f"; {100 * mm['hard_share_kept']:.1f} % of the kept are hard OoD images" if mm.get('hard_share_kept') is not None else '') + '.']
+        L += ['', '## Mining', '',
+              f"{mm.get('candidates')} of {mm.get('pool')} pool images scored above the threshold; "
+              f"{mm.get('kept')} kept after curation"
+              + (f"; {100 * mm['hard_share_kept']:.1f} % of the kept are hard OoD images"
+                 if mm.get('hard_share_kept') is not None else '') + '.']
     L += ['', '## Steps', '', f'Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, '
-          + (torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU') + '. Seconds are those of the run that finished the step.', '',
+          + (torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')
+          + '. Seconds are those of the run that finished the step.', '',
           '| step | seconds | peak memory of a process (MiB) |', '|---|---|---|']
     for s in STEPS:
         if s in m['timings_s']: L.append(f"| {s} | {m['timings_s'][s]} | {_fmt(m['peak_rss_mib'].get(s), 0)} |")
     L += ['', '## Figures', ''] + [f'![{k}]({v.as_posix()})' for k, v in figs.items()]
-    write_text(run/'report.md', '\n'.join(L) + '\n')
+    return '\n'.join(L) + '\n'
+
+# %% ../nbs/13b_report.ipynb #043b150a
+def write_report(run, cfg:RunConfig|None=None, log=None)->dict:
+    "Write `metrics.json`, the figures and `report.md` of a finished run; returns the metrics."
+    import matplotlib; matplotlib.use('Agg', force=False)
+    import matplotlib.pyplot as plt
+    run = Path(run)
+    cfg = cfg or config_from_dict(json.loads((run/'config.json').read_text()))
+    root, pool = Path(cfg.voc_root), Path(cfg.ood_root)
+    figs = {k: Path(v).relative_to(run)                                 # every process (its passes are split)
+            for k, v in chain_figures(root, pool, run, arm='wood').items()}
+    m = collect_metrics(run)
+    if not is_main(): return m
+    from wood_nb.cam import cue_bearing_ids
+    sc = cfg.score_split or cfg.split
+    ids = cue_bearing_ids(root, read_split(root, sc), 3)          # the first three where the dataset has no cue masks
+    pics = {'chain': lambda: chain_panels(root, run, ids, labels={'baseline': 'baseline', 'wood': 'W-OoD'}),
+            'class_change_seeds': lambda: plot_iou_change(m['baseline']['per_class_iou'], m['wood']['per_class_iou'],
+                                                          f'seeds ({sc})')}
+    if 'per_class_mask_iou' in m['wood']:
+        pics['class_change_masks'] = lambda: plot_iou_change(m['baseline']['per_class_mask_iou'],
+                                                             m['wood']['per_class_mask_iou'], f'pseudo-masks ({sc})')
+    if 'per_class_seg_iou' in m['wood']:
+        pics['class_change_seg'] = lambda: plot_iou_change(m['baseline']['per_class_seg_iou'],
+                                                           m['wood']['per_class_seg_iou'],
+                                                           f'segmentation ({cfg.eval_split})')
+    for name, make in pics.items():
+        fig = make()
+        with atomic_path(run/'figures'/f'{name}.png') as f: fig.savefig(f, format='png', dpi=100)
+        plt.close(fig); figs[name] = Path('figures')/f'{name}.png'
+    write_json(run/'metrics.json', m)
+    write_text(run/'report.md', _report_md(run, cfg, m, figs))
     print(f"report: {run/'report.md'}", file=log or sys.stdout)   # process 0 (the others returned above)
     return m

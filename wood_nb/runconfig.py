@@ -8,7 +8,8 @@ import hashlib, json, math, re
 from dataclasses import asdict, replace, dataclass, field, fields, is_dataclass
 
 from .config import CURATION_MODES, DEFAULT_SCALES, PLANE_MODES, RUN_PRESETS, SEG_INITS, STEPS, WoodInputError
-from .config import TrainConfig, WoodConfig, WoodTrainConfig, boundary_train_config, check_train_config, seg_train_config
+from .config import (TrainConfig, WoodConfig, WoodTrainConfig, boundary_train_config, check_train_config,
+                            seg_train_config)
 
 # %% auto #0
 __all__ = ['TRAIN_SECTIONS', 'ARM_KEYS', 'RESERVED_ARMS', 'SIDE_STEPS', 'MiningConfig', 'PrototypeConfig', 'RefineConfig',
@@ -53,12 +54,14 @@ class SegConfig:
     output_stride: int|None = None # the network's output stride (None: the preset's, 8; 16 is about 2.4x faster on a CPU)
     rates: tuple|None = None      # ASPP dilation rates (None: the preset's, 6 12 18 24)
     dropout: float|None = None    # channel dropout before the head while training (None: the preset's, 0)
-    init: str = 'imagenet'        # backbone start: 'imagenet' (the preset's weights) or 'classifier' (each model's own CAM classifier)
+    # backbone start: 'imagenet' (the preset's weights) or 'classifier' (each model's own CAM classifier)
+    init: str = 'imagenet'
     freeze_backbone: bool = False # train the head alone on features computed once (a CPU recipe; see 11_segment)
 
 @dataclass
 class WeightsConfig:
-    "Local files: ImageNet backbones for the networks (the `voc` and `coco` presets need them), or a trained baseline to start from."
+    ("Local files: ImageNet backbones for the networks (the `voc` and `coco` presets need them), "
+     "or a trained baseline to start from.")
     classifier: str|None = None   # backbone weights of the CAM classifier (voc, coco: resnet50)
     boundary: str|None = None     # backbone weights of the boundary network (voc, coco: resnet50)
     segmenter: str|None = None    # backbone weights of DeepLab-v2 (voc, coco: resnet101)
@@ -72,13 +75,15 @@ class RunConfig:
     voc_root: str = ''            # VOC-layout dataset root
     ood_root: str = ''            # the OoD candidate pool
     split: str = 'train'          # training split (VOC: train_aug): CAMs and pseudo-masks are made for all of it
-    score_split: str = ''         # the split seeds and masks are scored on ('': `split`; VOC: train, the part of train_aug with masks)
+    # the split seeds and masks are scored on ('': `split`; VOC: train, the part of train_aug with masks)
+    score_split: str = ''
     eval_split: str = 'val'       # the segmentation network's evaluation split
     scales: tuple = DEFAULT_SCALES # CAM scales
     batch_size: int = 32          # inference batch size
     num_workers: int = 0          # DataLoader workers of every training and inference pass
     progress: bool = True         # progress bars on every long step (rank 0)
-    arms: tuple = ()              # extra W-OoD fine-tunings of the `arms` step (the ablation): `{name, label, ood, overrides}` each
+    # extra W-OoD fine-tunings of the `arms` step (the ablation): `{name, label, ood, overrides}` each
+    arms: tuple = ()
     cls: TrainConfig = field(default_factory=TrainConfig)
     mining: MiningConfig = field(default_factory=MiningConfig)
     prototypes: PrototypeConfig = field(default_factory=PrototypeConfig)
@@ -114,7 +119,8 @@ def _field_defaults(cls)->dict:
 
 # %% ../nbs/13a_runconfig.ipynb #9fcdbdb6
 def _coerce(key:str, value, default, typed=None):
-    "`value` converted to the type of `default` (or of `typed` when the default is None; text is read as JSON first), or a clear error."
+    ("`value` converted to the type of `default` (or of `typed` when the default is None; text is read as JSON first), "
+     "or a clear error.")
     if isinstance(value, str) and not isinstance(default if default is not None else typed, str):
         try: value = json.loads(value)
         except json.JSONDecodeError: pass
@@ -134,7 +140,8 @@ def _coerce(key:str, value, default, typed=None):
     elif isinstance(default, str):
         if isinstance(value, str): return value
     shown = f'the default is {default!r}' if default is not typed else 'or null'
-    raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} ({shown}).', f'give a {type(default).__name__}.')
+    raise WoodInputError(f'config key {key!r}', f'{value!r} is not a {type(default).__name__} ({shown}).',
+                         f'give a {type(default).__name__}.')
 
 # %% ../nbs/13a_runconfig.ipynb #209d2dad
 def _nest(flat:dict)->dict:
@@ -161,66 +168,94 @@ RESERVED_ARMS = ('baseline', 'wood')  # the run's own models: `cam/<name>/` and 
 
 def arm_specs(arms, # `RunConfig.arms`: one dict per arm
               base:WoodConfig|None=None, # the run's `wood` section, which every arm's overrides change
-             )->tuple: # the arms, checked, with `label` (default: the name), `ood` ('mined') and `overrides` ({}) filled in
-    "Every arm checked before any work: a dict of known keys, a unique folder name, an OoD source, valid `WoodConfig` overrides."
-    out, seen, fix = [], set(), "give {'name': 'a', 'label': '...', 'ood': 'mined' or 'random', 'overrides': {'use_ood_term': false}}."
+    )->tuple: # the arms, checked, with `label` (default: the name), `ood` ('mined') and `overrides` ({}) filled in
+    ("Every arm checked before any work: a dict of known keys, a unique folder name, an OoD source, "
+     "valid `WoodConfig` overrides.")
+    out, seen = [], set()
+    fix = "give {'name': 'a', 'label': '...', 'ood': 'mined' or 'random', 'overrides': {'use_ood_term': false}}."
     for i, a in enumerate(arms or ()):
         key = f"config key 'arms' (arm {i})"
-        if not isinstance(a, dict) or not isinstance(a.get('name'), str): raise WoodInputError(key, f'{a!r} is not an arm with a name.', fix)
-        if set(a) - set(ARM_KEYS): raise WoodInputError(key, f'has unknown keys {sorted(set(a) - set(ARM_KEYS))}.', f'use {ARM_KEYS}.')
+        if not isinstance(a, dict) or not isinstance(a.get('name'), str):
+            raise WoodInputError(key, f'{a!r} is not an arm with a name.', fix)
+        if set(a) - set(ARM_KEYS):
+            raise WoodInputError(key, f'has unknown keys {sorted(set(a) - set(ARM_KEYS))}.', f'use {ARM_KEYS}.')
         n, ood, ov = a['name'], a.get('ood', 'mined'), a.get('overrides') or {}
         if not re.fullmatch(r'[A-Za-z0-9][A-Za-z0-9_-]{0,63}', n):
-            raise WoodInputError(key, f'{n!r} is not a folder name.', 'use letters, digits, _ and - (it names arms/<name>/, cam/<name>/).')
+            raise WoodInputError(key, f'{n!r} is not a folder name.',
+                                 'use letters, digits, _ and - (it names arms/<name>/, cam/<name>/).')
         if n in RESERVED_ARMS or n in seen:
-            raise WoodInputError(key, f'{n!r} repeats an arm or clashes with the run folders (cam/{n}/, eval/{n}.json).', f'give every arm its own name, not one of {RESERVED_ARMS}.')
-        if ood not in ('mined', 'random'): raise WoodInputError(key, f'ood={ood!r} is not a choice.', "use 'mined' or 'random'.")
+            raise WoodInputError(key, f'{n!r} repeats an arm or clashes with the run folders '
+                                      f'(cam/{n}/, eval/{n}.json).',
+                                 f'give every arm its own name, not one of {RESERVED_ARMS}.')
+        if ood not in ('mined', 'random'):
+            raise WoodInputError(key, f'ood={ood!r} is not a choice.', "use 'mined' or 'random'.")
         if not isinstance(ov, dict) or set(ov) - {f.name for f in fields(WoodConfig)}:
-            raise WoodInputError(key, f'overrides {ov!r} change unknown WoodConfig fields.', f'use fields of WoodConfig: {sorted(f.name for f in fields(WoodConfig))}.')
+            raise WoodInputError(key, f'overrides {ov!r} change unknown WoodConfig fields.',
+                                 f'use fields of WoodConfig: {sorted(f.name for f in fields(WoodConfig))}.')
         replace(base or WoodConfig(), **ov)                               # WoodConfig checks the values
         seen.add(n); out.append({'name': n, 'label': str(a.get('label', n)), 'ood': ood, 'overrides': dict(ov)})
     return tuple(out)
 
+# %% ../nbs/13a_runconfig.ipynb #570f3e07
+def _bad(key:str, value, want:str):
+    raise WoodInputError(f'config key {key!r}', f'{value!r} is out of range: it must be {want}.',
+                         f'set {key} to {want}.')
+
+def _check_seg(cfg:RunConfig):
+    "The range checks of the `seg` section; `seg.init=classifier` also needs a segmenter of the classifier's backbone."
+    if cfg.seg.output_stride not in (None, 8, 16, 32):
+        _bad('seg.output_stride', cfg.seg.output_stride, 'one of 8, 16, 32 (or null)')
+    if cfg.seg.rates is not None and not (cfg.seg.rates and all(isinstance(r, int) and not isinstance(r, bool)
+                                                                and r >= 1 for r in cfg.seg.rates)):
+        _bad('seg.rates', cfg.seg.rates, 'a non-empty list of positive integers, e.g. [6, 12, 18, 24] (or null)')
+    if not 0 <= cfg.seg.balanced <= 1:
+        _bad('seg.balanced', cfg.seg.balanced,
+             'a power in [0, 1]: 0 (plain CE), 1 (class-balanced) or between, e.g. 0.25')
+    if cfg.seg.dropout is not None and not (isinstance(cfg.seg.dropout, (int, float))
+                                            and not isinstance(cfg.seg.dropout, bool) and 0 <= cfg.seg.dropout < 1):
+        _bad('seg.dropout', cfg.seg.dropout, 'a probability in [0, 1), e.g. 0.5 (or null)')
+    if cfg.seg.init not in SEG_INITS: _bad('seg.init', cfg.seg.init, f'one of {SEG_INITS}')
+    if cfg.seg.init == 'classifier':                  # the networks' presets: imported here, the rest needs no torch
+        from wood_nb.model import PRESETS
+        from wood_nb.segment import SEG_PRESETS
+        seg_bb, cls_bb = SEG_PRESETS[cfg.preset]['backbone'], PRESETS[cfg.preset]['backbone']
+        if seg_bb != cls_bb:
+            _bad('seg.init', cfg.seg.init,
+                 f"'imagenet' with the {cfg.preset} preset, whose segmenter ({seg_bb}) "
+                 f"is not its classifier ({cls_bb})")
 
 # %% ../nbs/13a_runconfig.ipynb #47eb889c
-def _bad(key:str, value, want:str):
-    raise WoodInputError(f'config key {key!r}', f'{value!r} is out of range: it must be {want}.', f'set {key} to {want}.')
-
 def check_config(cfg:RunConfig)->RunConfig:
     "Raise `WoodInputError` for the first setting out of its range (types are checked when the configuration is built)."
     if cfg.preset not in RUN_PRESETS: _bad('preset', cfg.preset, f'one of {RUN_PRESETS}')
-    for sect in TRAIN_SECTIONS: check_train_config(getattr(cfg, sect), name=lambda k, sect=sect: f"config key '{sect}.{k}'")
+    for sect in TRAIN_SECTIONS:
+        check_train_config(getattr(cfg, sect), name=lambda k, sect=sect: f"config key '{sect}.{k}'")
     for key, sc in (('scales', cfg.scales), ('seg.scales', cfg.seg.scales)):
         if sc is None and key == 'seg.scales': continue
-        if not sc or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0 for x in sc):
+        if not sc or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+                             for x in sc):
             _bad(key, sc, 'a non-empty list of positive numbers, e.g. [1.0, 0.5, 1.5, 2.0]')
     if not cfg.batch_size >= 1: _bad('batch_size', cfg.batch_size, 'an integer >= 1')
     if not cfg.num_workers >= 0: _bad('num_workers', cfg.num_workers, 'an integer >= 0')
     m = cfg.mining
-    if m.threshold is not None and not 0 <= m.threshold <= 1: _bad('mining.threshold', m.threshold, 'a probability in [0, 1] (or null)')
+    if m.threshold is not None and not 0 <= m.threshold <= 1:
+        _bad('mining.threshold', m.threshold, 'a probability in [0, 1] (or null)')
     if m.top_k is not None and not m.top_k >= 1: _bad('mining.top_k', m.top_k, 'an integer >= 1 (or null)')
     if m.curation not in CURATION_MODES: _bad('mining.curation', m.curation, f'one of {CURATION_MODES}')
-    if m.curation == 'list' and not m.curated_list: _bad('mining.curated_list', m.curated_list, "the path of a person's list when mining.curation is 'list'")
+    if m.curation == 'list' and not m.curated_list:
+        _bad('mining.curated_list', m.curated_list, "the path of a person's list when mining.curation is 'list'")
     if not cfg.prototypes.k >= 1: _bad('prototypes.k', cfg.prototypes.k, 'an integer >= 1')
     if not cfg.prototypes.iters >= 1: _bad('prototypes.iters', cfg.prototypes.iters, 'an integer >= 1')
     if not cfg.prototypes.seed >= 0: _bad('prototypes.seed', cfg.prototypes.seed, 'an integer >= 0')
-    if cfg.prototypes.init not in ('k-means++', 'first'): _bad('prototypes.init', cfg.prototypes.init, "'k-means++' or 'first'")
+    if cfg.prototypes.init not in ('k-means++', 'first'):
+        _bad('prototypes.init', cfg.prototypes.init, "'k-means++' or 'first'")
     r = cfg.refine
     if r.planes not in ('auto', *PLANE_MODES): _bad('refine.planes', r.planes, f"one of {('auto', *PLANE_MODES)}")
-    if r.walk_radius is not None and not r.walk_radius >= 1: _bad('refine.walk_radius', r.walk_radius, 'an integer >= 1 (or null)')
+    if r.walk_radius is not None and not r.walk_radius >= 1:
+        _bad('refine.walk_radius', r.walk_radius, 'an integer >= 1 (or null)')
     if r.logt is not None and not 0 <= r.logt <= 16: _bad('refine.logt', r.logt, 'an integer in 0..16 (or null)')
     if not (math.isfinite(r.beta) and r.beta > 0): _bad('refine.beta', r.beta, 'a positive number')
-    if cfg.seg.output_stride not in (None, 8, 16, 32): _bad('seg.output_stride', cfg.seg.output_stride, 'one of 8, 16, 32 (or null)')
-    if cfg.seg.rates is not None and not (cfg.seg.rates and all(isinstance(r, int) and not isinstance(r, bool) and r >= 1 for r in cfg.seg.rates)):
-        _bad('seg.rates', cfg.seg.rates, 'a non-empty list of positive integers, e.g. [6, 12, 18, 24] (or null)')
-    if not 0 <= cfg.seg.balanced <= 1: _bad('seg.balanced', cfg.seg.balanced, 'a power in [0, 1]: 0 (plain CE), 1 (class-balanced) or between, e.g. 0.25')
-    if cfg.seg.dropout is not None and not (isinstance(cfg.seg.dropout, (int, float)) and not isinstance(cfg.seg.dropout, bool) and 0 <= cfg.seg.dropout < 1):
-        _bad('seg.dropout', cfg.seg.dropout, 'a probability in [0, 1), e.g. 0.5 (or null)')
-    if cfg.seg.init not in SEG_INITS: _bad('seg.init', cfg.seg.init, f'one of {SEG_INITS}')
-    if cfg.seg.init == 'classifier':                                  # the networks' presets: imported here, the rest needs no torch
-        from wood_nb.model import PRESETS
-        from wood_nb.segment import SEG_PRESETS
-        seg_bb, cls_bb = SEG_PRESETS[cfg.preset]['backbone'], PRESETS[cfg.preset]['backbone']
-        if seg_bb != cls_bb: _bad('seg.init', cfg.seg.init, f"'imagenet' with the {cfg.preset} preset, whose segmenter ({seg_bb}) is not its classifier ({cls_bb})")
+    _check_seg(cfg)
     arm_specs(cfg.arms, cfg.wood)
     for k in ('split', 'eval_split'):
         if not getattr(cfg, k): _bad(k, getattr(cfg, k), 'the name of a split list')
@@ -231,7 +266,8 @@ def config_from_dict(d:dict)->RunConfig:
     "A `RunConfig` from its `asdict` form (as saved in `config.json`), every key checked."
     def build(cls, dd, where):
         bad = sorted(set(dd) - {f.name for f in fields(cls)})
-        if bad: raise WoodInputError(f'config section {where or "top level"}', f'has unknown keys {bad}.', f'use: {sorted(f.name for f in fields(cls))}.')
+        if bad: raise WoodInputError(f'config section {where or "top level"}', f'has unknown keys {bad}.',
+                                     f'use: {sorted(f.name for f in fields(cls))}.')
         kw = {}
         for f in fields(cls):
             if f.name not in dd: continue
@@ -253,13 +289,16 @@ def run_config(preset:str='synthetic', # 'synthetic', 'voc' or 'coco'
                overrides:dict|None=None, # dotted keys, e.g. {'cls.epochs': 3, 'voc_root': 'data/voc'}
               )->RunConfig:
     "The preset's `RunConfig` with `overrides` applied and checked."
-    if preset not in RUN_PRESETS: raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
+    if preset not in RUN_PRESETS:
+        raise WoodInputError('preset', f'{preset!r} is not a preset.', f'choose one of {RUN_PRESETS}.')
     cfg = RunConfig(preset=preset, cls=TrainConfig.preset(preset), wood_train=WoodTrainConfig.preset(preset),
                     boundary=boundary_train_config(preset), seg_train=seg_train_config(preset),
-                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))   # `method.md`: train on train_aug, score on train
+                    # `method.md`: train on train_aug, score on train
+                    **(dict(split='train_aug', score_split='train') if preset == 'voc' else {}))
     flat = _flat_keys(cfg)
     ov = dict(overrides or {})
-    if 'preset' in ov and ov.pop('preset') != preset: raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')
+    if 'preset' in ov and ov.pop('preset') != preset:
+        raise WoodInputError("config key 'preset'", 'differs from the preset asked for.', 'give the preset once.')
     for k, v in ov.items():
         if k not in flat:
             sect = k.split('.')[0]
@@ -277,8 +316,10 @@ def run_config(preset:str='synthetic', # 'synthetic', 'voc' or 'coco'
 # %% ../nbs/13a_runconfig.ipynb #ac821cc9
 _STEP_KEYS = {'baseline': ('preset', 'voc_root', 'split', 'cls', 'weights.classifier', 'weights.baseline'),
               'baseline_seeds': ('scales', 'batch_size', 'score_split'), 'mining': ('ood_root', 'mining', 'batch_size'),
-              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'), 'wood_seeds': ('scales', 'batch_size', 'score_split'), 'arms': ('arms',),
-              'refine': ('refine', 'boundary', 'weights.boundary', 'score_split'), 'segment': ('eval_split', 'seg', 'seg_train', 'weights.segmenter'),
+              'prototypes': ('prototypes',), 'wood': ('wood', 'wood_train'),
+              'wood_seeds': ('scales', 'batch_size', 'score_split'), 'arms': ('arms',),
+              'refine': ('refine', 'boundary', 'weights.boundary', 'score_split'),
+              'segment': ('eval_split', 'seg', 'seg_train', 'weights.segmenter'),
               'report': ()}
 _VOLATILE = ('num_workers', 'progress')   # settings that do not change results
 
@@ -296,7 +337,8 @@ def step_settings(cfg:RunConfig, step:str)->dict:
 SIDE_STEPS = ('arms',)  # steps that no later step reads: their fingerprint does not pass on to the next one
 
 def fingerprints(cfg:RunConfig)->dict:
-    "Each step's fingerprint: a hash of its settings and of its predecessor's fingerprint (side steps are nobody's predecessor)."
+    ("Each step's fingerprint: a hash of its settings and of its predecessor's fingerprint "
+     "(side steps are nobody's predecessor).")
     fp, prev = {}, ''
     for s in STEPS:
         fp[s] = hashlib.sha256(json.dumps([prev, step_settings(cfg, s)], sort_keys=True).encode()).hexdigest()[:16]
