@@ -4,7 +4,7 @@
 
 Each notebook runs top to bottom in its own folder (as `nbdev_test` runs it) in one kernel-free shell (execnb's
 `CaptureShell`); cells marked `#| slow`, `#| cuda` or `#| notest` (settings.ini `tst_flags`) and `#| eval: false`
-cells are not run and keep no output. The outputs are written back, then `nbdev_clean` strips ids and metadata
+cells are not run and keep no output. The outputs are written back, then `nbdev_clean --fname` strips ids and metadata from each notebook it ran
 (settings.ini keeps outputs: `clear_all = False`), so `.ci/run`'s sync check still passes. A notebook that
 raises is reported, and left as it was. Run it with `OMP_NUM_THREADS=1` on an idle machine; the outputs hold
 timings and temporary paths, which differ from run to run.
@@ -51,7 +51,8 @@ def main(argv=None):
         ok, s = execute(fn)
         print(f"{'ok  ' if ok else 'FAIL'} {fn.relative_to(ROOT)} ({s:.0f} s)", flush=True)
         if not ok: failed.append(fn)
-    subprocess.run([str(Path(sys.executable).parent/'nbdev_clean')], cwd=ROOT, check=True)
+    for fn in fns:                                   # clean only the notebooks it wrote, so it never rewrites another's
+        subprocess.run([str(Path(sys.executable).parent/'nbdev_clean'), '--fname', str(fn)], cwd=ROOT, check=True)
     if failed: sys.exit(f'{len(failed)} notebook(s) failed: ' + ', '.join(str(f.relative_to(ROOT)) for f in failed))
 
 
