@@ -33,14 +33,18 @@ def multiscale_cams(model:nn.Module, # has `cams(x) -> (B, C, h, w)` raw ReLU'd 
                     scales=DEFAULT_SCALES, # resize factors
                     flip:bool=True, # add each scale's horizontal flip
                     stride:int=4, # the low-resolution map's stride
-                    channels_last:bool=False, # feed the network NHWC inputs (faster on CPUs when its weights are channels-last too)
+                    # feed the network NHWC inputs (faster on CPUs when its weights are channels-last too)
+                    channels_last:bool=False,
                    )->tuple[torch.Tensor, torch.Tensor]: # `(B, C, H/4, W/4)` and `(B, C, H, W)`, summed over passes
     "Raw CAMs summed over scales and flips, at stride `stride` and at full resolution."
-    if images.ndim != 4: raise WoodInputError('images', f'expected (B, 3, H, W), got {tuple(images.shape)}.', 'batch images of one size.')
+    if images.ndim != 4:
+        raise WoodInputError('images', f'expected (B, 3, H, W), got {tuple(images.shape)}.',
+                             'batch images of one size.')
     B, _, H, W = images.shape
     low, high = None, None
     for s in scales:
-        x = images if s == 1 else F.interpolate(images, size=(max(1, round(H*s)), max(1, round(W*s))), mode='bilinear', align_corners=False)
+        x = images if s == 1 else F.interpolate(images, size=(max(1, round(H*s)), max(1, round(W*s))),
+                                                mode='bilinear', align_corners=False)
         if flip: x = torch.cat([x, x.flip(-1)])
         if channels_last: x = x.contiguous(memory_format=torch.channels_last)
         cam = model.cams(x).float().contiguous()
@@ -91,16 +95,20 @@ def load_cam_record(path)->dict:
     "Read a CAM record: `keys` (K,), `cam` (K, h, w) and `high_res` (K, H, W) as float32."
     r = load_npz(path)
     missing = {'keys', 'cam', 'high_res'} - set(r)
-    if missing: raise WoodInputError(path, f'is not a CAM record (missing {sorted(missing)}).', 'rerun `wood cam` to write it.')
+    if missing:
+        raise WoodInputError(path, f'is not a CAM record (missing {sorted(missing)}).', 'rerun `wood cam` to write it.')
     return {'keys': r['keys'], 'cam': r['cam'].astype(np.float32), 'high_res': r['high_res'].astype(np.float32)}
 
 # %% ../nbs/05_cam.ipynb #d1629b79
 def _check_climb_model(model):
     if not (hasattr(model, 'forward_all') and hasattr(model, 'fmap_to_cams') and hasattr(model, 'num_classes')):
-        raise WoodInputError('model', f'{type(model).__name__} has no `forward_all`, `fmap_to_cams` and `num_classes`, which AdvCAM needs.',
+        raise WoodInputError('model', f'{type(model).__name__} has no `forward_all`, `fmap_to_cams` and `num_classes`, '
+                             'which AdvCAM needs.',
                              'use a wood_nb.model.CAMClassifier (or a module with the same three members).')
 
-def anti_adversarial_climb(model:nn.Module, # has `forward_all(x) -> {'logits', 'fmap'}` and `fmap_to_cams(fmap)`, in eval mode
+def anti_adversarial_climb(
+                           # has `forward_all(x) -> {'logits', 'fmap'}` and `fmap_to_cams(fmap)`, in eval mode
+                           model:nn.Module,
                            x:torch.Tensor, # `(N, 3, h, w)` normalised images, one per (image, class) pair
                            classes, # `(N,)` the class (0-based) each image climbs
                            flip:bool=True, # climb each image together with its horizontal flip
@@ -121,13 +129,14 @@ def anti_adversarial_climb(model:nn.Module, # has `forward_all(x) -> {'logits', 
             out = model.forward_all(xp.flatten(0, 1))
             y = out['logits'].float().view(N, P, -1).sum(1)                           # (N, C), summed over the pair
             cam = model.fmap_to_cams(out['fmap']).float()
-            cam = cam.view(N, P, *cam.shape[1:])[rows, :, cls]                        # (N, P, h', w'): class c of each sample
+            cam = cam.view(N, P, *cam.shape[1:])[rows, :, cls]         # (N, P, h', w'): class c of each sample
             A = cam[:, 0] + cam[:, 1].flip(-1) if flip else cam[:, 0]
             a = A.detach()
             if t == 0: total, first, mask = a.clone(), a, torch.zeros_like(a)
             else: total += a
             score.append(y[rows, cls].detach())
-            mask = torch.where(a / a.amax((-2, -1), keepdim=True).clamp_min(1e-12) > mask_thresh, torch.ones_like(mask), mask)
+            mask = torch.where(a / a.amax((-2, -1), keepdim=True).clamp_min(1e-12) > mask_thresh,
+                               torch.ones_like(mask), mask)
             if t == steps: break
             loss = 2*y[rows, cls] - y.sum(1) - weight*(mask*(A - first).abs()).sum((-2, -1))
             g, = torch.autograd.grad(loss.sum(), xp)
@@ -150,10 +159,15 @@ def advcam_maps(model:nn.Module, # has `forward_all`, `fmap_to_cams` and `num_cl
                 max_pairs:int=16, # (image, class) pairs climbing in one batch (bounds memory)
                )->tuple[list, list]: # per image: `(K_i, h, w)` maps at `stride` and `(K_i, H, W)` at full resolution
     "AdvCAM maps of each image's target classes, raw, summed over climbing steps, scales and flips."
-    if images.ndim != 4: raise WoodInputError('images', f'expected (B, 3, H, W), got {tuple(images.shape)}.', 'batch images of one size.')
+    if images.ndim != 4:
+        raise WoodInputError('images', f'expected (B, 3, H, W), got {tuple(images.shape)}.',
+                             'batch images of one size.')
     _check_climb_model(model)
-    if not isinstance(steps, (int, np.integer)) or steps < 0: raise WoodInputError('steps', f'{steps!r} is not a non-negative integer.', 'use 27 (official) or 0 for plain CAMs.')
-    if not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1: raise WoodInputError('max_pairs', f'{max_pairs!r} is not a positive integer.', 'use e.g. 16.')
+    if not isinstance(steps, (int, np.integer)) or steps < 0:
+        raise WoodInputError('steps', f'{steps!r} is not a non-negative integer.',
+                             'use 27 (official) or 0 for plain CAMs.')
+    if not isinstance(max_pairs, (int, np.integer)) or max_pairs < 1:
+        raise WoodInputError('max_pairs', f'{max_pairs!r} is not a positive integer.', 'use e.g. 16.')
     B, _, H, W = images.shape
     tl = _check_targets(targets, B, int(model.num_classes))
     pairs = [(i, c) for i, t in enumerate(tl) for c in t]
@@ -163,12 +177,15 @@ def advcam_maps(model:nn.Module, # has `forward_all`, `fmap_to_cams` and `num_cl
     model.eval()
     try:
         for s in scales:
-            x = images if s == 1 else F.interpolate(images, size=(max(1, round(H*s)), max(1, round(W*s))), mode='bilinear', align_corners=False)
+            x = images if s == 1 else F.interpolate(images, size=(max(1, round(H*s)), max(1, round(W*s))),
+                                                    mode='bilinear', align_corners=False)
             for j in range(0, len(pairs), max_pairs):
                 chunk = pairs[j:j + max_pairs]
                 idx = torch.tensor([i for i, _ in chunk], device=images.device)
-                m = anti_adversarial_climb(model, x[idx], [c for _, c in chunk], flip, steps, step_size, weight, mask_thresh)['maps'][:, None]
-                low[j:j + len(chunk)] += F.interpolate(m, size=low.shape[-2:], mode='bilinear', align_corners=False)[:, 0]
+                m = anti_adversarial_climb(model, x[idx], [c for _, c in chunk], flip, steps, step_size, weight,
+                                           mask_thresh)['maps'][:, None]
+                low[j:j + len(chunk)] += F.interpolate(m, size=low.shape[-2:], mode='bilinear',
+                                                       align_corners=False)[:, 0]
                 high[j:j + len(chunk)] += F.interpolate(m, size=(H, W), mode='bilinear', align_corners=False)[:, 0]
     finally: model.train(was_training)
     sizes = [len(t) for t in tl]
@@ -181,7 +198,8 @@ def _keys_of(item, num_classes:int, keys:str)->np.ndarray:
     if keys == 'all': return np.arange(1, num_classes + 1)
     lab = torch.as_tensor(item['label'])
     if lab.shape != (num_classes,):
-        raise ValueError(f"item {item['id']!r}: label has shape {tuple(lab.shape)}, the model has {num_classes} classes")
+        raise ValueError(f"item {item['id']!r}: label has shape {tuple(lab.shape)}, "
+                         f"the model has {num_classes} classes")
     return (torch.nonzero(lab > 0.5).flatten() + 1).numpy()
 
 @torch.no_grad()
@@ -195,14 +213,19 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
                  skip_existing:bool=True, # resume: keep records already written
                  progress:bool=True, # show a progress bar
                  method:str='cam', # 'cam': plain multi-scale CAMs; 'advcam': AdvCAM (`advcam_maps`, slow)
-                 adv:dict|None=None, # `advcam_maps` settings for 'advcam' (`steps`, `step_size`, `weight`, `mask_thresh`, `max_pairs`)
-                 channels_last:bool=True, # plain CAMs with channels-last weights and inputs (same maps within float noise; faster on CPUs)
+                 # `advcam_maps` settings for 'advcam' (`steps`, `step_size`, `weight`, `mask_thresh`, `max_pairs`)
+                 adv:dict|None=None,
+                 # plain CAMs with channels-last weights and inputs (same maps within float noise; faster on CPUs)
+                 channels_last:bool=True,
                 )->int: # records this process wrote
     "Write a CAM record for every image of `ds` (this process's share of it under `torchrun`)."
     if keys not in ('label', 'all'): raise WoodInputError('keys', f'{keys!r} is not a choice.', "use 'label' or 'all'.")
-    if method not in ('cam', 'advcam'): raise WoodInputError('method', f'{method!r} is not a choice.', "use 'cam' or 'advcam'.")
+    if method not in ('cam', 'advcam'):
+        raise WoodInputError('method', f'{method!r} is not a choice.', "use 'cam' or 'advcam'.")
     adv = dict(adv or {})
-    if adv and method != 'advcam': raise WoodInputError('adv', f'AdvCAM settings {sorted(adv)} given with method={method!r}.', "use method='advcam' or drop them.")
+    if adv and method != 'advcam':
+        raise WoodInputError('adv', f'AdvCAM settings {sorted(adv)} given with method={method!r}.',
+                             "use method='advcam' or drop them.")
     bad = set(adv) - set(ADV_OPTIONS)
     if bad: raise WoodInputError('adv', f'unknown AdvCAM settings {sorted(bad)}.', f'use some of {list(ADV_OPTIONS)}.')
     out = Path(out); out.mkdir(parents=True, exist_ok=True)
@@ -210,12 +233,14 @@ def compute_cams(model:nn.Module, # a `CAMClassifier` (or anything with `cams` a
     model = unwrap(model).to(device).eval()
     if method == 'advcam': _check_climb_model(model)
     fast = channels_last and method == 'cam'
-    with channels_last_weights(model, fast):                                   # the caller's model, in place; restored after
-        n = _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)
+    with channels_last_weights(model, fast):                   # the caller's model, in place; restored after
+        n = _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress,
+                       method, adv, fast)
     barrier()
     return n
 
-def _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method, adv, fast)->int:
+def _cams_loop(model, ds, out, scales, flip, keys, batch_size, device, num_workers, skip_existing, progress, method,
+               adv, fast)->int:
     "The image loop of `compute_cams` (this process's share of `ds`, in groups of one size)."
     C, ids = model.num_classes, getattr(ds, 'ids', None)
     done = (lambda i: (out/f'{ids[i]}.npz').exists()) if skip_existing and ids is not None else None
@@ -257,11 +282,14 @@ def plot_cams(root, # VOC-layout root
     root = Path(root); pal = voc_palette(); classes = read_classes(root)
     cue_dir = root/'SegmentationCue'
     if not (isinstance(max_classes, int) and max_classes >= 1):
-        raise WoodInputError('max_classes', f'{max_classes!r} is not a positive integer.', 'show at least one class an image.')
+        raise WoodInputError('max_classes', f'{max_classes!r} is not a positive integer.',
+                             'show at least one class an image.')
     recs = [{name: load_cam_record(d/f'{i}.npz') for name, d in dirs.items()} for i in ids]
     gts = [np.asarray(Image.open(root/'SegmentationClass'/f'{i}.png')) for i in ids]
-    allk = [sorted(set().union(*(r['keys'].tolist() for r in rr.values()))) for rr in recs]   # every class an image's records hold
-    show = [sorted(ks, key=lambda k: (-(gt == k).sum(), k))[:max_classes] for ks, gt in zip(allk, gts)]   # most visible first
+    # every class an image's records hold
+    allk = [sorted(set().union(*(r['keys'].tolist() for r in rr.values()))) for rr in recs]
+    # most visible first
+    show = [sorted(ks, key=lambda k: (-(gt == k).sum(), k))[:max_classes] for ks, gt in zip(allk, gts)]
     ncol = 2 + cue_dir.is_dir() + len(dirs) * max(1, max(len(s) for s in show))
     fig, axs = plt.subplots(len(ids), ncol, figsize=(1.9*ncol, 1.9*len(ids)), squeeze=False)
     for a in axs.flat: a.axis('off')
@@ -273,11 +301,14 @@ def plot_cams(root, # VOC-layout root
         j = 2
         if cue_dir.is_dir():
             cue = np.asarray(Image.open(cue_dir/f'{i}.png'))
-            row[2].imshow(pal[cue]); row[2].set_title('cue: ' + (', '.join(classes[k-1] for k in np.unique(cue) if k) or '-'), fontsize=7); j = 3
+            row[2].imshow(pal[cue])
+            row[2].set_title('cue: ' + (', '.join(classes[k-1] for k in np.unique(cue) if k) or '-'), fontsize=7); j = 3
         maps = {name: dict(zip(r['keys'].tolist(), normalize_cams(r['high_res']))) for name, r in rr.items()}
         for k in keys:
             for name, m in maps.items():
-                if k in m: row[j].imshow(cam_overlay(img, m[k], alpha)); row[j].set_title(f'{name + " " if name else "CAM "}{classes[k-1]}', fontsize=7)
+                if k in m:
+                    row[j].imshow(cam_overlay(img, m[k], alpha))
+                    row[j].set_title(f'{name + " " if name else "CAM "}{classes[k-1]}', fontsize=7)
                 j += 1
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()

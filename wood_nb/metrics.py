@@ -28,7 +28,8 @@ def _np(x)->np.ndarray:
 
 def _check_n(num_classes)->int:
     "Validate a class count (background included)."
-    if isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer)) or not 1 <= num_classes <= 255:
+    if (isinstance(num_classes, (bool, np.bool_)) or not isinstance(num_classes, (int, np.integer))
+            or not 1 <= num_classes <= 255):
         raise WoodInputError('num_classes', f'must be an integer in 1..255 (background included), got {num_classes!r}.',
                              'pass C + 1 for C foreground classes (21 for VOC).')
     return int(num_classes)
@@ -62,12 +63,14 @@ def _bad_labels(full:np.ndarray, n:int, pred_name='pred', gt_name='gt'):
     bad_gt = np.flatnonzero(full[n:255].sum(1)) + n
     if bad_gt.size:
         raise WoodInputError(gt_name, f'holds class values {bad_gt.tolist()} but num_classes is {n}.',
-                             'pass num_classes = C + 1 (background included), or mark those pixels with the ignore index.')
+                             'pass num_classes = C + 1 (background included), '
+                             'or mark those pixels with the ignore index.')
     bad_p = np.flatnonzero(full[:n, n:].sum(0)) + n
     if bad_p.size:
         fix = 'map ignore-labelled predictions to a class first (IRN counts them as background).' if 255 in bad_p else \
               'pass num_classes = C + 1 (background included).'
-        raise WoodInputError(pred_name, f'holds class values {bad_p.tolist()} on counted pixels but num_classes is {n}.', fix)
+        raise WoodInputError(pred_name,
+                             f'holds class values {bad_p.tolist()} on counted pixels but num_classes is {n}.', fix)
 
 def confusion_matrix(pred, # predicted class indices, any shape (numpy or torch integers)
                      gt, # ground-truth class indices, same shape; `ignore_index` pixels are skipped
@@ -130,7 +133,8 @@ class ConfusionMatrix:
         "Wrap an existing `(n, n)` count matrix."
         mat = np.asarray(mat)
         if mat.ndim != 2 or mat.shape[0] != mat.shape[1]:
-            raise WoodInputError('mat', f'must be a square matrix, got shape {mat.shape}.', 'pass an (n, n) count matrix.')
+            raise WoodInputError('mat', f'must be a square matrix, got shape {mat.shape}.',
+                                 'pass an (n, n) count matrix.')
         cm = cls(mat.shape[0], ignore_index); cm.mat += mat.astype(np.int64)
         return cm
 
@@ -142,7 +146,8 @@ class ConfusionMatrix:
     def merge(self, other:ConfusionMatrix)->ConfusionMatrix:
         "Add another accumulator's counts (e.g. from another worker)."
         if other.num_classes != self.num_classes:
-            raise WoodInputError('ConfusionMatrix.merge', f'{other.num_classes} classes vs {self.num_classes}.', 'merge matrices of one dataset.')
+            raise WoodInputError('ConfusionMatrix.merge', f'{other.num_classes} classes vs {self.num_classes}.',
+                                 'merge matrices of one dataset.')
         self.mat += other.mat
         return self
 
@@ -176,29 +181,35 @@ class ConfusionMatrix:
         names = _class_names(class_names, self.num_classes)
         per = lambda v: {k: _jsonable(x * 100) for k, x in zip(names, v)}
         return dict(miou=_jsonable(self.miou()), pixel_accuracy=_jsonable(self.pixel_accuracy()),
-                    pixels=int(self.mat.sum()), iou=per(self.iou()), precision=per(self.precision()), recall=per(self.recall()))
+                    pixels=int(self.mat.sum()), iou=per(self.iou()), precision=per(self.precision()),
+                    recall=per(self.recall()))
 
-    def __repr__(self): return f'ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.mat.sum())}, miou={self.miou():.2f})'
+    def __repr__(self):
+        return f'ConfusionMatrix(num_classes={self.num_classes}, pixels={int(self.mat.sum())}, miou={self.miou():.2f})'
 
 # %% ../nbs/06_metrics.ipynb #40f839d0
 def _cams_keys(cams, keys, where:str='cams')->tuple[np.ndarray, np.ndarray]:
     "Validated `(K, H, W)` float CAMs in [0, 1] and their `(K,)` int64 class keys."
     c, k = _np(cams), _np(keys)
     if c.ndim != 3:
-        raise WoodInputError(where, f'CAMs must be a (K, H, W) array, got shape {c.shape}.', 'stack the class maps of one image.')
+        raise WoodInputError(where, f'CAMs must be a (K, H, W) array, got shape {c.shape}.',
+                             'stack the class maps of one image.')
     if not np.issubdtype(c.dtype, np.floating):
         raise WoodInputError(where, f'CAMs must be floats, got dtype {c.dtype}.', 'pass the max-normalised maps.')
     if k.ndim != 1 or (k.size and not np.issubdtype(k.dtype, np.integer)):
-        raise WoodInputError(f'{where} keys', f'must be a 1-D integer array, got shape {k.shape} dtype {k.dtype}.', 'pass the class index (1..C) of each map.')
+        raise WoodInputError(f'{where} keys', f'must be a 1-D integer array, got shape {k.shape} dtype {k.dtype}.',
+                             'pass the class index (1..C) of each map.')
     if len(k) != len(c):
         raise ValueError(f'{where}: {len(c)} CAMs but {len(k)} keys; one key per class map is required.')
     k = k.astype(np.int64)
     if k.size and (k.min() < 1 or k.max() > 254 or len(np.unique(k)) != len(k)):
-        raise WoodInputError(f'{where} keys', f'must be distinct class indices in 1..254, got {k.tolist()}.', 'background (0) has no CAM; list each class once.')
+        raise WoodInputError(f'{where} keys', f'must be distinct class indices in 1..254, got {k.tolist()}.',
+                             'background (0) has no CAM; list each class once.')
     if c.size:
         lo, hi = float(c.min()), float(c.max())
         if not (lo >= -1e-3 and hi <= 1 + 1e-3):
-            raise WoodInputError(where, f'CAM values span [{lo:.4g}, {hi:.4g}], not [0, 1]; thresholds assume max-normalised maps.',
+            raise WoodInputError(where, f'CAM values span [{lo:.4g}, {hi:.4g}], not [0, 1]; '
+                                 'thresholds assume max-normalised maps.',
                                  'divide each class map by its own maximum (the CAM stage\'s normalisation) first.')
     return c, k
 
@@ -207,7 +218,8 @@ def _max_argmax(c:np.ndarray, k:np.ndarray)->tuple[np.ndarray, np.ndarray]:
     if len(c) == 0: return np.full(c.shape[1:], -np.inf, c.dtype), np.zeros(c.shape[1:], np.uint8)
     if len(c) == 1: return c[0], np.full(c.shape[1:], k[0], np.uint8)
     m, cls = c.max(0), np.empty(c.shape[1:], np.uint8)
-    for j in range(len(c) - 1, -1, -1): np.copyto(cls, np.uint8(k[j]), where=c[j] == m)  # last write wins: the first key
+    # last write wins: the first key
+    for j in range(len(c) - 1, -1, -1): np.copyto(cls, np.uint8(k[j]), where=c[j] == m)
     return m, cls
 
 def seed_from_cams(cams, # `(K, H, W)` max-normalised CAMs (each in [0, 1]) of the image's K ground-truth classes
@@ -226,7 +238,8 @@ def _thresholds(thresholds)->np.ndarray:
     "Sorted, de-duplicated float64 thresholds rounded to 6 decimals."
     t = np.round(np.asarray(thresholds, np.float64).reshape(-1), 6)
     if t.size == 0 or not np.isfinite(t).all():
-        raise WoodInputError('thresholds', f'need at least one finite value, got {t.tolist()}.', 'pass e.g. np.arange(0.05, 0.96, 0.01).')
+        raise WoodInputError('thresholds', f'need at least one finite value, got {t.tolist()}.',
+                             'pass e.g. np.arange(0.05, 0.96, 0.01).')
     return np.unique(t)
 
 # %% ../nbs/06_metrics.ipynb #19a84453
@@ -279,7 +292,8 @@ class SweepResult:
     def at(self, threshold:float)->ConfusionMatrix:
         "The accumulated confusion matrix at one of the swept thresholds."
         j = np.flatnonzero(self.thresholds == round(float(threshold), 6))
-        if not j.size: raise WoodInputError('threshold', f'{threshold} was not swept.', f'pick one of {self.thresholds.tolist()}.')
+        if not j.size:
+            raise WoodInputError('threshold', f'{threshold} was not swept.', f'pick one of {self.thresholds.tolist()}.')
         return ConfusionMatrix.from_matrix(self.confusion[j[0]])
 
     @property
@@ -307,7 +321,8 @@ class SweepResult:
             out['cue_activation'] = _jsonable(self.best_cue_activation)
             out['cue_pairs'] = int(self.cue_pairs.sum())
             pc = self.cue_activation_per_class()
-            out['cue_activation_per_class'] = {names[c]: _jsonable(pc[c]) for c in range(self.num_classes) if self.cue_pairs[c]}
+            out['cue_activation_per_class'] = {names[c]: _jsonable(pc[c]) for c in range(self.num_classes)
+                                               if self.cue_pairs[c]}
         out.update(iou=best['iou'], precision=best['precision'], recall=best['recall'],
                    sweep=dict(threshold=self.thresholds.tolist(), miou=[_jsonable(v) for v in self.miou]))
         if self.has_cues: out['sweep']['cue_activation'] = [_jsonable(v) for v in self.cue_activation]
@@ -321,7 +336,9 @@ def _unpack(rec, i:int):
                              'yield one tuple per image.')
     return (*rec, None) if len(rec) == 3 else tuple(rec)
 
-def sweep_thresholds(records:Iterable, # `(cams, keys, gt_mask)` or `(cams, keys, gt_mask, cue_mask)` per image; CAMs at mask size
+def sweep_thresholds(
+                     # `(cams, keys, gt_mask)` or `(cams, keys, gt_mask, cue_mask)` per image; CAMs at mask size
+                     records:Iterable,
                      num_classes:int, # classes counted, background included (C + 1)
                      thresholds=SEED_THRESHOLDS, # background planes to try (rounded to 6 decimals, sorted)
                      ignore_index:int=IGNORE_INDEX, # ground-truth value that no metric counts
@@ -336,10 +353,12 @@ def sweep_thresholds(records:Iterable, # `(cams, keys, gt_mask)` or `(cams, keys
         cams, keys, gt, cue = _unpack(rec, i)
         c, k = _cams_keys(cams, keys, f'record {i}')
         if k.size and k.max() >= n:
-            raise WoodInputError(f'record {i} keys', f'class {k.max()} does not fit num_classes={n}.', 'pass num_classes = C + 1.')
+            raise WoodInputError(f'record {i} keys', f'class {k.max()} does not fit num_classes={n}.',
+                                 'pass num_classes = C + 1.')
         g = _labels_u8(gt, f'record {i} gt', ignore_index)
         if g.shape != c.shape[1:]:
-            raise WoodInputError(f'record {i}', f'CAMs are {c.shape[1:]} but the mask is {g.shape}.', 'resize the CAMs to the mask size first.')
+            raise WoodInputError(f'record {i}', f'CAMs are {c.shape[1:]} but the mask is {g.shape}.',
+                                 'resize the CAMs to the mask size first.')
         m, cls = _max_argmax(c, k)
         if m.dtype not in tables: tables[m.dtype] = _BucketTable(t.astype(m.dtype))
         b = tables[m.dtype](m)                           # foreground for the first b thresholds
@@ -347,11 +366,14 @@ def sweep_thresholds(records:Iterable, # `(cams, keys, gt_mask)` or `(cams, keys
         h = np.bincount((b * G + lut[g.reshape(-1)]) * n + cls, minlength=(T + 1) * G * n)
         if h.reshape(T + 1, G, n)[:, n + 1].any():
             bad = sorted(set(np.unique(g).tolist()) - set(range(n)) - {255})
-            raise WoodInputError(f'record {i} gt', f'holds class values {bad} but num_classes is {n}.', 'pass num_classes = C + 1, or mark those pixels as ignored.')
+            raise WoodInputError(f'record {i} gt', f'holds class values {bad} but num_classes is {n}.',
+                                 'pass num_classes = C + 1, or mark those pixels as ignored.')
         hist += h
         if cue is not None:
             q = _labels_u8(cue, f'record {i} cue')
-            if q.shape != g.shape: raise WoodInputError(f'record {i} cue', f'cue mask is {q.shape} but the mask is {g.shape}.', 'pass the SegmentationCue mask of the same image.')
+            if q.shape != g.shape:
+                raise WoodInputError(f'record {i} cue', f'cue mask is {q.shape} but the mask is {g.shape}.',
+                                     'pass the SegmentationCue mask of the same image.')
             if cue_sum is None: cue_sum = np.zeros((T, n))
             q = q.reshape(-1)
             for kk in k:
@@ -362,7 +384,8 @@ def sweep_thresholds(records:Iterable, # `(cams, keys, gt_mask)` or `(cams, keys
                 cue_sum[:, kk] += np.cumsum(hb[::-1])[::-1][1:] / nk           # labelled k at t_j iff bucket > j
                 cue_pairs[kk] += 1
         seen += 1
-    if not seen: raise WoodInputError('records', 'no image was given.', 'pass at least one (cams, keys, gt_mask) record.')
+    if not seen:
+        raise WoodInputError('records', 'no image was given.', 'pass at least one (cams, keys, gt_mask) record.')
     H = hist.reshape(T + 1, G, n)[:, :n]                    # (bucket, truth, argmax class), ignored rows dropped
     fg = np.cumsum(H[::-1], 0)[::-1][1:]                    # (T, n, n): pixels foreground at threshold j
     conf = fg.copy()
@@ -378,7 +401,8 @@ class _PairMean:
         "`{'mean', 'per_class': {class: mean}, 'pairs'}`; the mean is NaN when no pair was seen."
         if not self.pairs: return dict(mean=float('nan'), per_class={}, pairs=0)
         ks = np.array([k for k, _ in self.pairs]); vs = np.array([v for _, v in self.pairs])
-        return dict(mean=float(vs.mean()), per_class={int(k): float(vs[ks == k].mean()) for k in np.unique(ks)}, pairs=len(vs))
+        return dict(mean=float(vs.mean()), per_class={int(k): float(vs[ks == k].mean()) for k in np.unique(ks)},
+                    pairs=len(vs))
     @classmethod
     def over(cls, records:Iterable)->dict:
         "`compute()` of a fresh accumulator after `update(*r)` for each record `r`."
@@ -390,18 +414,22 @@ def _keys_1d(keys, where:str)->np.ndarray:
     "Distinct class keys (1..254) as a 1-D int64 array."
     k = _np(keys).reshape(-1)
     if k.size and (not np.issubdtype(k.dtype, np.integer) or k.min() < 1 or k.max() > 254):
-        raise WoodInputError(where, f'must be class indices in 1..254, got {k.tolist()}.', 'pass the image-level labels as class indices 1..C (no background).')
+        raise WoodInputError(where, f'must be class indices in 1..254, got {k.tolist()}.',
+                             'pass the image-level labels as class indices 1..C (no background).')
     return np.unique(k.astype(np.int64))
 
 class CueActivation(_PairMean):
-    "Accumulates cue activation: per (image, labelled class with a cue), the share of cue pixels the seed labels as that class."
+    ("Accumulates cue activation: per (image, labelled class with a cue), "
+     "the share of cue pixels the seed labels as that class.")
     def update(self, seed, # `(H, W)` seed mask (class indices) at the chosen background threshold
                cue, # `(H, W)` cue mask: 0 = no cue, k = a cue tied to class k
                gt_keys, # the image's ground-truth classes (1..C)
               )->CueActivation:
         "Add one image."
         s, q = _labels_u8(seed, 'seed'), _labels_u8(cue, 'cue')
-        if s.shape != q.shape: raise WoodInputError('seed/cue', f'shapes differ: {s.shape} vs {q.shape}.', 'pass the seed and the cue mask of one image.')
+        if s.shape != q.shape:
+            raise WoodInputError('seed/cue', f'shapes differ: {s.shape} vs {q.shape}.',
+                                 'pass the seed and the cue mask of one image.')
         joint = _joint(q, s)                                   # [cue value, seed value]
         for k in _keys_1d(gt_keys, 'gt_keys'):
             nk = joint[k].sum()
@@ -422,7 +450,9 @@ class CueCamMass(_PairMean):
         "Add one image."
         c, k = _cams_keys(cams, keys)
         q = _labels_u8(cue, 'cue')
-        if q.shape != c.shape[1:]: raise WoodInputError('cams/cue', f'CAMs are {c.shape[1:]} but the cue mask is {q.shape}.', 'resize the CAMs to the mask size first.')
+        if q.shape != c.shape[1:]:
+            raise WoodInputError('cams/cue', f'CAMs are {c.shape[1:]} but the cue mask is {q.shape}.',
+                                 'resize the CAMs to the mask size first.')
         for cam, kk in zip(c, k):
             on = q == kk
             if not on.any(): continue
@@ -446,7 +476,9 @@ def cam_dir_records(root, split:str, cam_dir, with_cue:bool|None=None):
     root, cam_dir = Path(root), Path(cam_dir)
     ids = read_split(root, split)
     missing = [i for i in ids if not (cam_dir/f'{i}.npz').exists()]
-    if missing: raise WoodInputError(cam_dir, f'has no CAM record for {len(missing)} of the {len(ids)} images of {split!r} (e.g. {missing[0]}).', 'run `wood cam` for this split first.')
+    if missing:
+        raise WoodInputError(cam_dir, f'has no CAM record for {len(missing)} of the {len(ids)} images of {split!r} '
+                             f'(e.g. {missing[0]}).', 'run `wood cam` for this split first.')
     if with_cue is None: with_cue = (root/'SegmentationCue').is_dir()
     for i in ids:
         r = load_cam_record(cam_dir/f'{i}.npz')
@@ -467,24 +499,32 @@ def eval_label_dir(root, # VOC-layout root with `SegmentationClass` masks
                    with_cue:bool|None=None, # also score cue activation; None: when the root has `SegmentationCue/`
                    what:str='label map', # what the folder holds, for the error (e.g. 'mask', 'prediction')
                    fix:str='write one indexed PNG per image of the split.', # how to make the missing ones
-                  )->dict: # `ConfusionMatrix.summary` (miou, iou, ...), `images`, `split`[, `cue_activation` (+ per class)]
+                  # `ConfusionMatrix.summary` (miou, iou, ...), `images`, `split`[, `cue_activation` (+ per class)]
+                  )->dict:
     "mIoU (%) and per-class IoU of a folder of label maps against the ground truth of `split` (and cue activation)."
     root, label_dir = Path(root), Path(label_dir)
     classes, ids = read_classes(root), read_split(root, split)
     missing = [i for i in ids if not (label_dir/f'{i}.png').is_file()]
-    if missing: raise WoodInputError(label_dir, f'has no {what} for {len(missing)} of the {len(ids)} images of {split!r} (e.g. {missing[0]}.png).', fix)
+    if missing:
+        raise WoodInputError(label_dir, f'has no {what} for {len(missing)} of the {len(ids)} images of {split!r} '
+                             f'(e.g. {missing[0]}.png).', fix)
     if with_cue is None: with_cue = (root/'SegmentationCue').is_dir()
     cm, ca = ConfusionMatrix(len(classes) + 1), CueActivation()
     for i in ids:
         f = label_dir/f'{i}.png'
         pred, gt = load_mask(f), load_mask(root/'SegmentationClass'/f'{i}.png')
-        if pred.shape != gt.shape: raise WoodInputError(f, f'is {pred.shape} (HxW), its ground truth {gt.shape}.', 'write each map at its image\'s size.')
+        if pred.shape != gt.shape:
+            raise WoodInputError(f, f'is {pred.shape} (HxW), its ground truth {gt.shape}.',
+                                 'write each map at its image\'s size.')
         try: cm.update(pred, gt)
         except WoodInputError as e: raise WoodInputError(f, e.problem, e.fix) from e
         if with_cue:
-            present = np.unique(gt); ca.update(pred, load_mask(root/'SegmentationCue'/f'{i}.png'), present[(present > 0) & (present < IGNORE_INDEX)])
+            present = np.unique(gt)
+            ca.update(pred, load_mask(root/'SegmentationCue'/f'{i}.png'),
+                      present[(present > 0) & (present < IGNORE_INDEX)])
     out = {**cm.summary(classes), 'images': len(ids), 'split': split}
     if with_cue:
         c = ca.compute()
-        out.update(cue_activation=None if c['pairs'] == 0 else c['mean'], cue_activation_per_class={classes[k - 1]: v for k, v in c['per_class'].items()})
+        out.update(cue_activation=None if c['pairs'] == 0 else c['mean'],
+                   cue_activation_per_class={classes[k - 1]: v for k, v in c['per_class'].items()})
     return out

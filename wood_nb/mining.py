@@ -35,7 +35,8 @@ def map_dataset(model:nn.Module, # the frozen model (put in eval mode for the pa
                 progress:bool=False, # show a progress bar
                 desc:str='images', # its label
                )->list: # one CPU tensor an item, in dataset order
-    "Apply `fn` to every image of `ds` with the model frozen; outputs in dataset order, gathered over `torchrun` processes."
+    ("Apply `fn` to every image of `ds` with the model frozen; outputs in dataset order, "
+     "gathered over `torchrun` processes.")
     net = unwrap(model)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     was_training = net.training
@@ -68,21 +69,27 @@ def score_pool(model:nn.Module, # the baseline classifier (`num_classes`, `mean`
     "Score every image of an OoD pool with the classifier: max sigmoid probability and its class."
     net = unwrap(model)
     C = getattr(net, 'num_classes', None)
-    if not isinstance(C, int): raise WoodInputError('model', 'has no integer `num_classes`.', 'pass a CAMClassifier (or set model.num_classes).')
-    ds = OoDDataset(pool_root, list_file, C, transform=eval_transforms(getattr(net, 'mean', IMAGENET_MEAN), getattr(net, 'std', IMAGENET_STD)))
-    probs = map_dataset(model, ds, lambda m, x: torch.sigmoid(m(x).float()), batch_size, device, num_workers, progress, 'scoring')
+    if not isinstance(C, int):
+        raise WoodInputError('model', 'has no integer `num_classes`.',
+                             'pass a CAMClassifier (or set model.num_classes).')
+    ds = OoDDataset(pool_root, list_file, C,
+                    transform=eval_transforms(getattr(net, 'mean', IMAGENET_MEAN), getattr(net, 'std', IMAGENET_STD)))
+    probs = map_dataset(model, ds, lambda m, x: torch.sigmoid(m(x).float()), batch_size, device, num_workers, progress,
+                        'scoring')
     return [Candidate(p, float(v.max()), int(v.argmax())) for p, v in zip(ds.ids, probs)]
 
 # %% ../nbs/07_mining.ipynb #9daf37f0
 def _check_threshold(threshold, where:str='threshold'):
     if threshold is None: return
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
-        raise WoodInputError(where, f'{threshold!r} is outside 0..1.', 'give a probability between 0 and 1 (the paper uses 0.5), or None with top_k.')
+        raise WoodInputError(where, f'{threshold!r} is outside 0..1.',
+                             'give a probability between 0 and 1 (the paper uses 0.5), or None with top_k.')
 
 def _check_top_k(top_k, where:str='top_k'):
     if top_k is None: return
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise WoodInputError(where, f'{top_k!r} is not a positive integer.', 'give the number of candidates to keep, or None for all above the threshold.')
+        raise WoodInputError(where, f'{top_k!r} is not a positive integer.',
+                             'give the number of candidates to keep, or None for all above the threshold.')
 
 def rank_candidates(scores:list, # `(path, score, cls)` tuples, e.g. from `score_pool`
                     threshold:float|None=0.5, # keep scores strictly above it; None: no threshold
@@ -92,7 +99,9 @@ def rank_candidates(scores:list, # `(path, score, cls)` tuples, e.g. from `score
     _check_threshold(threshold); _check_top_k(top_k)
     cands = [Candidate(str(p), float(s), int(c)) for p, s, c in scores]
     bad = [c.path for c in cands if not math.isfinite(c.score)]
-    if bad: raise WoodInputError('scores', f'{len(bad)} scores are not finite, e.g. {bad[:3]}.', 'check the classifier: its weights may have diverged.')
+    if bad:
+        raise WoodInputError('scores', f'{len(bad)} scores are not finite, e.g. {bad[:3]}.',
+                             'check the classifier: its weights may have diverged.')
     if threshold is not None: cands = [c for c in cands if c.score > threshold]
     cands.sort(key=lambda c: (-c.score, c.path))
     return cands[:top_k] if top_k is not None else cands
@@ -110,7 +119,8 @@ def write_ranked(path, # the CSV to write
     for p, s, c in ranked:
         c = int(c)
         if classes is not None and not 0 <= c < len(classes):
-            raise WoodInputError('classes', f'class index {c} of {p!r} does not fit {len(classes)} class names.', 'pass the class names of the model that scored the pool.')
+            raise WoodInputError('classes', f'class index {c} of {p!r} does not fit {len(classes)} class names.',
+                                 'pass the class names of the model that scored the pool.')
         w.writerow([p, f'{float(s):.6f}', classes[c] if classes is not None else c])
     return write_text(path, buf.getvalue())
 
@@ -122,14 +132,16 @@ def read_ranked(path, # a CSV written by `write_ranked`
     if not path.is_file(): raise WoodInputError(path, 'ranked list is missing.', 'run the mining step that writes it.')
     with open(path, newline='', encoding='utf-8') as fh: rows = list(csv.reader(fh))
     if not rows or tuple(c.strip() for c in rows[0]) != RANKED_HEADER:
-        raise WoodInputError(path, 'does not start with the header path,score,predicted_class.', 'use a file written by write_ranked.')
+        raise WoodInputError(path, 'does not start with the header path,score,predicted_class.',
+                             'use a file written by write_ranked.')
     index = {c: i for i, c in enumerate(classes)} if classes is not None else {}
     out = []
     for n, row in enumerate(rows[1:], 2):
         if not row: continue
         try: p, s, c = row; out.append(Candidate(p, float(s), index[c] if c in index else int(c)))
         except ValueError as e:
-            raise WoodInputError(path, f'line {n} ({",".join(row)!r}) is not path,score,class.', 'use a file written by write_ranked, or pass the class names.') from e
+            raise WoodInputError(path, f'line {n} ({",".join(row)!r}) is not path,score,class.',
+                                 'use a file written by write_ranked, or pass the class names.') from e
     return out
 
 # %% ../nbs/07_mining.ipynb #c5e34ea3
@@ -138,12 +150,16 @@ def write_ood_list(path, # the list file to write (e.g. `mining/ood_list.txt`)
                   )->Path:
     "Write an `ood_list.txt` (one relative path a line), atomically."
     paths, seen = [str(p) for p in paths], set()
-    if not paths: raise WoodInputError(path, 'no image path to write.', 'keep at least one candidate (lower the threshold, raise top_k, or review the curation).')
+    if not paths:
+        raise WoodInputError(path, 'no image path to write.',
+                             'keep at least one candidate (lower the threshold, raise top_k, or review the curation).')
     for p in paths:
         if not p.strip() or p != p.strip() or '\n' in p:
-            raise WoodInputError(path, f'{p!r} is not a clean path.', 'give relative paths without surrounding spaces or line breaks.')
+            raise WoodInputError(path, f'{p!r} is not a clean path.',
+                                 'give relative paths without surrounding spaces or line breaks.')
         if Path(p).is_absolute() or '..' in Path(p).parts:
-            raise WoodInputError(path, f'{p!r} is not a path inside the pool folder.', 'give paths relative to the pool folder, without "..".')
+            raise WoodInputError(path, f'{p!r} is not a path inside the pool folder.',
+                                 'give paths relative to the pool folder, without "..".')
         if p in seen: raise WoodInputError(path, f'{p!r} is listed twice.', 'list each image once.')
         seen.add(p)
     return write_text(path, '\n'.join(paths) + '\n')
@@ -152,19 +168,32 @@ def write_ood_list(path, # the list file to write (e.g. `mining/ood_list.txt`)
 def _check_curation(mode, pool_root, curated_list, list_file:str='ood_list.txt', meta_file:str='ood_meta.csv'):
     "Refuse a curation setting that cannot work, before any image is scored."
     if mode not in CURATION_MODES:
-        raise WoodInputError('curation', f'{mode!r} is not a curation mode.', f"use one of {list(CURATION_MODES)}: 'list' (a person's list), 'meta' (simulated annotator), 'none'.")
+        raise WoodInputError('curation', f'{mode!r} is not a curation mode.',
+                             f"use one of {list(CURATION_MODES)}: 'list' (a person's list), "
+                             "'meta' (simulated annotator), 'none'.")
     if mode in ('meta', 'list') and pool_root is None:
         raise WoodInputError('pool_root', f"curation {mode!r} needs the pool folder.", 'pass pool_root.')
     if mode == 'meta' and not (Path(pool_root)/meta_file).is_file():
-        raise WoodInputError(Path(pool_root)/meta_file, "is missing: curation 'meta' simulates the annotator from it, and only generated pools have one.",
-                             "use curation 'list' with a list of kept paths made by a person (the OoD curator widget writes one), or 'none'.")
+        raise WoodInputError(Path(pool_root)/meta_file,
+                             "is missing: curation 'meta' simulates the annotator from it, "
+                             "and only generated pools have one.",
+                             "use curation 'list' with a list of kept paths made by a person "
+                             "(the OoD curator widget writes one), or 'none'.")
     if mode == 'list':
-        if curated_list is None: raise WoodInputError('curated_list', "curation 'list' needs the curated list file.", 'pass the file of kept paths (one a line, relative to the pool).')
-        if not Path(curated_list).is_file(): raise WoodInputError(curated_list, 'curated list is missing.', 'check the path, or write the list with the OoD curator widget.')
+        if curated_list is None:
+            raise WoodInputError('curated_list', "curation 'list' needs the curated list file.",
+                                 'pass the file of kept paths (one a line, relative to the pool).')
+        if not Path(curated_list).is_file():
+            raise WoodInputError(curated_list, 'curated list is missing.',
+                                 'check the path, or write the list with the OoD curator widget.')
         pool = set(read_ood_list(pool_root, list_file))
         alien = [p for p in read_curated_list(curated_list) if p not in pool]
-        if alien: raise WoodInputError(curated_list, f'{len(alien)} path(s) are not in the pool {Path(pool_root)/list_file}, e.g. {alien[:3]}.',
-                                       'write the paths as the pool list has them (relative to the pool folder), or pass the pool the list was made from.')
+        if alien:
+            raise WoodInputError(curated_list,
+                                 f'{len(alien)} path(s) are not in the pool {Path(pool_root)/list_file}, '
+                                 f'e.g. {alien[:3]}.',
+                                 'write the paths as the pool list has them (relative to the pool folder), '
+                                 'or pass the pool the list was made from.')
 
 def read_curated_list(path)->list[str]:
     "The paths of a curated list (the `ood_list.txt` format), checked like an OoD list."
@@ -182,18 +211,23 @@ def curate(ranked:list, # candidates from `rank_candidates`, best first
     _check_curation(mode, pool_root, curated_list, list_file, meta_file)
     ranked = [Candidate(*c) for c in ranked]
     if mode == 'none':
-        warnings.warn(f"curation 'none': all {len(ranked)} candidates are kept unchecked; some may hold a foreground class, "
-                      "which W-OoD would then learn to suppress. Review them (curation 'list') before reporting results.", stacklevel=2)
+        warnings.warn(f"curation 'none': all {len(ranked)} candidates are kept unchecked; "
+                      "some may hold a foreground class, which W-OoD would then learn to suppress. "
+                      "Review them (curation 'list') before reporting results.", stacklevel=2)
         return ranked
     if mode == 'meta':
         meta = read_ood_meta(pool_root, meta_file)
         lacking = [c.path for c in ranked if c.path not in meta]
-        if lacking: raise WoodInputError(Path(pool_root)/meta_file, f'{len(lacking)} candidates have no row, e.g. {lacking[:3]}.',
-                                         'add a row (path,contains_foreground) for every image of the pool.')
+        if lacking:
+            raise WoodInputError(Path(pool_root)/meta_file,
+                                 f'{len(lacking)} candidates have no row, e.g. {lacking[:3]}.',
+                                 'add a row (path,contains_foreground) for every image of the pool.')
         return [c for c in ranked if not meta[c.path]]
     keep = set(read_curated_list(curated_list))
     unranked = len(keep - {c.path for c in ranked})
-    if unranked: warnings.warn(f'{curated_list}: {unranked} kept path(s) are pool images that are not among the {len(ranked)} candidates; they are left out.', stacklevel=2)
+    if unranked:
+        warnings.warn(f'{curated_list}: {unranked} kept path(s) are pool images that are not among the {len(ranked)} '
+                      'candidates; they are left out.', stacklevel=2)
     return [c for c in ranked if c.path in keep]
 
 # %% ../nbs/07_mining.ipynb #2af41f4e
@@ -213,7 +247,8 @@ def mining_summary(scores:list, ranked:list, kept:list, # the outputs of the thr
         fg = [p for p, *_ in kept if p in meta and meta[p]['contains_foreground']]
         s['foreground_share_kept'] = len(fg)/len(kept) if kept else None
     if meta and any('kind' in r for r in meta.values()):
-        k = {name: _kind_counts([c[0] for c in xs], meta) for name, xs in (('pool', scores), ('candidates', ranked), ('kept', kept))}
+        k = {name: _kind_counts([c[0] for c in xs], meta)
+             for name, xs in (('pool', scores), ('candidates', ranked), ('kept', kept))}
         s['kinds'] = k
         s['kept_kind_share'] = {n: v/len(kept) for n, v in sorted(k['kept'].items())} if kept else {}
         s['hard_share_kept'] = k['kept'].get('hard', 0)/len(kept) if kept else None
@@ -231,25 +266,32 @@ def mine(model:nn.Module, # the baseline classifier F_in
          classes:list[str]|None=None, # class names for the CSVs (default: `model.classes`)
          batch_size:int=32, device=None, num_workers:int=0, progress:bool=False,
         )->dict: # the content of `mining.json`
-    "Score the pool, rank the hard OoD candidates, curate them and write `scores.csv`, `ranked.csv`, `ood_list.txt` and `mining.json`."
+    ("Score the pool, rank the hard OoD candidates, curate them and write `scores.csv`, `ranked.csv`, `ood_list.txt` "
+     "and `mining.json`.")
     _check_threshold(threshold, '--threshold'); _check_top_k(top_k, '--top-k')
     if threshold is None and top_k is None:
-        raise WoodInputError('--threshold', 'neither a threshold nor top_k was given: every pool image would be a candidate.', 'give a threshold (0.5) or top_k.')
+        raise WoodInputError('--threshold',
+                             'neither a threshold nor top_k was given: every pool image would be a candidate.',
+                             'give a threshold (0.5) or top_k.')
     _check_curation(curation, pool_root, curated_list, list_file)
     out, pool_root = Path(out_dir), Path(pool_root)
     classes = classes if classes is not None else getattr(unwrap(model), 'classes', None)
-    scores = score_pool(model, pool_root, list_file, batch_size, device, num_workers, progress)   # split over processes, gathered
+    # split over processes, gathered
+    scores = score_pool(model, pool_root, list_file, batch_size, device, num_workers, progress)
     def rank_curate_write():                                      # once, on rank 0 (`main_result`)
         ranked = rank_candidates(scores, threshold, top_k)
         write_ranked(out/'scores.csv', scores, classes); write_ranked(out/'ranked.csv', ranked, classes)
         kept = curate(ranked, curation, pool_root, curated_list, list_file)
         if not kept:
-            why = 'no pool image scored above the threshold' if not ranked else f'curation {curation!r} removed all {len(ranked)} candidates'
+            why = ('no pool image scored above the threshold' if not ranked
+                   else f'curation {curation!r} removed all {len(ranked)} candidates')
             raise WoodInputError('--threshold' if not ranked else '--curation', f'no OoD image was kept: {why}.',
-                                 f'look at the scores in {out/"scores.csv"} and lower the threshold or use --top-k; check the curated list.')
+                                 f'look at the scores in {out/"scores.csv"} and lower the threshold or use --top-k; '
+                                 'check the curated list.')
         meta = read_ood_meta(pool_root, columns=True) if (pool_root/'ood_meta.csv').is_file() else None
         summary = dict(mining_summary(scores, ranked, kept, meta), threshold=threshold, top_k=top_k, curation=curation,
-                       curated_list=str(curated_list) if curated_list is not None else None, pool_root=str(pool_root), list_file=list_file)
+                       curated_list=str(curated_list) if curated_list is not None else None, pool_root=str(pool_root),
+                       list_file=list_file)
         write_ood_list(out/'ood_list.txt', [c.path for c in kept])
         write_json(out/'mining.json', summary)
         return summary

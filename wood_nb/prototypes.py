@@ -28,7 +28,8 @@ def image_features(model:nn.Module, # the frozen baseline (`pooled(x) -> (B, D)`
                    num_workers:int=0, progress:bool=False,
                   )->torch.Tensor: # `(N, D)` float32, on the CPU
     "The GAP features of every image of `dataset`, with the model frozen."
-    if len(dataset) == 0: raise WoodInputError('dataset', 'holds no image.', 'give a split or an OoD list with at least one image.')
+    if len(dataset) == 0:
+        raise WoodInputError('dataset', 'holds no image.', 'give a split or an OoD list with at least one image.')
     feats = map_dataset(model, dataset, lambda m, x: m.pooled(x), batch_size, device, num_workers, progress, 'features')
     return torch.stack(feats).float()
 
@@ -39,16 +40,20 @@ def class_prototypes(features, # `(N, D)` image features
                     )->torch.Tensor: # `(C, D)` float32: row c the mean feature of the images holding class c
     "The mean feature of the images whose label contains each class."
     f, y = torch.as_tensor(features), torch.as_tensor(labels)
-    if f.ndim != 2: raise WoodInputError('features', f'has shape {tuple(f.shape)}, not (N, D).', 'pass one feature vector a row.')
-    if y.ndim != 2: raise WoodInputError('labels', f'has shape {tuple(y.shape)}, not (N, C).', 'pass one multi-hot label a row.')
-    if len(f) != len(y): raise ValueError(f'{len(f)} feature rows but {len(y)} label rows; one label per image is required.')
+    if f.ndim != 2:
+        raise WoodInputError('features', f'has shape {tuple(f.shape)}, not (N, D).', 'pass one feature vector a row.')
+    if y.ndim != 2:
+        raise WoodInputError('labels', f'has shape {tuple(y.shape)}, not (N, C).', 'pass one multi-hot label a row.')
+    if len(f) != len(y):
+        raise ValueError(f'{len(f)} feature rows but {len(y)} label rows; one label per image is required.')
     y = (y.to(f.device) > 0.5).double()
     counts = y.sum(0)
     empty = torch.nonzero(counts == 0).flatten().tolist()
     if empty:
         names = [classes[i] if classes is not None else i for i in empty]
         raise WoodInputError('labels', f'class(es) {names} have no image, so they have no prototype.',
-                             'compute the prototypes on a split that holds every class (VOC: train_aug or train), or fix classes.txt.')
+                             'compute the prototypes on a split that holds every class (VOC: train_aug or train), '
+                             'or fix classes.txt.')
     return ((y.T @ f.double())/counts[:, None]).float()
 
 # %% ../nbs/08_prototypes.ipynb #4fa74220
@@ -56,7 +61,8 @@ def _as_points(x, name:str='features')->torch.Tensor:
     "A `(N, D)` float tensor (float64 kept, anything else float32), checked."
     x = torch.as_tensor(x)
     if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise WoodInputError(name, f'has shape {tuple(x.shape)}, not (N, D) with N, D >= 1.', 'pass one feature vector a row.')
+        raise WoodInputError(name, f'has shape {tuple(x.shape)}, not (N, D) with N, D >= 1.',
+                             'pass one feature vector a row.')
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 @contextlib.contextmanager
@@ -69,13 +75,15 @@ def _threads(n:int):
         if n != old: torch.set_num_threads(old)
 
 def _sqdist(x:torch.Tensor, c:torch.Tensor, nt:int, xx:torch.Tensor|None=None)->torch.Tensor:
-    "`(N, K)` squared distances (on `nt` threads); without `xx` (the rows' squared norms) each row is off by that constant."
+    ("`(N, K)` squared distances (on `nt` threads); without `xx` (the rows' squared norms) "
+     "each row is off by that constant.")
     cc = torch.linalg.vector_norm(c, dim=1)**2
     with _threads(nt): d = torch.addmm(cc[None], x, c.T, alpha=-2)
     return d if xx is None else d.add_(xx[:, None].to(d.dtype)).clamp_(min=0)
 
 def _kmeanspp(x:torch.Tensor, xx:torch.Tensor, k:int, seed:int, nt:int)->torch.Tensor:
-    "Greedy k-means++ (scikit-learn's): each new centre is the best of `2 + log k` draws proportional to the squared distance."
+    ("Greedy k-means++ (scikit-learn's): each new centre is the best of `2 + log k` draws "
+     "proportional to the squared distance.")
     N, g = len(x), torch.Generator().manual_seed(int(seed))
     trials = 2 + int(math.log(k))
     idx = [int(torch.randint(N, (1,), generator=g))]
@@ -91,9 +99,12 @@ def _kmeanspp(x:torch.Tensor, xx:torch.Tensor, k:int, seed:int, nt:int)->torch.T
         idx.append(int(cand[b]))
     return x[idx].clone()
 
-def _group_sums(x:torch.Tensor, groups:torch.Tensor, k:int, nt:int, rows:torch.Tensor|None=None, weights:torch.Tensor|None=None)->torch.Tensor:
-    "`(k, D)` sums of the rows `rows` of `x` (all when None), row i into group `groups[i]`, times `weights[i]` (1 when None)."
-    if x.device.type == 'cpu':                   # a sparse (k, N) indicator times x: one multithreaded pass (index_add_ is serial on CPU)
+def _group_sums(x:torch.Tensor, groups:torch.Tensor, k:int, nt:int, rows:torch.Tensor|None=None,
+                weights:torch.Tensor|None=None)->torch.Tensor:
+    ("`(k, D)` sums of the rows `rows` of `x` (all when None), row i into group `groups[i]`, "
+     "times `weights[i]` (1 when None).")
+    # a sparse (k, N) indicator times x: one multithreaded pass (index_add_ is serial on CPU)
+    if x.device.type == 'cpu':
         rows = torch.arange(len(x)) if rows is None else rows
         w = torch.ones(len(rows), dtype=x.dtype) if weights is None else weights.to(x.dtype)
         ind = torch.sparse_coo_tensor(torch.stack([groups, rows]), w, (k, len(x)), check_invariants=False)
@@ -139,30 +150,41 @@ def kmeans(x, # `(N, D)` points (tensor or array; on any device)
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise WoodInputError('k', f'{k!r} is not a positive integer.', 'give the number of clusters (the paper: 50).')
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
-        raise WoodInputError('iters', f'{iters!r} is not a non-negative integer.', 'give the number of Lloyd iterations (the paper: 10).')
+        raise WoodInputError('iters', f'{iters!r} is not a non-negative integer.',
+                             'give the number of Lloyd iterations (the paper: 10).')
     if k > N:
-        if not clamp: raise WoodInputError('k', f'{k} clusters were asked for {N} points.', f'use k <= {N}, mine more OoD images, or pass clamp=True to use k = {N}.')
+        if not clamp:
+            raise WoodInputError('k', f'{k} clusters were asked for {N} points.',
+                                 f'use k <= {N}, mine more OoD images, or pass clamp=True to use k = {N}.')
         warnings.warn(f'kmeans: k={k} is more than the {N} points; using k={N}.', stacklevel=2); k = N
     if isinstance(init, str) and init not in ('first', 'k-means++'):
-        raise WoodInputError('init', f'{init!r} is not an initialisation.', "use 'k-means++', 'first' or a (k, D) tensor of centres.")
+        raise WoodInputError('init', f'{init!r} is not an initialisation.',
+                             "use 'k-means++', 'first' or a (k, D) tensor of centres.")
     if not isinstance(init, str):
         init = torch.as_tensor(init).to(device=x.device, dtype=x.dtype)
-        if init.shape != (k, D): raise WoodInputError('init', f'holds centres of shape {tuple(init.shape)}, not ({k}, {D}).', 'give one initial centre a cluster.')
+        if init.shape != (k, D):
+            raise WoodInputError('init', f'holds centres of shape {tuple(init.shape)}, not ({k}, {D}).',
+                                 'give one initial centre a cluster.')
     nt = torch.get_num_threads()
     with _threads(1 if x.device.type == 'cpu' else nt):   # bookkeeping on one thread; the passes over x on all of them
         with _threads(nt):
             mean = x.mean(0)
             if not torch.isfinite(mean).all():
                 bad = int((~torch.isfinite(x)).any(1).sum())
-                raise WoodInputError('features', f'hold NaN or infinite values ({bad} rows).' if bad else 'are too large to average.', 'check the model that computed them (a diverged model gives NaN).')
+                raise WoodInputError('features',
+                                     f'hold NaN or infinite values ({bad} rows).' if bad
+                                     else 'are too large to average.',
+                                     'check the model that computed them (a diverged model gives NaN).')
             xc = x - mean
             xx = torch.linalg.vector_norm(xc, dim=1).double()**2    # squared norms (per row, so float32 stays accurate)
-        c = xc[:k].clone() if isinstance(init, str) and init == 'first' else _kmeanspp(xc, xx, k, seed, nt) if isinstance(init, str) else init - mean
+        c = (xc[:k].clone() if isinstance(init, str) and init == 'first'
+             else _kmeanspp(xc, xx, k, seed, nt) if isinstance(init, str) else init - mean)
         prev, fixed, moved, state, d = None, False, True, {}, None
         for _ in range(iters):                   # scikit-learn's order: E step, M step, stop when the labels repeat
             d = _sqdist(xc, c, nt); dmin, assign = d.min(1)
             c, moved = _m_step(xc, c, assign, (xx + dmin).clamp_(min=0), state, reseed_empty, nt)
-            if prev is not None and torch.equal(assign, prev): fixed = True; break   # a fixed point: nothing moves any more
+            # a fixed point: nothing moves any more
+            if prev is not None and torch.equal(assign, prev): fixed = True; break
             prev = assign
         if not fixed: d = _sqdist(xc, c, nt); assign = d.argmin(1)   # the assignment under the returned centres
         elif moved: d = _sqdist(xc, c, nt)
@@ -181,14 +203,19 @@ def save_prototypes(path, # the `.npz` to write
     "Write class and OoD prototypes (and `meta`, extra arrays) to an `.npz`, atomically."
     cp, op = (torch.as_tensor(t).detach().float().cpu().numpy() for t in (class_protos, ood_protos))
     if cp.ndim != 2 or op.ndim != 2 or cp.shape[1] != op.shape[1]:
-        raise WoodInputError(path, f'class prototypes {cp.shape} and OoD prototypes {op.shape} are not two (N, D) arrays with the same D.',
+        raise WoodInputError(path, f'class prototypes {cp.shape} and OoD prototypes {op.shape} '
+                             'are not two (N, D) arrays with the same D.',
                              'compute both with the same model.')
     try: meta_json = json.dumps(meta or {})
-    except TypeError as e: raise WoodInputError('meta', f'is not JSON-serialisable ({e}).', 'store only numbers, strings, lists and dicts.') from e
+    except TypeError as e:
+        raise WoodInputError('meta', f'is not JSON-serialisable ({e}).',
+                             'store only numbers, strings, lists and dicts.') from e
     arrays = {k: np.asarray(v) for k, v in extra.items()}
     for k, v in arrays.items():
-        if v.dtype == object: raise WoodInputError(k, 'is an object array, which would need a pickle.', 'store numbers or strings.')
-    return save_npz(path, class_protos=cp, ood_protos=op, meta=np.array(meta_json), format=np.array(PROTO_FORMAT), **arrays)
+        if v.dtype == object:
+            raise WoodInputError(k, 'is an object array, which would need a pickle.', 'store numbers or strings.')
+    return save_npz(path, class_protos=cp, ood_protos=op, meta=np.array(meta_json), format=np.array(PROTO_FORMAT),
+                    **arrays)
 
 def load_prototypes(path)->dict:
     "Read a prototypes `.npz`: `class_protos`, `ood_protos` (float32 tensors), `meta` (dict) and any extra arrays."
@@ -217,12 +244,14 @@ def compute_prototypes(model:nn.Module, # the frozen baseline F_in
                        batch_size:int=32, device=None, num_workers:int=0, progress:bool=False,
                       )->Path: # the prototypes file
     "Class prototypes of `split` and k-means OoD prototypes of the curated list, written to `out_dir/prototypes.npz`."
-    if pool_root is None: raise WoodInputError('pool_root', 'the OoD pool folder is needed.', 'pass the pool the OoD list refers to.')
+    if pool_root is None:
+        raise WoodInputError('pool_root', 'the OoD pool folder is needed.', 'pass the pool the OoD list refers to.')
     net = unwrap(model)
     tf = eval_transforms(getattr(net, 'mean', IMAGENET_MEAN), getattr(net, 'std', IMAGENET_STD))
     ds = VOCDataset(voc_root, split, transform=tf, with_mask=False)
     if getattr(net, 'num_classes', ds.num_classes) != ds.num_classes:
-        raise WoodInputError(voc_root, f'has {ds.num_classes} classes but the model {net.num_classes}.', 'use the classifier trained on this dataset.')
+        raise WoodInputError(voc_root, f'has {ds.num_classes} classes but the model {net.num_classes}.',
+                             'use the classifier trained on this dataset.')
     labels = ds.labels()
     cp = class_prototypes(image_features(model, ds, batch_size, device, num_workers, progress), labels, ds.classes)
     ood = OoDDataset(pool_root, ood_list, ds.num_classes, transform=tf)
@@ -230,9 +259,10 @@ def compute_prototypes(model:nn.Module, # the frozen baseline F_in
     path = Path(out_dir)/'prototypes.npz'
     def cluster_and_write():                                      # once, on rank 0 (`main_result`)
         centres, assign, inertia = kmeans(of, k, iters, init, seed, clamp=clamp)
-        meta = dict(backbone=getattr(net, 'backbone_name', type(net).__name__), feat_dim=int(cp.shape[1]), classes=ds.classes,
-                    voc_root=str(voc_root), split=split, n_images=len(ds), pool_root=str(pool_root), ood_list=str(ood_list),
-                    n_ood=len(ood), k=int(centres.shape[0]), iters=iters, init=init if isinstance(init, str) else 'given', seed=seed,
+        meta = dict(backbone=getattr(net, 'backbone_name', type(net).__name__), feat_dim=int(cp.shape[1]),
+                    classes=ds.classes, voc_root=str(voc_root), split=split, n_images=len(ds),
+                    pool_root=str(pool_root), ood_list=str(ood_list), n_ood=len(ood), k=int(centres.shape[0]),
+                    iters=iters, init=init if isinstance(init, str) else 'given', seed=seed,
                     inertia=inertia, cluster_sizes=torch.bincount(assign, minlength=len(centres)).tolist())
         save_prototypes(path, cp, centres, meta, ood_assign=assign.cpu().numpy(), ood_paths=np.array(ood.ids),
                         class_counts=(labels > 0.5).sum(0).numpy())
@@ -254,7 +284,9 @@ def plot_clusters(pool_root, # the pool folder
     from PIL import Image
     pool_root = Path(pool_root)
     a, c, f = (torch.as_tensor(t).cpu() for t in (assign, centres, features))
-    if not len(paths) == len(a) == len(f): raise ValueError(f'{len(paths)} paths, {len(a)} assignments and {len(f)} features; one each per image is required.')
+    if not len(paths) == len(a) == len(f):
+        raise ValueError(f'{len(paths)} paths, {len(a)} assignments and {len(f)} features; '
+                         'one each per image is required.')
     meta = read_ood_meta(pool_root, meta_file, columns=True) if (pool_root/meta_file).is_file() else {}
     sizes = torch.bincount(a, minlength=len(c))
     show = [int(j) for j in sorted(range(len(c)), key=lambda j: (-int(sizes[j]), j))[:n_clusters] if sizes[j] > 0]
@@ -266,8 +298,10 @@ def plot_clusters(pool_root, # the pool folder
         for ax, i in zip(row, near.tolist()):
             with Image.open(pool_root/paths[i]) as im: ax.imshow(np.asarray(im.convert('RGB')))
             m = meta.get(paths[i], {})
-            ax.set_title((m.get('cues') or ('obj: ' + m['objects'] if m.get('objects') else '-')) if m else paths[i].split('/')[-1], fontsize=7)
-        row[0].text(-0.12, 0.5, f'cluster {j}\n{int(sizes[j])} images', transform=row[0].transAxes, rotation=90, va='center', ha='right', fontsize=7)
+            ax.set_title((m.get('cues') or ('obj: ' + m['objects'] if m.get('objects') else '-')) if m
+                         else paths[i].split('/')[-1], fontsize=7)
+        row[0].text(-0.12, 0.5, f'cluster {j}\n{int(sizes[j])} images', transform=row[0].transAxes, rotation=90,
+                    va='center', ha='right', fontsize=7)
     fig.tight_layout()
     return fig
 
@@ -278,7 +312,8 @@ def partition_inertia(features, # `(N, D)` features
     "Within-group sum of squared distances to the group means."
     f, gr = torch.as_tensor(features).double(), torch.as_tensor(groups)
     _, inv = torch.unique(gr, return_inverse=True)
-    means = torch.zeros(int(inv.max()) + 1, f.shape[1], dtype=f.dtype).index_add_(0, inv, f)/torch.bincount(inv)[:, None]
+    means = (torch.zeros(int(inv.max()) + 1, f.shape[1], dtype=f.dtype).index_add_(0, inv, f)
+             / torch.bincount(inv)[:, None])
     return float(((f - means[inv])**2).sum())
 
 def cue_purity(labels:list, # a label per image (e.g. its cues on a generated pool)
