@@ -114,7 +114,8 @@ def _norm_maps(rec:dict)->np.ndarray:
 
 # %% ../nbs/12_inspect.ipynb #ea45de09
 class ImageStepper:
-    "The selected image of a list `ids`: `index`, `id`, and `next()` / `prev()` through the subclass's `set_index` (wrapping)."
+    ("The selected image of a list `ids`: `index`, `id`, and `next()` / `prev()` through the subclass's `set_index` "
+     "(wrapping).")
     _index = 0
     @property
     def index(self)->int: return self._index
@@ -324,7 +325,8 @@ def _by_distance(model, pool_root:Path, n_classes:int, members:list, centre:torc
 
 # %% ../nbs/12_inspect.ipynb #d3f1e057
 def _inspector_similarity(self, j:int|None=None)->np.ndarray:
-    "Where the image looks like OoD centre `j`: per-pixel cosine similarity, min-max scaled within the image, at image size."
+    ("Where the image looks like OoD centre `j`: per-pixel cosine similarity, min-max scaled within the image, "
+     "at image size.")
     j = self.cluster if j is None else int(j)
     return _similarity_map(self.analysis()['fmap'], self.centres[j], self.image().shape[:2])
 

@@ -16,7 +16,9 @@ from torch import nn
 import timm
 from torchvision import tv_tensors
 
-from .core import config_json, IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything, write_json
+from .core import (config_json, IGNORE_INDEX, WoodInputError, load_mask, child_path, load_weights,
+                          load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything,
+                          write_json)
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
 from .model import PACKAGE_WEIGHTS, backbone_head_groups, backbone_state, fit_state_dict, save_checkpoint
 from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
@@ -41,15 +43,19 @@ def confident_labels(cams, # `(K, H, W)` max-normalised CAMs (values in [0, 1]) 
                      keys, # `(K,)` class id (1..C) of each map
                      fg_thresh:float=0.30, # foreground where a class map beats this background plane
                      bg_thresh:float=0.15, # background where no class map beats this (lower) plane
-                     image=None, # `(H, W, 3)` uint8 image: refine both maps with a dense CRF first (IRN; needs pydensecrf)
+                     # `(H, W, 3)` uint8 image: refine both maps with a dense CRF first (IRN; needs pydensecrf)
+                     image=None,
                      gt_prob:float=0.7, # CRF only: confidence of the label-based unary
                     )->np.ndarray: # `(H, W)` uint8: class id, 0 (background) or 255 (unsure)
-    "IRN's confident labels: a class where it beats `fg_thresh`, background where nothing beats `bg_thresh`, 255 between."
+    ("IRN's confident labels: a class where it beats `fg_thresh`, background where nothing beats `bg_thresh`, "
+     "255 between.")
     if not 0 <= bg_thresh <= fg_thresh <= 1:
-        raise WoodInputError('fg_thresh/bg_thresh', f'need 0 <= bg_thresh <= fg_thresh <= 1, got bg {bg_thresh}, fg {fg_thresh}.',
+        raise WoodInputError('fg_thresh/bg_thresh',
+                             f'need 0 <= bg_thresh <= fg_thresh <= 1, got bg {bg_thresh}, fg {fg_thresh}.',
                              'use thresholds on max-normalised maps, e.g. fg 0.30 and bg 0.15 (IRN).')
     fg, bg = seed_from_cams(cams, keys, fg_thresh), seed_from_cams(cams, keys, bg_thresh)
-    if image is not None and np.asarray(keys).size:                    # (no class map: all background, nothing to refine)
+    # (no class map: all background, nothing to refine)
+    if image is not None and np.asarray(keys).size:
         k = np.asarray(keys, np.int64).reshape(-1)
         index = np.zeros(256, np.int64); index[k] = np.arange(1, len(k) + 1)   # class id -> position in [bg, maps]
         fg = _table(k)[crf_labels(image, index[fg], len(k) + 1, gt_prob)]
@@ -73,17 +79,20 @@ def _dcrf():
         import pydensecrf.densecrf as dcrf
         from pydensecrf import utils
     except ImportError as e:
-        raise WoodInputError('dense CRF', 'the optional package pydensecrf2 (imported as pydensecrf) is not installed.', CRF_FIX) from e
+        raise WoodInputError('dense CRF', 'the optional package pydensecrf2 (imported as pydensecrf) is not installed.',
+                             CRF_FIX) from e
     return dcrf, utils
 
 def _crf_image(image, hw)->np.ndarray:
     "A C-contiguous `(H, W, 3)` uint8 image of size `hw`, or a clear error."
     img = np.asarray(image)
     if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise WoodInputError('image', f'expected an (H, W, 3) uint8 RGB image, got shape {img.shape} dtype {img.dtype}.',
+        raise WoodInputError('image',
+                             f'expected an (H, W, 3) uint8 RGB image, got shape {img.shape} dtype {img.dtype}.',
                              'pass e.g. np.asarray(Image.open(f).convert("RGB")).')
     if img.shape[:2] != tuple(hw):
-        raise WoodInputError('image', f'is {img.shape[0]}x{img.shape[1]} but the maps are {hw[0]}x{hw[1]}.', 'resize the maps to the image size first.')
+        raise WoodInputError('image', f'is {img.shape[0]}x{img.shape[1]} but the maps are {hw[0]}x{hw[1]}.',
+                             'resize the maps to the image size first.')
     return np.ascontiguousarray(img)
 
 def _crf_infer(img, unary, n, iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)->np.ndarray:
@@ -101,18 +110,21 @@ def dense_crf(image, # `(H, W, 3)` uint8 RGB image
               probs, # `(n, H, W)` per-pixel class probabilities (non-negative; each pixel is renormalised to sum 1)
               iters:int=10, # mean-field iterations
               sxy_gauss:float=3, compat_gauss:float=3, # smoothness kernel: position scale and weight
-              sxy_bilateral:float=50, srgb:float=5, compat_bilateral:float=10, # appearance kernel: position and colour scales, weight
+              # appearance kernel: position and colour scales, weight
+              sxy_bilateral:float=50, srgb:float=5, compat_bilateral:float=10,
              )->np.ndarray: # `(n, H, W)` float32 posterior
     "Dense CRF on probabilities (unary `-log p`), with IRN's kernel settings; needs `pydensecrf2`."
     _, utils = _dcrf()
     p = np.asarray(probs, np.float32)
     if p.ndim != 3 or len(p) < 1:
-        raise WoodInputError('probs', f'expected (n, H, W) probabilities, got shape {p.shape}.', 'stack one map per label.')
+        raise WoodInputError('probs', f'expected (n, H, W) probabilities, got shape {p.shape}.',
+                             'stack one map per label.')
     if not np.isfinite(p).all() or p.min() < 0:
         raise WoodInputError('probs', 'holds negative or non-finite values.', 'pass probabilities (e.g. a softmax).')
     img = _crf_image(image, p.shape[1:])
     p = p / np.maximum(p.sum(0, keepdims=True), 1e-8)
-    return _crf_infer(img, utils.unary_from_softmax(p), len(p), iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)
+    return _crf_infer(img, utils.unary_from_softmax(p), len(p), iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb,
+                      compat_bilateral)
 
 def crf_labels(image, # `(H, W, 3)` uint8 RGB image
                labels, # `(H, W)` integer labels in 0..n_labels-1
@@ -124,13 +136,16 @@ def crf_labels(image, # `(H, W, 3)` uint8 RGB image
     _, utils = _dcrf()
     lab = np.asarray(labels)
     if lab.ndim != 2 or not np.issubdtype(lab.dtype, np.integer):
-        raise WoodInputError('labels', f'expected an (H, W) integer map, got shape {lab.shape} dtype {lab.dtype}.', 'pass label indices.')
+        raise WoodInputError('labels', f'expected an (H, W) integer map, got shape {lab.shape} dtype {lab.dtype}.',
+                             'pass label indices.')
     if lab.size and (lab.min() < 0 or lab.max() >= n_labels):
-        raise WoodInputError('labels', f'values span {lab.min()}..{lab.max()}, outside 0..{n_labels - 1}.', 'pass indices below n_labels.')
+        raise WoodInputError('labels', f'values span {lab.min()}..{lab.max()}, outside 0..{n_labels - 1}.',
+                             'pass indices below n_labels.')
     if not 0 < gt_prob < 1: raise WoodInputError('gt_prob', f'{gt_prob!r} is outside (0, 1).', 'use e.g. 0.7 (IRN).')
     img = _crf_image(image, lab.shape)
     unary = utils.unary_from_labels(lab.astype(np.int64), n_labels, gt_prob=gt_prob, zero_unsure=False)
-    q = _crf_infer(img, unary, n_labels, iters, **{**dict(sxy_gauss=3, compat_gauss=3, sxy_bilateral=50, srgb=5, compat_bilateral=10), **kernels})
+    q = _crf_infer(img, unary, n_labels, iters,
+                   **{**dict(sxy_gauss=3, compat_gauss=3, sxy_bilateral=50, srgb=5, compat_bilateral=10), **kernels})
     return q.argmax(0)
 
 # %% ../nbs/10_refine.ipynb #c4d33a68
@@ -138,9 +153,11 @@ def pair_offsets(radius:int, # pairs closer than this (stride-4 cells) are compa
                 )->list[tuple[int, int]]: # `(dy, dx)` offsets, one per unordered pair
     "IRN's search directions: offsets with `0 < dy^2 + dx^2 < radius^2` in one half plane."
     if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 2:
-        raise WoodInputError('radius', f'{radius!r} is not an integer >= 2.', 'use e.g. 5 (synthetic) or 10 (VOC crops of 512 px).')
+        raise WoodInputError('radius', f'{radius!r} is not an integer >= 2.',
+                             'use e.g. 5 (synthetic) or 10 (VOC crops of 512 px).')
     r = int(radius)
-    return [(0, dx) for dx in range(1, r)] + [(dy, dx) for dy in range(1, r) for dx in range(-r + 1, r) if dy*dy + dx*dx < r*r]
+    return ([(0, dx) for dx in range(1, r)]
+            + [(dy, dx) for dy in range(1, r) for dx in range(-r + 1, r) if dy*dy + dx*dx < r*r])
 
 # %% ../nbs/10_refine.ipynb #81c4cedb
 def strided_labels(labels:torch.Tensor, # `(B, H, W)` integer labels (255 = unsure)
@@ -160,7 +177,8 @@ def pair_labels(labels:torch.Tensor, # `(B, h, w)` stride-4 labels (255 = unsure
                 radius:int)->tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # bg-pos, fg-pos, neg masks `(B, P, h, w)`
     "IRN's affinity labels for every pixel and offset: same background, same class, different labels."
     offs, r = pair_offsets(radius), radius - 1
-    if labels.ndim != 3: raise WoodInputError('labels', f'expected (B, h, w), got {tuple(labels.shape)}.', 'batch the label maps.')
+    if labels.ndim != 3:
+        raise WoodInputError('labels', f'expected (B, h, w), got {tuple(labels.shape)}.', 'batch the label maps.')
     h, w = labels.shape[-2:]
     lp = _pad_for_pairs(labels.long(), radius, IGNORE_INDEX)
     src = labels.long()[:, None]
@@ -179,16 +197,20 @@ def segment_points(dy:int, dx:int)->np.ndarray: # `(max(|dy|,|dx|) + 1, 2)` inte
 
 def pair_affinities(boundary:torch.Tensor, # `(B, h, w)` boundary probabilities in [0, 1]
                     radius:int)->torch.Tensor: # `(B, P, h, w)` affinity of each pixel with its partner at each offset
-    "Affinity `1 - max(boundary on the segment)` of every pixel and its partner at every offset of `pair_offsets(radius)`."
+    ("Affinity `1 - max(boundary on the segment)` of every pixel and its partner at every offset of "
+     "`pair_offsets(radius)`.")
     offs, r = pair_offsets(radius), radius - 1
-    if boundary.ndim != 3: raise WoodInputError('boundary', f'expected (B, h, w), got {tuple(boundary.shape)}.', 'batch the boundary maps.')
+    if boundary.ndim != 3:
+        raise WoodInputError('boundary', f'expected (B, h, w), got {tuple(boundary.shape)}.',
+                             'batch the boundary maps.')
     h, w = boundary.shape[-2:]
     bp = _pad_for_pairs(boundary, radius, 1.0)
     views = {}
     def at(py, px):
         if (py, px) not in views: views[(py, px)] = bp[:, py:py + h, r + px:r + px + w]
         return views[(py, px)]
-    return torch.stack([1 - torch.stack([at(int(py), int(px)) for py, px in segment_points(dy, dx)]).amax(0) for dy, dx in offs], 1)
+    return torch.stack([1 - torch.stack([at(int(py), int(px)) for py, px in segment_points(dy, dx)]).amax(0)
+                        for dy, dx in offs], 1)
 
 # %% ../nbs/10_refine.ipynb #c1f08a08
 def affinity_loss(aff:torch.Tensor, # `(B, P, h, w)` affinities in [0, 1]
@@ -205,19 +227,24 @@ def affinity_loss(aff:torch.Tensor, # `(B, P, h, w)` affinities in [0, 1]
     return (bg/2 + fg/2)/2 + ng/2, {'bg_pos': bg.detach(), 'fg_pos': fg.detach(), 'neg': ng.detach()}
 
 # %% ../nbs/10_refine.ipynb #34cf85c0
-BOUNDARY_FORMAT = 'wood_nb.boundary_net/1'  # `format` field of checkpoints written by `save_boundary_net` (in `wood_nb.model.CHECKPOINT_FORMATS`)
+# `format` field of checkpoints written by `save_boundary_net` (in `wood_nb.model.CHECKPOINT_FORMATS`)
+BOUNDARY_FORMAT = 'wood_nb.boundary_net/1'
 
 def _load_encoder(enc:nn.Module, backbone:str, src)->dict:
-    "Load backbone weights (`wood_nb.model.backbone_state`: package, local file or CAM classifier checkpoint) into a features-only timm model."
-    where, sd, norm, _ = backbone_state(src, backbone, warn_approx=False)   # the boundary net has never warned; a CAM head is not used
-    unused = fit_state_dict(enc, sd, where, backbone, drop_any=True)         # a features-only encoder lacks the ImageNet head and more
+    ("Load backbone weights (`wood_nb.model.backbone_state`: package, local file or CAM classifier checkpoint) "
+     "into a features-only timm model.")
+    # the boundary net has never warned; a CAM head is not used
+    where, sd, norm, _ = backbone_state(src, backbone, warn_approx=False)
+    # a features-only encoder lacks the ImageNet head and more
+    unused = fit_state_dict(enc, sd, where, backbone, drop_any=True)
     return dict(source=str(where), loaded=len(enc.state_dict()), unused=len(unused), norm=norm)
 
 # %% ../nbs/10_refine.ipynb #16282c9a
 class BoundaryNet(nn.Module):
     "IRN's class-boundary branch on a timm backbone: several levels fused at stride 4 into one boundary logit."
     def __init__(self, backbone:str='resnet50', # timm model name (any CNN that supports `features_only`)
-                 pretrained=None, # None (from scratch), PACKAGE_WEIGHTS, a local backbone file or a CAM classifier checkpoint
+                 # None (from scratch), PACKAGE_WEIGHTS, a local backbone file or a CAM classifier checkpoint
+                 pretrained=None,
                  freeze_backbone:bool=True, # IRN: the backbone does not train (no gradients, BN in eval mode)
                  levels:tuple=(1, 2, 3, 4), # timm feature levels to fuse (1..4 = strides 4, 8, 16, 32 for most CNNs)
                  width:int=32, # channels of each level's side branch
@@ -227,15 +254,21 @@ class BoundaryNet(nn.Module):
         try: self.encoder = timm.create_model(backbone, features_only=True, out_indices=levels, pretrained=False)
         except RuntimeError as e:
             if 'Unknown model' not in str(e): raise
-            raise WoodInputError('backbone', f'{backbone!r} is not a timm model.', 'use e.g. resnet50, resnet10t or tf_efficientnet_lite0.') from e
+            raise WoodInputError('backbone', f'{backbone!r} is not a timm model.',
+                                 'use e.g. resnet50, resnet10t or tf_efficientnet_lite0.') from e
         except (IndexError, AssertionError, ValueError) as e:
-            raise WoodInputError('levels', f'{levels} are not feature levels of {backbone!r} ({type(e).__name__}: {e}).', 'use levels among 0..4.') from e
-        self.backbone_name, self.levels, self.width, self.freeze_backbone = backbone, levels, int(width), bool(freeze_backbone)
+            raise WoodInputError('levels',
+                                 f'{levels} are not feature levels of {backbone!r} ({type(e).__name__}: {e}).',
+                                 'use levels among 0..4.') from e
+        self.backbone_name, self.levels, self.width, self.freeze_backbone = (backbone, levels, int(width),
+                                                                             bool(freeze_backbone))
         chans = self.encoder.feature_info.channels()
-        self.side = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width), nn.ReLU(inplace=True)) for c in chans)
+        self.side = nn.ModuleList(nn.Sequential(nn.Conv2d(c, width, 1, bias=False), nn.GroupNorm(4, width),
+                                                nn.ReLU(inplace=True)) for c in chans)
         self.fuse = nn.Conv2d(width * len(chans), 1, 1, bias=True)
         cfg = getattr(self.encoder, 'pretrained_cfg', {}) or {}
-        self.mean, self.std = tuple(cfg.get('mean', (0.485, 0.456, 0.406))), tuple(cfg.get('std', (0.229, 0.224, 0.225)))
+        self.mean, self.std = (tuple(cfg.get('mean', (0.485, 0.456, 0.406))),
+                               tuple(cfg.get('std', (0.229, 0.224, 0.225))))
         self.pretrained = None if pretrained is None else str(pretrained)
         self.load_report = None if pretrained is None else _load_encoder(self.encoder, backbone, pretrained)
         if self.load_report and self.load_report['norm']: self.mean, self.std = self.load_report['norm']
@@ -252,12 +285,15 @@ class BoundaryNet(nn.Module):
     def forward(self, x:torch.Tensor)->torch.Tensor: # `(B, 1, ceil(H/4), ceil(W/4))` boundary logits
         "Boundary logits on the stride-4 grid."
         if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
-            raise WoodInputError('input', f'expected a (B, 3, H, W) image tensor, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.',
+            raise WoodInputError('input',
+                                 'expected a (B, 3, H, W) image tensor, '
+                                 f'got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.',
                                  'batch the images and put channels first.')
         size = strided_size(x.shape[-2], x.shape[-1], 4)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
             feats = self.encoder(x)
-        return self.fuse(torch.cat([F.interpolate(s(f), size=size, mode='bilinear', align_corners=False) for s, f in zip(self.side, feats)], 1))
+        return self.fuse(torch.cat([F.interpolate(s(f), size=size, mode='bilinear', align_corners=False)
+                                    for s, f in zip(self.side, feats)], 1))
 
     @torch.no_grad()
     def boundary(self, x:torch.Tensor, # `(B, 3, H, W)` normalised images
@@ -279,19 +315,22 @@ class BoundaryNet(nn.Module):
         return backbone_head_groups(self.encoder.parameters(), head, lr, head_mult, weight_decay)
 
     def extra_repr(self)->str:
-        return f'backbone={self.backbone_name!r}, levels={self.levels}, width={self.width}, freeze_backbone={self.freeze_backbone}, pretrained={self.pretrained!r}'
+        return (f'backbone={self.backbone_name!r}, levels={self.levels}, width={self.width}, '
+                f'freeze_backbone={self.freeze_backbone}, pretrained={self.pretrained!r}')
 
 # %% ../nbs/10_refine.ipynb #9689f270
 def save_boundary_net(model:BoundaryNet, path, meta:dict|None=None)->Path:
     "Write a boundary network's weights and configuration (and JSON-like `meta`) to `path`, atomically."
     model = unwrap(model)
-    cfg = dict(backbone=model.backbone_name, levels=list(model.levels), width=model.width, freeze_backbone=model.freeze_backbone,
+    cfg = dict(backbone=model.backbone_name, levels=list(model.levels), width=model.width,
+               freeze_backbone=model.freeze_backbone,
                mean=list(model.mean), std=list(model.std), init=model.pretrained)
     return save_checkpoint(model, path, BOUNDARY_FORMAT, cfg, meta)
 
 def load_boundary_net(path, map_location='cpu')->BoundaryNet:
     "Rebuild a `BoundaryNet` from a checkpoint of `save_boundary_net` (in eval mode; `.meta` holds the meta)."
-    ck = load_checkpoint(path, BOUNDARY_FORMAT, 'boundary-network checkpoint', 'pass the model.pt that train_boundary wrote.', map_location)
+    ck = load_checkpoint(path, BOUNDARY_FORMAT, 'boundary-network checkpoint',
+                         'pass the model.pt that train_boundary wrote.', map_location)
     with checkpoint_fits(path, 'boundary-network checkpoint'):
         c = ck['config']
         m = BoundaryNet(c['backbone'], None, c['freeze_backbone'], tuple(c['levels']), c['width'])
@@ -308,10 +347,13 @@ def boundary_step(model, # the (possibly DDP-wrapped) `BoundaryNet`
     logits = model(batch['image'])
     lab = strided_labels(batch['mask'], 4)
     if lab.shape[-2:] != logits.shape[-2:]:
-        raise WoodInputError('batch', f'labels give a {tuple(lab.shape[-2:])} grid, the network {tuple(logits.shape[-2:])}.', 'pass labels at the image size.')
+        raise WoodInputError('batch',
+                             f'labels give a {tuple(lab.shape[-2:])} grid, the network {tuple(logits.shape[-2:])}.',
+                             'pass labels at the image size.')
     aff = pair_affinities(torch.sigmoid(logits[:, 0].float()), radius)
     masks, counts = pair_labels(lab, radius), None
-    if isinstance(model, nn.parallel.DistributedDataParallel):     # a share of the global batch: its pair counts, per process
+    # a share of the global batch: its pair counts, per process
+    if isinstance(model, nn.parallel.DistributedDataParallel):
         counts = reduce_over_processes(torch.stack([m.sum() for m in masks]).float(), 'sum') / dist_info()[1]
     return affinity_loss(aff, *masks, counts=counts)
 
@@ -322,7 +364,8 @@ def _claim_dir(d:Path, params:dict):
     if f.exists():
         old = json.loads(f.read_text())
         if old != params:
-            raise WoodInputError(d, f'holds files made with {old}, not {params}.', 'delete the folder, or write to another one.')
+            raise WoodInputError(d, f'holds files made with {old}, not {params}.',
+                                 'delete the folder, or write to another one.')
     elif is_main(): write_json(f, params)
     barrier()
 
@@ -344,16 +387,20 @@ def make_confident_labels(voc_root, # VOC-layout root
                           gt_prob:float=0.7, # CRF unary confidence
                           skip_existing:bool=True, # resume: keep labels already written
                           progress:bool=True)->int: # labels this process wrote
-    "Write the confident labels of every image of `split` as indexed PNGs (atomically, resumably, sharded under torchrun)."
+    ("Write the confident labels of every image of `split` as indexed PNGs (atomically, resumably, "
+     "sharded under torchrun).")
     from tqdm.auto import tqdm
     if crf: _dcrf()
     voc_root, cam_dir, out = Path(voc_root), Path(cam_dir), Path(out_dir)
     ds = VOCDataset(voc_root, split, with_mask=False)
-    _claim_dir(out, dict(fg_thresh=float(fg_thresh), bg_thresh=float(bg_thresh), crf=bool(crf), gt_prob=float(gt_prob) if crf else None))
+    _claim_dir(out,
+               dict(fg_thresh=float(fg_thresh), bg_thresh=float(bg_thresh), crf=bool(crf),
+                    gt_prob=float(gt_prob) if crf else None))
     n = 0
     for i in tqdm(_my_ids(ds.ids, out, skip_existing), desc='confident labels', disable=not progress, leave=False):
         r = load_cam_record(cam_dir/f'{i}.npz')
-        lab = confident_labels(normalize_cams(r['high_res']), r['keys'], fg_thresh, bg_thresh, _rgb(ds.image_path(i)) if crf else None, gt_prob)
+        lab = confident_labels(normalize_cams(r['high_res']), r['keys'], fg_thresh, bg_thresh,
+                               _rgb(ds.image_path(i)) if crf else None, gt_prob)
         save_mask(lab, child_path(out, f'{i}.png')); n += 1
     barrier()
     return n
@@ -364,20 +411,26 @@ class ConfidentLabelDataset(torch.utils.data.Dataset):
                  split:str, # the split
                  label_dir, # folder of `<id>.png` confident labels
                  transform=None, # joint transform of `{'image', 'mask'}` (e.g. `train_transforms`)
-                 cache_mib:float=512, # decoded images and labels kept in memory up to this size (later epochs skip decoding)
+                 # decoded images and labels kept in memory up to this size (later epochs skip decoding)
+                 cache_mib:float=512,
                 ):
-        self.images, self.label_dir, self.transform = VOCDataset(voc_root, split, with_mask=False), Path(label_dir), transform
+        self.images, self.label_dir, self.transform = (VOCDataset(voc_root, split, with_mask=False), Path(label_dir),
+                                                       transform)
         self.cache_bytes, self._cache, self._cached = cache_mib * 2**20, {}, 0
         self.ids = self.images.ids
         missing = [i for i in self.ids if not (self.label_dir/f'{i}.png').exists()]
-        if missing: raise WoodInputError(self.label_dir, f'has no confident label for {len(missing)} of the {len(self.ids)} images (e.g. {missing[0]}).',
-                                         'run make_confident_labels for this split first.')
+        if missing:
+            raise WoodInputError(self.label_dir,
+                                 f'has no confident label for {len(missing)} of the {len(self.ids)} images '
+                                 f'(e.g. {missing[0]}).',
+                                 'run make_confident_labels for this split first.')
     def __len__(self): return len(self.ids)
     def _decoded(self, id:str)->tuple:
         if id in self._cache: return self._cache[id]
         img, m = read_image(self.images.image_path(id)), load_mask(self.label_dir/f'{id}.png')
         if tuple(img.shape[-2:]) != m.shape:
-            raise WoodInputError(self.label_dir/f'{id}.png', f'is {m.shape} but its image is {tuple(img.shape[-2:])}.', 'rebuild the confident labels from CAM records of these images.')
+            raise WoodInputError(self.label_dir/f'{id}.png', f'is {m.shape} but its image is {tuple(img.shape[-2:])}.',
+                                 'rebuild the confident labels from CAM records of these images.')
         size = img.numel() * img.element_size() + m.nbytes
         if self._cached + size <= self.cache_bytes: self._cache[id] = (img, m); self._cached += size
         return img, m
@@ -389,31 +442,37 @@ class ConfidentLabelDataset(torch.utils.data.Dataset):
         return {'id': id, 'image': s['image'], 'mask': s['mask']}
 
 # %% ../nbs/10_refine.ipynb #c953ffef
-BOUNDARY_PRESETS = {  # network, pair radius, training settings and random-walk settings of each recipe (training: `config.BOUNDARY_TRAIN_PRESETS`)
+# network, pair radius, training settings and random-walk settings of each recipe
+# (training: `config.BOUNDARY_TRAIN_PRESETS`)
+BOUNDARY_PRESETS = {
     'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
                 train=BOUNDARY_TRAIN_PRESETS['voc'],
                 walk=dict(radius=5, logt=8)),
     'coco': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
                  train=BOUNDARY_TRAIN_PRESETS['coco'],
-                 walk=dict(radius=5, logt=8)),                # IRN's network, radius and walk, as COCO's WSSS code runs them (method.md)
-    'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5, needs_pretrained=True,
-                      train=BOUNDARY_TRAIN_PRESETS['synthetic'],
+                 # IRN's network, radius and walk, as COCO's WSSS code runs them (method.md)
+                 walk=dict(radius=5, logt=8)),
+    'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5,
+                      needs_pretrained=True, train=BOUNDARY_TRAIN_PRESETS['synthetic'],
                       walk=dict(radius=3, logt=6)),
 }
 _NET_KEYS = ('backbone', 'pretrained', 'freeze_backbone', 'levels', 'width')
 
 def _preset(preset:str)->dict:
-    if preset not in BOUNDARY_PRESETS: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(BOUNDARY_PRESETS)}.')
+    if preset not in BOUNDARY_PRESETS:
+        raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(BOUNDARY_PRESETS)}.')
     return BOUNDARY_PRESETS[preset]
 
 def make_boundary_net(preset:str='synthetic', **overrides)->BoundaryNet:
-    "The `BoundaryNet` of a preset, with constructor overrides (`backbone`, `pretrained`, `freeze_backbone`, `levels`, `width`)."
+    ("The `BoundaryNet` of a preset, with constructor overrides (`backbone`, `pretrained`, `freeze_backbone`, "
+     "`levels`, `width`).")
     p = _preset(preset)
     bad = [k for k in overrides if k not in _NET_KEYS]
     if bad: raise WoodInputError('make_boundary_net', f'unknown option(s) {bad}.', f'use {list(_NET_KEYS)}.')
     cfg = {**p, **overrides}
     if cfg['pretrained'] is None and p['needs_pretrained'] and 'pretrained' not in overrides:
-        warnings.warn(f"boundary preset {preset!r} expects ImageNet weights but got pretrained=None: its frozen backbone is random.")
+        warnings.warn(f"boundary preset {preset!r} expects ImageNet weights but got pretrained=None: "
+                      "its frozen backbone is random.")
     return BoundaryNet(**{k: cfg[k] for k in _NET_KEYS if k in cfg})
 
 # %% ../nbs/10_refine.ipynb #2824abaa
@@ -440,10 +499,13 @@ def train_boundary(voc_root, # VOC-layout root
     make_confident_labels(voc_root, split, cam_dir, out/'labels', fg_thresh, bg_thresh, crf, progress=progress)
     seed_everything(cfg.seed)
     model = make_boundary_net(preset, **(model_kw or {}))
-    ds = ConfidentLabelDataset(voc_root, split, out/'labels', transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std))
-    hist = fit(model, make_loader(ds, cfg), partial(boundary_step, radius=radius), cfg, out=out, resume=resume, device=device, desc='boundary')
-    model.meta = {'preset': preset, 'split': split, 'radius': radius, 'fg_thresh': fg_thresh, 'bg_thresh': bg_thresh, 'crf': crf,
-                  'train_config': config_json(cfg), 'history': hist}
+    ds = ConfidentLabelDataset(voc_root, split, out/'labels',
+                               transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean,
+                                                          std=model.std))
+    hist = fit(model, make_loader(ds, cfg), partial(boundary_step, radius=radius), cfg, out=out, resume=resume,
+               device=device, desc='boundary')
+    model.meta = {'preset': preset, 'split': split, 'radius': radius, 'fg_thresh': fg_thresh, 'bg_thresh': bg_thresh,
+                  'crf': crf, 'train_config': config_json(cfg), 'history': hist}
     if is_main(): save_boundary_net(model, out/'model.pt', meta=model.meta)
     barrier()
     return model.eval()
@@ -457,12 +519,18 @@ def transition_matrix(boundary, # `(h, w)` boundary probabilities in [0, 1] (ten
                      )->torch.Tensor: # `(n, n)` float32, n = h*w, rows sum to 1
     "Row-normalised random-walk transition matrix from boundary-derived affinities raised to `beta`."
     b = torch.as_tensor(boundary).float()
-    if b.ndim != 2: raise WoodInputError('boundary', f'expected an (h, w) map, got shape {tuple(b.shape)}.', 'pass one image\'s boundary map.')
-    if b.numel() and (b.min() < 0 or b.max() > 1): raise WoodInputError('boundary', f'values span [{b.min():.3g}, {b.max():.3g}], not [0, 1].', 'pass probabilities (BoundaryNet.boundary).')
+    if b.ndim != 2:
+        raise WoodInputError('boundary', f'expected an (h, w) map, got shape {tuple(b.shape)}.',
+                             'pass one image\'s boundary map.')
+    if b.numel() and (b.min() < 0 or b.max() > 1):
+        raise WoodInputError('boundary', f'values span [{b.min():.3g}, {b.max():.3g}], not [0, 1].',
+                             'pass probabilities (BoundaryNet.boundary).')
     if beta <= 0: raise WoodInputError('beta', f'{beta!r} is not positive.', 'use e.g. 10 (IRN).')
     h, w = b.shape; n = h * w
     if n > max_pixels and not sparse:
-        raise WoodInputError('boundary', f'a {h}x{w} grid has {n} cells; its dense transition matrix would take {4 * n * n / 2**30:.1f} GiB '
+        raise WoodInputError('boundary',
+                             f'a {h}x{w} grid has {n} cells; '
+                             f'its dense transition matrix would take {4 * n * n / 2**30:.1f} GiB '
                              f'(and three times that to square), over max_pixels={max_pixels}.',
                              'use sparse=True, downscale the image, or raise max_pixels where the memory is there.')
     aff = pair_affinities(b[None], radius)[0]                          # (P, h, w)
@@ -471,14 +539,17 @@ def transition_matrix(boundary, # `(h, w)` boundary probabilities in [0, 1] (ten
     for j, (dy, dx) in enumerate(pair_offsets(radius)):
         x0, x1 = max(0, -dx), min(w, w - dx)
         if dy >= h or x1 <= x0: continue
-        s_, d_, v_ = idx[:h - dy, x0:x1].reshape(-1), idx[dy:, x0 + dx:x1 + dx].reshape(-1), aff[j, :h - dy, x0:x1].reshape(-1)
+        s_, d_, v_ = (idx[:h - dy, x0:x1].reshape(-1), idx[dy:, x0 + dx:x1 + dx].reshape(-1),
+                      aff[j, :h - dy, x0:x1].reshape(-1))
         src += [s_, d_]; dst += [d_, s_]; val += [v_, v_]                 # both directions: affinities are symmetric
     s, d, v = torch.cat(src), torch.cat(dst), torch.cat(val).pow(beta)
     v = v / torch.zeros(n, device=b.device).index_add_(0, s, v)[s]     # divide by the row sums
     if sparse:
-        with warnings.catch_warnings():                            # torch calls its CSR support 'beta'; products with it are what we need
+        # torch calls its CSR support 'beta'; products with it are what we need
+        with warnings.catch_warnings():
             warnings.simplefilter('ignore', UserWarning)
-            return torch.sparse_coo_tensor(torch.stack([s, d]), v, (n, n), check_invariants=False).coalesce().to_sparse_csr()
+            return torch.sparse_coo_tensor(torch.stack([s, d]), v, (n, n),
+                                           check_invariants=False).coalesce().to_sparse_csr()
     T = torch.zeros(n, n, device=b.device)
     T[s, d] = v
     return T
@@ -489,22 +560,29 @@ def propagate(cams, # `(K, h, w)` max-normalised stride-4 CAMs (tensor or array)
               logt:int=8, # 2^logt random-walk steps
               power:float=1.5, # seeds are CAM^power
               boundary=None, # `(h, w)` boundary probabilities: seeds are damped by (1 - boundary) (IRN)
-              method:str='auto', # 'square' (T^(2^logt) by squaring), 'iterate' (apply T 2^logt times) or 'auto' (sparse T: iterate)
+              # 'square' (T^(2^logt) by squaring), 'iterate' (apply T 2^logt times) or 'auto' (sparse T: iterate)
+              method:str='auto',
              )->torch.Tensor: # `(K, h, w)` propagated scores
     "Spread the seeds `CAM^power` with `2^logt` steps of the random walk `T`."
     c = torch.as_tensor(cams).float().to(trans.device)
-    if c.ndim != 3: raise WoodInputError('cams', f'expected (K, h, w) maps, got shape {tuple(c.shape)}.', 'stack the stride-4 maps of one image.')
+    if c.ndim != 3:
+        raise WoodInputError('cams', f'expected (K, h, w) maps, got shape {tuple(c.shape)}.',
+                             'stack the stride-4 maps of one image.')
     K, h, w = c.shape; n = h * w
     if trans.shape != (n, n):
-        raise WoodInputError('trans', f'is {tuple(trans.shape)} but the CAMs have a {h}x{w} grid ({n} cells).', 'build the transition matrix from the boundary map of the same image.')
-    if not isinstance(logt, (int, np.integer)) or logt < 0: raise WoodInputError('logt', f'{logt!r} is not an integer >= 0.', 'use e.g. 8 (256 steps).')
-    if method not in ('auto', 'square', 'iterate'): raise WoodInputError('method', f'{method!r} is not a choice.', "use 'auto', 'square' or 'iterate'.")
+        raise WoodInputError('trans', f'is {tuple(trans.shape)} but the CAMs have a {h}x{w} grid ({n} cells).',
+                             'build the transition matrix from the boundary map of the same image.')
+    if not isinstance(logt, (int, np.integer)) or logt < 0:
+        raise WoodInputError('logt', f'{logt!r} is not an integer >= 0.', 'use e.g. 8 (256 steps).')
+    if method not in ('auto', 'square', 'iterate'):
+        raise WoodInputError('method', f'{method!r} is not a choice.', "use 'auto', 'square' or 'iterate'.")
     v = c.clamp_min(0).pow(power)
     if boundary is not None: v = v * (1 - torch.as_tensor(boundary).float().to(v.device))
     v = v.reshape(K, n)
     sparse = trans.layout != torch.strided
     if sparse and method == 'square':
-        raise WoodInputError('method', "'square' needs a dense matrix (the powers of a sparse T fill in).", "use method='iterate' with a sparse T.")
+        raise WoodInputError('method', "'square' needs a dense matrix (the powers of a sparse T fill in).",
+                             "use method='iterate' with a sparse T.")
     if method == 'auto': method = 'square' if not sparse and logt * n < (2 ** logt) * max(K, 1) else 'iterate'
     if method == 'square':
         Tt = trans
@@ -527,15 +605,18 @@ def random_walk(cams, # `(K, h, w)` max-normalised stride-4 CAMs of the image's 
                 bg_plane:float=0.22, # background plane after normalisation (W-OoD 0.22, IRN 0.25)
                 boundary=None, # `(h, w)` boundary map: seeds damped by (1 - boundary) (IRN)
                 size:tuple|None=None, # `(H, W)` output size (bilinear upsampling); None: the grid
-                normalize:str='global', # 'global' (IRN: divide by the max over all maps) or 'class' (each map by its own max)
+                # 'global' (IRN: divide by the max over all maps) or 'class' (each map by its own max)
+                normalize:str='global',
                 method:str='auto', # see `propagate`
                )->np.ndarray: # `(H, W)` uint8 pseudo-mask of class ids (0 = background)
     "IRN's pseudo-mask: propagate the seeds, upsample, normalise, background plane, argmax."
     c = torch.as_tensor(cams).float()
     keys = np.arange(1, len(c) + 1) if keys is None else np.asarray(keys, np.int64).reshape(-1)
     if len(keys) != len(c): raise ValueError(f'{len(c)} CAMs but {len(keys)} keys; one key per class map is required.')
-    if normalize not in ('global', 'class'): raise WoodInputError('normalize', f'{normalize!r} is not a choice.', "use 'global' (IRN) or 'class'.")
-    if len(c) == 0: return np.zeros(tuple(size) if size is not None else tuple(c.shape[1:]), np.uint8)   # no class: all background
+    if normalize not in ('global', 'class'):
+        raise WoodInputError('normalize', f'{normalize!r} is not a choice.', "use 'global' (IRN) or 'class'.")
+    # no class: all background
+    if len(c) == 0: return np.zeros(tuple(size) if size is not None else tuple(c.shape[1:]), np.uint8)
     rw = propagate(c, trans, logt, power, boundary, method)
     if size is not None: rw = F.interpolate(rw[None], size=tuple(size), mode='bilinear', align_corners=False)[0]
     if len(rw): rw = rw / (rw.amax() if normalize == 'global' else rw.amax((1, 2), keepdim=True)).clamp_min(1e-5)
@@ -556,13 +637,17 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
                       sparse:bool=True, # sparse transition matrices (any size, fastest); False: dense, as IRN
                       max_pixels:int=16384, # dense only: largest stride-4 grid
                       skip_existing:bool=True, progress:bool=True)->int: # masks this process wrote
-    "Write the random-walk pseudo-mask of every image of `split` as an indexed PNG (atomically, resumably, sharded under torchrun)."
+    ("Write the random-walk pseudo-mask of every image of `split` as an indexed PNG (atomically, resumably, "
+     "sharded under torchrun).")
     from tqdm.auto import tqdm
     voc_root, cam_dir, out = Path(voc_root), Path(cam_dir), Path(out_dir)
     pair_offsets(radius)
-    if normalize not in ('global', 'class'): raise WoodInputError('normalize', f'{normalize!r} is not a choice.', "use 'global' (IRN) or 'class'.")
+    if normalize not in ('global', 'class'):
+        raise WoodInputError('normalize', f'{normalize!r} is not a choice.', "use 'global' (IRN) or 'class'.")
     ds = VOCDataset(voc_root, split, with_mask=False)
-    _claim_dir(out, dict(radius=int(radius), beta=float(beta), logt=int(logt), power=float(power), bg_plane=float(bg_plane), normalize=normalize, flip=bool(flip)))
+    _claim_dir(out,
+               dict(radius=int(radius), beta=float(beta), logt=int(logt), power=float(power), bg_plane=float(bg_plane),
+                    normalize=normalize, flip=bool(flip)))
     model = unwrap(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model = model.to(device).eval()
@@ -574,10 +659,13 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
         img = read_image(ds.image_path(i)); H, W = img.shape[-2:]
         b = model.boundary(tf(img)[None].float().to(device), flip)[0]
         if tuple(r['cam'].shape[1:]) != tuple(b.shape):
-            raise WoodInputError(rec_path, f'holds stride-4 CAMs of {r["cam"].shape[1]}x{r["cam"].shape[2]}, but the {H}x{W} image has a '
-                                 f'{b.shape[0]}x{b.shape[1]} grid.', 'recompute the CAM records of these images with wood_nb.cam.compute_cams.')
+            raise WoodInputError(rec_path,
+                                 f'holds stride-4 CAMs of {r["cam"].shape[1]}x{r["cam"].shape[2]}, '
+                                 f'but the {H}x{W} image has a {b.shape[0]}x{b.shape[1]} grid.',
+                                 'recompute the CAM records of these images with wood_nb.cam.compute_cams.')
         T = transition_matrix(b, radius, beta, max_pixels, sparse=sparse)
-        mask = random_walk(normalize_cams(torch.from_numpy(r['cam'])).to(device), T, r['keys'], logt, power, bg_plane, b, (H, W), normalize)
+        mask = random_walk(normalize_cams(torch.from_numpy(r['cam'])).to(device), T, r['keys'], logt, power, bg_plane,
+                           b, (H, W), normalize)
         save_mask(mask, child_path(out, f'{i}.png')); n += 1
     barrier()
     return n
@@ -586,7 +674,9 @@ def make_pseudo_masks(model:BoundaryNet, # a trained boundary network
 def eval_mask_dir(voc_root, # VOC-layout root with `SegmentationClass` masks
                   split:str, # the split to score
                   mask_dir, # folder of `<id>.png` pseudo-masks (class ids)
-                 )->dict: # `ConfusionMatrix.summary` (miou, iou, ...), `images`, `split`, and `cue_activation` (+ per class) with cue masks
-    "mIoU (%) and per-class IoU of a folder of pseudo-masks against the ground truth (`wood_nb.metrics.eval_label_dir`)."
+    # `ConfusionMatrix.summary` (miou, iou, ...), `images`, `split`, and `cue_activation` (+ per class) with cue masks
+                 )->dict:
+    ("mIoU (%) and per-class IoU of a folder of pseudo-masks against the ground truth "
+     "(`wood_nb.metrics.eval_label_dir`).")
     return eval_label_dir(voc_root, split, mask_dir, what='mask', fix='run make_pseudo_masks for this split first.')
 

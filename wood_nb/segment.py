@@ -14,13 +14,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from .core import config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path, load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything, voc_palette
+from .core import (config_json, IGNORE_INDEX, WoodInputError, channels_last_weights, load_mask, child_path,
+                          load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything,
+                          voc_palette)
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, backbone_state, fit_state_dict, preset_kwargs, save_checkpoint
+from .model import (PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, backbone_state,
+                           fit_state_dict, preset_kwargs, save_checkpoint)
 from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
 _all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
-from .train import (TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader, reduce_over_processes, shard,
-                           size_groups, unwrap)
+from .train import (TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader,
+                           reduce_over_processes, shard, size_groups, unwrap)
 from .metrics import eval_label_dir
 
 # %% auto #0
@@ -40,9 +43,11 @@ class ASPP(nn.Module):
         super().__init__()
         rates = tuple(rates)
         if not rates or any(isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rates):
-            raise WoodInputError('rates', f'{rates!r} is not a list of positive integer dilation rates.', 'use e.g. (6, 12, 18, 24).')
+            raise WoodInputError('rates', f'{rates!r} is not a list of positive integer dilation rates.',
+                                 'use e.g. (6, 12, 18, 24).')
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise WoodInputError('dropout', f'{dropout!r} is not a probability in [0, 1).', 'use e.g. 0.0 (none) or 0.5.')
+            raise WoodInputError('dropout', f'{dropout!r} is not a probability in [0, 1).',
+                                 'use e.g. 0.0 (none) or 0.5.')
         self.rates, self.dropout = rates, float(dropout)
         self.branches = nn.ModuleList(nn.Conv2d(in_ch, out_ch, 3, padding=r, dilation=r, bias=True) for r in rates)
         for b in self.branches: nn.init.normal_(b.weight, 0, 0.01); nn.init.zeros_(b.bias)   # DeepLab's init
@@ -60,7 +65,8 @@ _BN = nn.modules.batchnorm._BatchNorm
 def _load_pretrained(model:nn.Module, src)->dict:
     "Load backbone weights from `src` (see `DeepLabV2`) into `model.backbone`; a CAM classifier's head is dropped."
     where, sd, norm, head = backbone_state(src, model.backbone_name)
-    dropped = fit_state_dict(model.backbone, sd, where, model.backbone_name) + (['classifier.weight'] if head is not None else [])
+    dropped = (fit_state_dict(model.backbone, sd, where, model.backbone_name)
+               + (['classifier.weight'] if head is not None else []))
     return dict(source=str(where), loaded=len(model.backbone.state_dict()), dropped=dropped, head=False, norm=norm)
 
 class DeepLabV2(nn.Module):
@@ -77,21 +83,27 @@ class DeepLabV2(nn.Module):
                 ):
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 1 <= num_classes <= 254:
-            raise WoodInputError('num_classes', f'{num_classes!r} is not an integer in 1..254.', 'pass the number of foreground classes.')
+            raise WoodInputError('num_classes', f'{num_classes!r} is not an integer in 1..254.',
+                                 'pass the number of foreground classes.')
         if classes is not None and len(classes) != num_classes:
-            raise WoodInputError('classes', f'{len(classes)} names given for num_classes={num_classes}.', 'give one name per class.')
-        if not isinstance(freeze_bn, bool): raise WoodInputError('freeze_bn', f'{freeze_bn!r} is not a boolean.', 'pass True or False.')
-        self.backbone_name, self.num_classes, self.output_stride, self.freeze_bn = backbone, num_classes, output_stride, freeze_bn
+            raise WoodInputError('classes', f'{len(classes)} names given for num_classes={num_classes}.',
+                                 'give one name per class.')
+        if not isinstance(freeze_bn, bool):
+            raise WoodInputError('freeze_bn', f'{freeze_bn!r} is not a boolean.', 'pass True or False.')
+        self.backbone_name, self.num_classes, self.output_stride, self.freeze_bn = (backbone, num_classes,
+                                                                                     output_stride, freeze_bn)
         self.classes = list(classes) if classes is not None else None
         self.preset = None
         self.backbone = create_backbone(backbone, output_stride, dilate=True)
         self.feat_dim = self.backbone.num_features
         self.aspp = ASPP(self.feat_dim, num_classes + 1, rates, dropout)
         cfg = self.backbone.pretrained_cfg
-        self.mean, self.std = tuple(cfg.get('mean', (0.485, 0.456, 0.406))), tuple(cfg.get('std', (0.229, 0.224, 0.225)))
+        self.mean, self.std = (tuple(cfg.get('mean', (0.485, 0.456, 0.406))),
+                               tuple(cfg.get('std', (0.229, 0.224, 0.225))))
         self.pretrained = None if pretrained is None or isinstance(pretrained, bool) else str(pretrained)
         self.load_report = None if pretrained is None else _load_pretrained(self, pretrained)
-        if self.load_report and self.load_report['norm']: self.mean, self.std = tuple(map(tuple, self.load_report['norm']))
+        if self.load_report and self.load_report['norm']:
+            self.mean, self.std = tuple(map(tuple, self.load_report['norm']))
         self._fixed_bn = [m for m in self.backbone.modules() if isinstance(m, _BN)] if freeze_bn else []
         for m in self._fixed_bn:
             for p in m.parameters(recurse=False): p.requires_grad_(False)
@@ -127,14 +139,17 @@ class DeepLabV2(nn.Module):
 
     def extra_repr(self)->str:
         return (f'backbone={self.backbone_name!r}, num_classes={self.num_classes}, output_stride={self.output_stride}, '
-                f'rates={self.rates}, dropout={self.aspp.dropout}, freeze_bn={self.freeze_bn}, pretrained={self.pretrained!r}')
+                f'rates={self.rates}, dropout={self.aspp.dropout}, freeze_bn={self.freeze_bn}, '
+                f'pretrained={self.pretrained!r}')
 
 # %% ../nbs/11_segment.ipynb #560a75ee
 SEG_PRESETS = {  # model settings only; the optimiser and data settings are `seg_train_config`
-    'voc': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True, needs_pretrained=True),
-    'coco': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True, needs_pretrained=True),
-    'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=8, rates=(6, 12, 18, 24), pretrained=PACKAGE_WEIGHTS,
-                      freeze_bn=True, needs_pretrained=True),
+    'voc': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True,
+                needs_pretrained=True),
+    'coco': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True,
+                 needs_pretrained=True),
+    'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=8, rates=(6, 12, 18, 24),
+                      pretrained=PACKAGE_WEIGHTS, freeze_bn=True, needs_pretrained=True),
 }
 _SEG_KEYS = ('backbone', 'output_stride', 'pretrained', 'rates', 'freeze_bn', 'classes', 'dropout')
 
@@ -143,7 +158,8 @@ def make_segmenter(preset:str, # a key of SEG_PRESETS
                    **overrides, # constructor arguments that replace the preset's
                   )->DeepLabV2:
     "Build the `DeepLabV2` of a preset, with `overrides` applied."
-    model = DeepLabV2(num_classes=num_classes, **preset_kwargs(SEG_PRESETS, _SEG_KEYS, preset, overrides, 'make_segmenter'))
+    model = DeepLabV2(num_classes=num_classes,
+                      **preset_kwargs(SEG_PRESETS, _SEG_KEYS, preset, overrides, 'make_segmenter'))
     model.preset = preset
     return model
 
@@ -153,7 +169,8 @@ SEG_FORMAT = 'wood_nb.deeplabv2/1'  # `format` field of checkpoints written by `
 def segmenter_config(model:DeepLabV2)->dict:
     "The settings that rebuild `model` (without its pretrained source)."
     return dict(backbone=model.backbone_name, num_classes=model.num_classes, classes=model.classes, preset=model.preset,
-                output_stride=model.output_stride, rates=list(model.rates), dropout=model.aspp.dropout, freeze_bn=model.freeze_bn, feat_dim=model.feat_dim,
+                output_stride=model.output_stride, rates=list(model.rates), dropout=model.aspp.dropout,
+                freeze_bn=model.freeze_bn, feat_dim=model.feat_dim,
                 mean=list(model.mean), std=list(model.std), init=model.pretrained)
 
 def save_segmenter(model:DeepLabV2, path, meta:dict|None=None)->Path:
@@ -174,14 +191,18 @@ def load_segmenter(path, # a file written by `save_segmenter`
 def _build_segmenter(path, ck:dict, num_classes, classes)->DeepLabV2:
     cfg = ck['config']
     if num_classes is not None and cfg['num_classes'] != num_classes:
-        raise WoodInputError(path, f"holds a segmenter for {cfg['num_classes']} classes, but {num_classes} were asked for.",
+        raise WoodInputError(path,
+                             f"holds a segmenter for {cfg['num_classes']} classes, but {num_classes} were asked for.",
                              'use the checkpoint trained on this dataset, or retrain.')
     if classes is not None and cfg['classes'] is not None and list(classes) != list(cfg['classes']):
-        raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.", 'use the checkpoint trained on this dataset.')
-    model = DeepLabV2(cfg['backbone'], cfg['num_classes'], output_stride=cfg['output_stride'], rates=tuple(cfg['rates']),
-                      freeze_bn=cfg['freeze_bn'], classes=cfg['classes'], dropout=cfg.get('dropout', 0.0))
+        raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.",
+                             'use the checkpoint trained on this dataset.')
+    model = DeepLabV2(cfg['backbone'], cfg['num_classes'], output_stride=cfg['output_stride'],
+                      rates=tuple(cfg['rates']), freeze_bn=cfg['freeze_bn'], classes=cfg['classes'],
+                      dropout=cfg.get('dropout', 0.0))
     model.load_state_dict(ck['state_dict'], strict=True)
-    model.mean, model.std, model.pretrained, model.preset = tuple(cfg['mean']), tuple(cfg['std']), cfg.get('init'), cfg.get('preset')
+    model.mean, model.std, model.pretrained, model.preset = (tuple(cfg['mean']), tuple(cfg['std']), cfg.get('init'),
+                                                             cfg.get('preset'))
     model.meta = ck.get('meta', {})
     return model.eval()
 
@@ -191,12 +212,14 @@ def balance_power(balanced:bool|float, # False (plain CE), True (inverse frequen
     "The exponent p of the class weights `w_c = (N / (K n_c))^p` that `balanced` asks for, checked."
     if isinstance(balanced, bool): return float(balanced)
     if not isinstance(balanced, (int, float)) or not 0 <= balanced <= 1:
-        raise WoodInputError('balanced', f'{balanced!r} is neither a boolean nor a power in [0, 1].', 'use False, True, or e.g. 0.25.')
+        raise WoodInputError('balanced', f'{balanced!r} is neither a boolean nor a power in [0, 1].',
+                             'use False, True, or e.g. 0.25.')
     return float(balanced)
 
 def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
              target:torch.Tensor, # `(B, H, W)` class indices; `ignore_index` pixels are left out
-             balanced:bool|float=False, # weight classes by inverse pixel frequency in the batch (True), or by its power p in [0, 1]
+             # weight classes by inverse pixel frequency in the batch (True), or by its power p in [0, 1]
+             balanced:bool|float=False,
              ignore_index:int=IGNORE_INDEX,
              counts=None, # `(C + 1,)` counted pixels of each class in the global batch; None: this batch's
              processes:int=1, # the processes `counts` were summed over (each divides by its share of the normaliser)
@@ -208,33 +231,44 @@ def seg_loss(logits:torch.Tensor, # `(B, C + 1, H, W)` logits
     target = target.long(); K = logits.shape[1]
     valid = target != ignore_index
     if not valid.any(): return logits.sum() * 0.0
-    if (valid & ((target < 0) | (target >= K))).any():   # elementwise: indexing with `valid` costs 7 ms a 16x192x192 batch
+    # elementwise: indexing with `valid` costs 7 ms a 16x192x192 batch
+    if (valid & ((target < 0) | (target >= K))).any():
         lo, hi = int(target[valid].min()), int(target[valid].max())
-        raise WoodInputError('masks', f'hold class values up to {hi} (min {lo}), but the net predicts {K} classes (0..{K - 1}).',
+        raise WoodInputError('masks',
+                             f'hold class values up to {hi} (min {lo}), but the net predicts {K} classes (0..{K - 1}).',
                              f'masks hold 0..{K - 1} and {ignore_index}; check classes.txt and the mask folder.')
     p = balance_power(balanced)
     logits = logits.float()
     if counts is None and not p: return F.cross_entropy(logits, target, ignore_index=ignore_index)
-    n = torch.bincount(target[valid], minlength=K).float() if counts is None else torch.as_tensor(counts, dtype=torch.float32, device=logits.device)
-    if n.shape != (K,): raise WoodInputError('counts', f'has shape {tuple(n.shape)}, not ({K},).', 'give the counted pixels of each of the C + 1 classes.')
-    w = torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n))**p if p else torch.ones_like(n)
+    n = (torch.bincount(target[valid], minlength=K).float() if counts is None
+         else torch.as_tensor(counts, dtype=torch.float32, device=logits.device))
+    if n.shape != (K,):
+        raise WoodInputError('counts', f'has shape {tuple(n.shape)}, not ({K},).',
+                             'give the counted pixels of each of the C + 1 classes.')
+    w = (torch.where(n > 0, n.sum() / ((n > 0).sum() * n.clamp(min=1)), torch.zeros_like(n))**p if p
+         else torch.ones_like(n))
     # the (weighted) mean over the counted pixels; under DDP each process divides by its share of the global normaliser
-    return F.cross_entropy(logits, target, weight=w if p else None, ignore_index=ignore_index, reduction='sum') / ((n * w).sum() / processes)
+    return (F.cross_entropy(logits, target, weight=w if p else None, ignore_index=ignore_index, reduction='sum')
+            / ((n * w).sum() / processes))
 
 # %% ../nbs/11_segment.ipynb #3c746e9d
 def seg_step(balanced:bool|float=False, # class-balanced cross-entropy, or the power of its weights (`seg_loss`)
             )->Callable:
-    "A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` (upsampled to the masks) against `batch['mask']`."
+    ("A step function for `wood_nb.train.fit`: `seg_loss` of `model(batch['image'])` (upsampled to the masks) "
+     "against `batch['mask']`.")
     balanced = balance_power(balanced)                               # checked once, when the step is made
     def step(model, batch):
         logits = model(batch['image'])
         target = batch['mask'].as_subclass(torch.Tensor).long()
-        if logits.shape[-2:] != target.shape[-2:]:                   # a head on cached features: logits at the feature map's size
+        # a head on cached features: logits at the feature map's size
+        if logits.shape[-2:] != target.shape[-2:]:
             logits = F.interpolate(logits, size=tuple(target.shape[-2:]), mode='bilinear', align_corners=False)
         kw = {}
-        if isinstance(model, nn.parallel.DistributedDataParallel):   # a share of the global batch: the global pixel counts
+        # a share of the global batch: the global pixel counts
+        if isinstance(model, nn.parallel.DistributedDataParallel):
             K = logits.shape[1]; t = target[(target >= 0) & (target < K)]
-            kw = dict(counts=reduce_over_processes(torch.bincount(t, minlength=K).float(), 'sum'), processes=dist_info()[1])
+            kw = dict(counts=reduce_over_processes(torch.bincount(t, minlength=K).float(), 'sum'),
+                      processes=dist_info()[1])
         loss = seg_loss(logits, target, balanced, **kw)
         with torch.no_grad():
             valid = target != IGNORE_INDEX
@@ -245,13 +279,15 @@ def seg_step(balanced:bool|float=False, # class-balanced cross-entropy, or the p
 
 # %% ../nbs/11_segment.ipynb #9361a544
 class CachedFeatures(Dataset):
-    "Stored backbone features and their masks: items `{'image': (D, h, w) float features, 'mask': (H, W) uint8 labels}`."
+    ("Stored backbone features and their masks: items `{'image': (D, h, w) float features, 'mask': (H, W) "
+     "uint8 labels}`.")
     def __init__(self, items:list[dict]): self.items = items
     def __len__(self): return len(self.items)
     def __getitem__(self, i:int)->dict: return {'image': self.items[i]['image'].float(), 'mask': self.items[i]['mask']}
 
 def _resize_pad(x:torch.Tensor, y:torch.Tensor, size:int)->tuple:
-    "An image `(3, H, W)` and its mask `(H, W)` resized so the long side is `size`, then padded to `size` x `size` (0, ignore)."
+    ("An image `(3, H, W)` and its mask `(H, W)` resized so the long side is `size`, "
+     "then padded to `size` x `size` (0, ignore).")
     H, W = x.shape[-2:]; s = size / max(H, W)
     h, w = max(1, round(H * s)), max(1, round(W * s))
     x = F.interpolate(x[None], size=(h, w), mode='bilinear', align_corners=False)[0]
@@ -265,12 +301,15 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
                       mask_dir, # their masks (`<id>.png`, each of its image's size)
                       size:int, # long side the images are resized to (then padded to a square)
                       batch_size:int=16, progress:bool=False,
-                      label_scale:int|None=None, # store each mask at this many times its feature map's size (nearest), when smaller
+                      # store each mask at this many times its feature map's size (nearest), when smaller
+                      label_scale:int|None=None,
                      )->CachedFeatures:
     "The backbone's features of every image of a split and of its mirror image, computed once, with the masks to match."
     from tqdm.auto import tqdm
-    net = model.backbone                                                  # images and masks read (and checked) as for fine-tuning
-    ds = VOCDataset(voc_root, split, transform=eval_transforms(model.mean, model.std), mask_dir=str(mask_dir), with_mask=True, label_source='mask')
+    # images and masks read (and checked) as for fine-tuning
+    net = model.backbone
+    ds = VOCDataset(voc_root, split, transform=eval_transforms(model.mean, model.std), mask_dir=str(mask_dir),
+                    with_mask=True, label_source='mask')
     dev, was, items = next(net.parameters()).device, net.training, []
     try:
         with channels_last_weights(net.eval()):                           # in place: restored after
@@ -279,9 +318,12 @@ def backbone_features(model:DeepLabV2, # its backbone is run in eval mode, on th
                          for s in (ds[k] for k in range(j, min(j + batch_size, len(ds))))]
                 x, y = torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
                 for xi, yi in ((x, y), (x.flip(-1), y.flip(-1))):
-                    f = net.forward_features(xi.to(dev).contiguous(memory_format=torch.channels_last)).float().cpu().contiguous()
-                    if label_scale and all(label_scale * a < b for a, b in zip(f.shape[-2:], yi.shape[-2:])):   # as DeepLab-v2 shrinks labels
-                        yi = F.interpolate(yi[:, None].float(), size=tuple(label_scale * a for a in f.shape[-2:]), mode='nearest')[:, 0].to(torch.uint8)
+                    f = (net.forward_features(xi.to(dev).contiguous(memory_format=torch.channels_last))
+                         .float().cpu().contiguous())
+                    # as DeepLab-v2 shrinks labels
+                    if label_scale and all(label_scale * a < b for a, b in zip(f.shape[-2:], yi.shape[-2:])):
+                        yi = F.interpolate(yi[:, None].float(), size=tuple(label_scale * a for a in f.shape[-2:]),
+                                           mode='nearest')[:, 0].to(torch.uint8)
                     items += [{'image': a.half(), 'mask': b.contiguous()} for a, b in zip(f, yi)]
     finally: net.train(was)
     return CachedFeatures(items)
@@ -296,13 +338,18 @@ def resolve_mask_dir(voc_root, # VOC-layout root
     p = Path(mask_dir)
     p = (p if p.is_absolute() else root/p).resolve()
     if not p.is_dir():
-        raise WoodInputError(p, 'mask folder does not exist.', 'run the step that writes the pseudo-masks first, or pass mask_dir as '
-                             'an absolute folder or the name of a folder under the dataset root (e.g. SegmentationClass).')
+        raise WoodInputError(p, 'mask folder does not exist.',
+                             'run the step that writes the pseudo-masks first, or pass mask_dir as '
+                             'an absolute folder or the name of a folder under the dataset root '
+                             '(e.g. SegmentationClass).')
     ids = read_split(root, split)
     missing = [i for i in ids if not (p/f'{i}.png').is_file()]
     if missing:
-        raise WoodInputError(p, f'has no mask for {len(missing)} of the {len(ids)} images of split {split!r} (e.g. {missing[0]}.png).',
-                             'write the missing masks (rerun the pseudo-mask step for this split), or train on the split the masks were made for.')
+        raise WoodInputError(p,
+                             f'has no mask for {len(missing)} of the {len(ids)} images of split {split!r} '
+                             f'(e.g. {missing[0]}.png).',
+                             'write the missing masks (rerun the pseudo-mask step for this split), '
+                             'or train on the split the masks were made for.')
     return p
 
 def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.txt)
@@ -324,7 +371,9 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     masks = resolve_mask_dir(root, split, mask_dir)
     cfg = cfg or seg_train_config(preset)
     if freeze_backbone and len(set(cfg.long_side)) != 1:
-        raise WoodInputError('long_side', f'{tuple(cfg.long_side)} is a range, but a frozen backbone sees each image once, at one size.',
+        raise WoodInputError('long_side',
+                             f'{tuple(cfg.long_side)} is a range, but a frozen backbone sees each image once, '
+                             'at one size.',
                              'give one size twice, e.g. long_side=(192, 192).')
     balance_power(balanced)                                             # checked before any work
     seed_everything(cfg.seed)
@@ -332,17 +381,20 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
     if freeze_backbone:
         dev = torch.device(device) if device is not None else init_distributed()
         for p in model.backbone.parameters(): p.requires_grad_(False)
-        ds = backbone_features(model.to(dev), root, split, masks, int(cfg.long_side[0]), progress=cfg.progress and is_main(), label_scale=4)
+        ds = backbone_features(model.to(dev), root, split, masks, int(cfg.long_side[0]),
+                               progress=cfg.progress and is_main(), label_scale=4)
         hist = fit(model.aspp, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=dev,
                    groups=model.param_groups(cfg.lr, cfg.head_mult, cfg.weight_decay), desc='segmenter head')
     else:
         ds = VOCDataset(root, split, mask_dir=str(masks), with_mask=True, label_source='mask',
                         transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std))
-        hist = fit(model, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=device, desc='segmenter')
+        hist = fit(model, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=device,
+                   desc='segmenter')
     if is_main():
-        save_segmenter(model.cpu(), out/'model.pt', meta={'stage': 'segment', 'preset': preset, 'split': split, 'root': str(root),
-                                                          'mask_dir': str(masks), 'balanced': balanced, 'freeze_backbone': freeze_backbone,
-                                                          'train_config': config_json(cfg), 'history': hist})
+        save_segmenter(model.cpu(), out/'model.pt',
+                       meta={'stage': 'segment', 'preset': preset, 'split': split, 'root': str(root),
+                             'mask_dir': str(masks), 'balanced': balanced, 'freeze_backbone': freeze_backbone,
+                             'train_config': config_json(cfg), 'history': hist})
     barrier()
     return model
 
@@ -356,7 +408,9 @@ def predict(model:nn.Module, # a `DeepLabV2` (or its DDP wrapper); run in eval m
            )->torch.Tensor: # `(C + 1, H, W)` or `(B, C + 1, H, W)` probabilities, summing to 1 per pixel
     "Class probabilities at the image size, averaged over scales and flips."
     scales = tuple(scales)
-    if not scales or any(not s > 0 for s in scales): raise WoodInputError('scales', f'{scales!r} is not a list of positive factors.', 'use e.g. (1.0,) or (0.5, 1.0, 1.5).')
+    if not scales or any(not s > 0 for s in scales):
+        raise WoodInputError('scales', f'{scales!r} is not a list of positive factors.',
+                             'use e.g. (1.0,) or (0.5, 1.0, 1.5).')
     net = unwrap(model); single = isinstance(image, torch.Tensor) and image.ndim == 3
     x = image[None] if single else image
     check_image_batch(x)
@@ -366,10 +420,12 @@ def predict(model:nn.Module, # a `DeepLabV2` (or its DDP wrapper); run in eval m
         B, _, H, W = x.shape
         acc = None
         for s in scales:
-            xs = x if s == 1 else F.interpolate(x, size=(max(1, round(H*s)), max(1, round(W*s))), mode='bilinear', align_corners=False)
+            xs = x if s == 1 else F.interpolate(x, size=(max(1, round(H*s)), max(1, round(W*s))), mode='bilinear',
+                                                align_corners=False)
             if flip: xs = torch.cat([xs, xs.flip(-1)])
             if channels_last: xs = xs.contiguous(memory_format=torch.channels_last)
-            p = F.interpolate(net(xs, upsample=False).float(), size=(H, W), mode='bilinear', align_corners=False).softmax(1)
+            p = F.interpolate(net(xs, upsample=False).float(), size=(H, W), mode='bilinear',
+                              align_corners=False).softmax(1)
             if flip: p = p[:B] + p[B:].flip(-1)
             acc = p if acc is None else acc + p
         acc = acc / (len(scales) * (2 if flip else 1))
@@ -385,16 +441,21 @@ class SplitImages(Dataset):
     def __len__(self): return len(self.ids)
     def __getitem__(self, i:int)->dict:
         raw = read_image(self.root/'JPEGImages'/f'{self.ids[i]}.jpg')
-        return {'id': self.ids[i], 'image': self.tf(raw).as_subclass(torch.Tensor), 'raw': raw.as_subclass(torch.Tensor)}
+        return {'id': self.ids[i], 'image': self.tf(raw).as_subclass(torch.Tensor),
+                'raw': raw.as_subclass(torch.Tensor)}
 
 def _label_map(lab, hw:tuple, C:int, who:str)->np.ndarray:
     "Check a post-processed label map: `(H, W)` integers in 0..C or 255."
     lab = np.asarray(lab)
     if lab.shape != tuple(hw) or not np.issubdtype(lab.dtype, np.integer):
-        raise WoodInputError('postprocess', f'returned a {lab.dtype} array of shape {lab.shape} for {who}, not ({hw[0]}, {hw[1]}) integers.',
+        raise WoodInputError('postprocess',
+                             f'returned a {lab.dtype} array of shape {lab.shape} for {who}, '
+                             f'not ({hw[0]}, {hw[1]}) integers.',
                              'return the (H, W) label map (class indices) of the image.')
     bad = sorted(set(np.unique(lab).tolist()) - set(range(C + 1)) - {IGNORE_INDEX})
-    if bad: raise WoodInputError('postprocess', f'returned values {bad[:10]} for {who}, outside 0..{C} and {IGNORE_INDEX}.', 'return class indices.')
+    if bad:
+        raise WoodInputError('postprocess', f'returned values {bad[:10]} for {who}, outside 0..{C} and {IGNORE_INDEX}.',
+                             'return class indices.')
     return lab.astype(np.uint8)
 
 def predict_split(model:nn.Module, # a `DeepLabV2`
@@ -409,7 +470,8 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
                   num_workers:int=0, # DataLoader workers
                   skip_existing:bool=True, # resume: keep predictions already written
                   progress:bool=True,
-                  channels_last:bool=True, # channels-last weights and inputs (same labels within float noise; faster on CPUs)
+                  # channels-last weights and inputs (same labels within float noise; faster on CPUs)
+                  channels_last:bool=True,
                  )->int: # predictions this process wrote
     "Write the predicted label map of every image of a split as an indexed PNG (this process's share under `torchrun`)."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -419,29 +481,37 @@ def predict_split(model:nn.Module, # a `DeepLabV2`
     ds = SplitImages(voc_root, split, net.mean, net.std)
     done = (lambda i: (out/f'{ds.ids[i]}.png').exists()) if skip_existing else None
     groups = size_groups(ds, shard(len(ds), done), batch_size, device, num_workers, progress, 'segment')
-    with channels_last_weights(net, channels_last):                        # the caller's model, in place; restored after
+    # the caller's model, in place; restored after
+    with channels_last_weights(net, channels_last):
         n = _predict_loop(net, groups, scales, flip, postprocess, out, channels_last)
     barrier()
     return n
 
 def _predict_loop(net, groups, scales, flip, postprocess, out:Path, channels_last:bool)->int:
-    "The image loop of `predict_split`: predict each group of one size (`size_groups`), post-process, write the label maps."
+    ("The image loop of `predict_split`: predict each group of one size (`size_groups`), post-process, "
+     "write the label maps.")
     n = 0
     for _, group, x in groups:
         probs = predict(net, x, scales, flip, channels_last).cpu()
         for it, p in zip(group, probs):
             if postprocess is None: lab = p.argmax(0).numpy().astype(np.uint8)
-            else: lab = _label_map(postprocess(it['raw'].permute(1, 2, 0).numpy(), p.numpy()), p.shape[1:], net.num_classes, it['id'])
+            else:
+                lab = _label_map(postprocess(it['raw'].permute(1, 2, 0).numpy(), p.numpy()), p.shape[1:],
+                                 net.num_classes, it['id'])
             save_mask(lab, child_path(out, f"{it['id']}.png")); n += 1
     return n
 
 # %% ../nbs/11_segment.ipynb #4f7ef6a2
-def crf_postprocess(**kernels, # keyword settings of `wood_nb.refine.dense_crf` (iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)
-                   )->Callable: # `(image, probs) -> labels`, for `predict_split(postprocess=...)`
+def crf_postprocess(
+# keyword settings of `wood_nb.refine.dense_crf` (iters, sxy_gauss, compat_gauss, sxy_bilateral, srgb, compat_bilateral)
+        **kernels,
+    )->Callable: # `(image, probs) -> labels`, for `predict_split(postprocess=...)`
     "A `predict_split` hook: dense CRF on the predicted probabilities, then the argmax (needs `pydensecrf2`)."
     from wood_nb.refine import CRF_FIX, crf_available, dense_crf
-    if not crf_available():                                    # fail now, with the install command, not at the first image
-        raise WoodInputError('dense CRF', 'the optional package pydensecrf2 (imported as pydensecrf) is not installed.', CRF_FIX)
+    # fail now, with the install command, not at the first image
+    if not crf_available():
+        raise WoodInputError('dense CRF', 'the optional package pydensecrf2 (imported as pydensecrf) is not installed.',
+                             CRF_FIX)
     def post(image, probs): return dense_crf(image, probs, **kernels).argmax(0).astype(np.uint8)
     return post
 
@@ -451,8 +521,10 @@ def eval_seg_dir(voc_root, # VOC-layout root with `SegmentationClass/`
                  pred_dir, # folder of `<id>.png` predictions (`predict_split`)
                  with_cue:bool|None=None, # also report cue activation; None: when the root has `SegmentationCue/`
                 )->dict: # `miou`, `iou` (per class), `precision`, `recall`, `pixel_accuracy` (percent), `pixels`, `images`, `split`[, `cue_activation`]
-    "mIoU (%) and per-class IoU of a folder of predicted label maps against the ground truth (`wood_nb.metrics.eval_label_dir`)."
-    return eval_label_dir(voc_root, split, pred_dir, with_cue, what='prediction', fix='run predict_split for this split first.')
+    ("mIoU (%) and per-class IoU of a folder of predicted label maps against the ground truth "
+     "(`wood_nb.metrics.eval_label_dir`).")
+    return eval_label_dir(voc_root, split, pred_dir, with_cue, what='prediction',
+                          fix='run predict_split for this split first.')
 
 
 # %% ../nbs/11_segment.ipynb #a3617e84
@@ -469,9 +541,11 @@ def plot_segmentation(root, # VOC-layout root
     fig, axs = plt.subplots(len(ids), ncol, figsize=(1.9*ncol, 1.9*len(ids)), squeeze=False)
     for a in axs.flat: a.axis('off')
     for row, i in zip(axs, ids):
-        row[0].imshow(np.asarray(Image.open(root/'JPEGImages'/f'{i}.jpg').convert('RGB'))); row[0].set_title(i, fontsize=7)
+        row[0].imshow(np.asarray(Image.open(root/'JPEGImages'/f'{i}.jpg').convert('RGB')))
+        row[0].set_title(i, fontsize=7)
         row[1].imshow(pal[load_mask(root/'SegmentationClass'/f'{i}.png')]); row[1].set_title('ground truth', fontsize=7)
-        for a, (name, d) in zip(row[2:], dirs.items()): a.imshow(pal[load_mask(d/f'{i}.png')]); a.set_title(name, fontsize=7)
+        for a, (name, d) in zip(row[2:], dirs.items()):
+            a.imshow(pal[load_mask(d/f'{i}.png')]); a.set_title(name, fontsize=7)
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig

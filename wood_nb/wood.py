@@ -14,11 +14,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core import config_json, WoodInputError, load_weights, read_classes, save_weights, seed_everything, write_json, write_text
+from .core import (config_json, WoodInputError, load_weights, read_classes, save_weights, seed_everything,
+                          write_json, write_text)
 from .data import OoDDataset, VOCDataset, eval_transforms, read_ood_list, train_transforms
 from .model import load_classifier, save_classifier
-from .train import (PairedLoader, TrainConfig, barrier, cat_over_processes, fit, init_distributed, is_main, main_result, make_loader,
-                            reduce_over_processes, unwrap)
+from .train import (PairedLoader, TrainConfig, barrier, cat_over_processes, fit, init_distributed, is_main,
+                           main_result, make_loader, reduce_over_processes, unwrap)
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
 from .prototypes import load_prototypes
@@ -36,8 +37,11 @@ def centre_distances(feat:torch.Tensor, # `(B, D)` image features
                     )->torch.Tensor: # `(B, P)` Euclidean distances
     "Euclidean distance of every feature to every centre, optionally on L2-normalised vectors."
     if feat.ndim != 2 or centres.ndim != 2 or feat.shape[1] != centres.shape[1]:
-        raise WoodInputError('prototypes', f'features of shape {tuple(feat.shape)} do not match centres of shape {tuple(centres.shape)}.',
-                             'compute the prototypes with the same backbone as the model being trained (the feature dims must agree).')
+        raise WoodInputError('prototypes',
+                             f'features of shape {tuple(feat.shape)} do not match centres of shape '
+                             f'{tuple(centres.shape)}.',
+                             'compute the prototypes with the same backbone as the model being trained (the feature '
+                             'dims must agree).')
     if normalize: feat, centres = F.normalize(feat, dim=1), F.normalize(centres, dim=1)
     d2 = (feat[:, None, :] - centres[None, :, :]).pow(2).sum(-1)
     return d2.clamp_min(1e-12).sqrt()
@@ -50,16 +54,20 @@ def ood_threshold(d_ood:torch.Tensor, # `(B, K)` distances to the OoD centres (t
     v = d_ood.detach().flatten(); n = v.numel()
     k = int(n * (1 - tau))
     if not 0 <= tau < 1 or k < 1:
-        raise WoodInputError('tau', f'{tau!r} leaves no OoD distance to threshold ({n} in the batch).', 'use 0 <= tau < 1 (0.2 is the official value).')
+        raise WoodInputError('tau', f'{tau!r} leaves no OoD distance to threshold ({n} in the batch).',
+                             'use 0 <= tau < 1 (0.2 is the official value).')
     return torch.kthvalue(v, n - k + 1).values
 
 # %% ../nbs/09_wood.ipynb #054ee7e6
 def _check_metric_inputs(feat, labels, class_protos, ood_protos):
     if labels.ndim != 2 or labels.shape[0] != feat.shape[0] or labels.shape[1] != class_protos.shape[0]:
-        raise WoodInputError('prototypes', f'labels of shape {tuple(labels.shape)} do not match {feat.shape[0]} features and '
-                             f'{class_protos.shape[0]} class prototypes.', 'give one class prototype per class of the dataset.')
+        raise WoodInputError('prototypes',
+                             f'labels of shape {tuple(labels.shape)} do not match {feat.shape[0]} features and '
+                             f'{class_protos.shape[0]} class prototypes.',
+                             'give one class prototype per class of the dataset.')
     if ood_protos.ndim != 2 or ood_protos.shape[0] < 1:
-        raise WoodInputError('prototypes', f'OoD centres of shape {tuple(ood_protos.shape)}.', 'give a (K, D) array of K >= 1 OoD centres.')
+        raise WoodInputError('prototypes', f'OoD centres of shape {tuple(ood_protos.shape)}.',
+                             'give a (K, D) array of K >= 1 OoD centres.')
 
 def _push_distance(d:torch.Tensor, push_margin:float|None)->torch.Tensor:
     "Distances as the push term sees them: capped at `push_margin` (no gradient beyond it) when given."
@@ -72,7 +80,8 @@ def metric_loss_code(feat:torch.Tensor, # `(B, D)` image features
                      tau:float=0.2, # share of the batch's OoD distances that are pushed
                      normalize:bool=False, # distances between L2-normalised vectors (the scaled variant)
                      push_margin:float|None=None, # cap the pushed distances at this value (None: unbounded, official)
-                     q:torch.Tensor|None=None, # the threshold q_tau; None: from this batch (`wood_step` passes the global batch's under DDP)
+                     # the threshold q_tau; None: from this batch (`wood_step` passes the global batch's under DDP)
+                     q:torch.Tensor|None=None,
                     )->tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # (L_d, pull, push), L_d = pull - push
     "W-OoD's metric term as the official code computes it: `(C/K) mean(y D_in) - mean(D_ood [D_ood < q_tau])`."
     _check_metric_inputs(feat, labels, class_protos, ood_protos)
@@ -87,7 +96,8 @@ def metric_loss_code(feat:torch.Tensor, # `(B, D)` image features
 # %% ../nbs/09_wood.ipynb #1067d586
 def n_near(tau:float, K:int)->int:
     "`ceil(tau K)` (rounded first, so that `0.2 * 15` counts as 3, not 4), at least 1."
-    if not 0 < tau <= 1: raise WoodInputError('tau', f'{tau!r} is outside (0, 1].', 'use a share of the K OoD centres, e.g. 0.2.')
+    if not 0 < tau <= 1:
+        raise WoodInputError('tau', f'{tau!r} is outside (0, 1].', 'use a share of the K OoD centres, e.g. 0.2.')
     return max(1, math.ceil(round(tau * K, 9)))
 
 def metric_loss_paper(feat:torch.Tensor, # `(B, D)` image features
@@ -98,7 +108,8 @@ def metric_loss_paper(feat:torch.Tensor, # `(B, D)` image features
                       normalize:bool=False, # distances between L2-normalised vectors (the scaled variant)
                       push_margin:float|None=None, # cap the pushed distances at this value (None: unbounded)
                      )->tuple[torch.Tensor, torch.Tensor, torch.Tensor]: # (L_d, pull, push), L_d = pull - push
-    "The paper's metric term: own-class distances minus the distances to the `ceil(tau K)` nearest OoD centres, batch mean."
+    ("The paper's metric term: own-class distances minus the distances to the `ceil(tau K)` nearest OoD centres, "
+     "batch mean.")
     _check_metric_inputs(feat, labels, class_protos, ood_protos)
     d_in = centre_distances(feat, class_protos, normalize)
     d_ood = centre_distances(feat, ood_protos, normalize)
@@ -118,7 +129,8 @@ def ood_zero_loss(logits_ood:torch.Tensor, # `(B, C)` logits of OoD images
 
 # %% ../nbs/09_wood.ipynb #52efad6d
 def drop_top_class_mask(logits_ood:torch.Tensor, # `(B, C)` logits of the (perturbed) OoD images
-                        drop_ood_top_class:int|None=None, # drop the OoD samples whose top class is this index; None: keep all
+                        # drop the OoD samples whose top class is this index; None: keep all
+                        drop_ood_top_class:int|None=None,
                        )->torch.Tensor|None: # `(B,)` bool mask of the kept samples, or None
     "The kept-sample mask of the official code's hack (it drops top class 4, *bottle*); None when the flag is off."
     if drop_ood_top_class is None: return None
@@ -127,8 +139,10 @@ def drop_top_class_mask(logits_ood:torch.Tensor, # `(B, C)` logits of the (pertu
 # %% ../nbs/09_wood.ipynb #810bd468
 def _anti_adv(model:nn.Module, x:torch.Tensor, step:float, norm:str, clamp:bool)->tuple[torch.Tensor, torch.Tensor]:
     "(x', max logit of each image before the step)."
-    if norm not in ('batch', 'image'): raise WoodInputError('anti_adv_norm', f'{norm!r} is not a choice.', "use 'batch' (official) or 'image'.")
-    net, ddp = unwrap(model), isinstance(model, nn.parallel.DistributedDataParallel)   # DDP: x is this process's share of the batch
+    if norm not in ('batch', 'image'):
+        raise WoodInputError('anti_adv_norm', f'{norm!r} is not a choice.', "use 'batch' (official) or 'image'.")
+    # DDP: x is this process's share of the batch
+    net, ddp = unwrap(model), isinstance(model, nn.parallel.DistributedDataParallel)
     x0 = x.detach().requires_grad_(True)
     with torch.enable_grad():
         top = net(x0).max(1).values
@@ -161,7 +175,8 @@ _all_ = ['METRIC_FORMS', 'WoodConfig']   # re-exported: still part of `from wood
 # %% ../nbs/09_wood.ipynb #cfb5c8ea
 def _bn_live(model:nn.Module)->bool:
     "Does any BatchNorm layer of `model` update its statistics in a forward pass?"
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats for m in unwrap(model).modules())
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+               for m in unwrap(model).modules())
 
 def as_protos(x, name:str)->torch.Tensor:
     "A `(N, D)` float32 tensor of prototypes from an array or tensor, checked."
@@ -169,22 +184,38 @@ def as_protos(x, name:str)->torch.Tensor:
     if t.ndim != 2 or t.shape[0] < 1 or t.shape[1] < 1:
         raise WoodInputError(name, f'has shape {tuple(t.shape)}, not (N, D).', 'pass one prototype per row.')
     if not torch.isfinite(t).all():
-        raise WoodInputError(name, 'holds NaN or infinite values.', 'recompute the prototypes (an empty k-means cluster gives NaN centres).')
+        raise WoodInputError(name, 'holds NaN or infinite values.',
+                             'recompute the prototypes (an empty k-means cluster gives NaN centres).')
     return t
+
+def _step_protos(cfg:WoodConfig, class_protos, ood_protos)->tuple:
+    "`(class prototypes, OoD centres)` as checked tensors for `wood_step`; `(None, None)` when either is missing."
+    has_protos = class_protos is not None and ood_protos is not None
+    if cfg.use_metric_term and not has_protos:
+        raise WoodInputError('prototypes', 'the metric term needs class prototypes and OoD centres.',
+                             'pass both, or set use_metric_term=False.')
+    if not has_protos: return None, None
+    cp, op = as_protos(class_protos, 'class prototypes'), as_protos(ood_protos, 'OoD prototypes')
+    if cp.shape[1] != op.shape[1]:
+        raise WoodInputError('prototypes', f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.',
+                             'compute both with the same baseline.')
+    return cp, op
+
+def _wood_forward(model:nn.Module, x:torch.Tensor, xo:torch.Tensor, joint:bool|None)->tuple[dict, torch.Tensor]:
+    "`(model(x, all=True), OoD logits)` from one pass over `x` and `xo`, or two (`joint`; None: no live BatchNorm)."
+    if not (joint if joint is not None else not _bn_live(model)): return model(x, all=True), model(xo)
+    both = model(torch.cat([x, xo]), all=True); n = x.shape[0]
+    return {'logits': both['logits'][:n], 'feat': both['feat'][:n]}, both['logits'][n:]
 
 def wood_step(cfg:WoodConfig, # the loss settings
               class_protos=None, # `(C, D)` class prototypes (array or tensor); None only with use_metric_term=False
               ood_protos=None, # `(K, D)` OoD centres
-              joint:bool|None=None, # one forward pass for in + OoD images; None: when no BatchNorm layer updates statistics
+              # one forward pass for in + OoD images; None: when no BatchNorm layer updates statistics
+              joint:bool|None=None,
              )->Callable: # `step(model, batch) -> (loss, logs)` for `fit`
     "The W-OoD training step: `BCE(F(x_in), y) + lam L_d + gamma BCE(F(x_ood'), 0)`, logging every term."
-    has_protos = class_protos is not None and ood_protos is not None
-    if cfg.use_metric_term and not has_protos:
-        raise WoodInputError('prototypes', 'the metric term needs class prototypes and OoD centres.', 'pass both, or set use_metric_term=False.')
-    cp = as_protos(class_protos, 'class prototypes') if has_protos else None
-    op = as_protos(ood_protos, 'OoD prototypes') if has_protos else None
-    if has_protos and cp.shape[1] != op.shape[1]:
-        raise WoodInputError('prototypes', f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.', 'compute both with the same baseline.')
+    cp, op = _step_protos(cfg, class_protos, ood_protos)
+    has_protos = cp is not None
     cache = {}
     metric_fn = metric_loss_code if cfg.metric == 'code' else metric_loss_paper
 
@@ -197,14 +228,13 @@ def wood_step(cfg:WoodConfig, # the loss settings
         x, y = in_b['image'], in_b['label'].float()
         logs = {}
         if cfg.use_ood_term:
-            if ood_b is None: raise WoodInputError('wood_step', 'the OoD term needs (in_batch, ood_batch) pairs.', 'feed a PairedLoader, or set use_ood_term=False.')
+            if ood_b is None:
+                raise WoodInputError('wood_step', 'the OoD term needs (in_batch, ood_batch) pairs.',
+                                     'feed a PairedLoader, or set use_ood_term=False.')
             xo = ood_b['image']
-            if cfg.anti_adv_step > 0: xo, top0 = _anti_adv(model, xo, cfg.anti_adv_step, cfg.anti_adv_norm, cfg.anti_adv_clamp)
-            if not (joint if joint is not None else not _bn_live(model)):
-                out = model(x, all=True); lo = model(xo)
-            else:
-                both = model(torch.cat([x, xo]), all=True); n = x.shape[0]
-                out = {'logits': both['logits'][:n], 'feat': both['feat'][:n]}; lo = both['logits'][n:]
+            if cfg.anti_adv_step > 0:
+                xo, top0 = _anti_adv(model, xo, cfg.anti_adv_step, cfg.anti_adv_norm, cfg.anti_adv_clamp)
+            out, lo = _wood_forward(model, x, xo, joint)
         else: out = model(x, all=True)
         logits, feat = out['logits'], out['feat']
         cls = F.multilabel_soft_margin_loss(logits.float(), y)
@@ -212,10 +242,13 @@ def wood_step(cfg:WoodConfig, # the loss settings
         if has_protos:
             c_, o_ = protos(feat.device)
             kw = {}
-            if cfg.metric == 'code' and isinstance(model, nn.parallel.DistributedDataParallel):   # q_tau of the global batch
-                kw['q'] = ood_threshold(cat_over_processes(centre_distances(feat.detach().float(), o_, cfg.normalize)), cfg.tau)
+            # q_tau of the global batch
+            if cfg.metric == 'code' and isinstance(model, nn.parallel.DistributedDataParallel):
+                kw['q'] = ood_threshold(cat_over_processes(centre_distances(feat.detach().float(), o_, cfg.normalize)),
+                                        cfg.tau)
             with torch.set_grad_enabled(cfg.use_metric_term and torch.is_grad_enabled()):
-                ld, pull, push = metric_fn(feat.float(), y, c_, o_, tau=cfg.tau, normalize=cfg.normalize, push_margin=cfg.push_margin, **kw)
+                ld, pull, push = metric_fn(feat.float(), y, c_, o_, tau=cfg.tau, normalize=cfg.normalize,
+                                           push_margin=cfg.push_margin, **kw)
             if cfg.use_metric_term and cfg.lam: loss = loss + cfg.lam * ld
             logs.update(metric=ld.detach(), pull=pull.detach(), push=push.detach())
         logs['feat_norm'] = feat.detach().float().norm(dim=1).mean()
@@ -239,18 +272,23 @@ def prototype_pair(src, # (class, ood) pair of arrays/tensors, a mapping, or an 
     if isinstance(src, (str, Path)):
         where = Path(src)
         if where.is_dir(): where = where/'prototypes.npz'
-        if not where.is_file(): raise WoodInputError(where, 'does not exist.', 'run the prototypes step first, or pass the (class, ood) arrays.')
+        if not where.is_file():
+            raise WoodInputError(where, 'does not exist.',
+                                 'run the prototypes step first, or pass the (class, ood) arrays.')
         src = load_prototypes(where)
     if isinstance(src, dict):
         if 'class_protos' not in src or 'ood_protos' not in src:
             raise WoodInputError(where, f"holds keys {sorted(src)}, not 'class_protos' and 'ood_protos'.",
-                                 "write the file with wood_nb.prototypes.save_prototypes, or pass the (class, ood) arrays.")
+                                 "write the file with wood_nb.prototypes.save_prototypes, or pass the (class, ood) "
+                                 "arrays.")
         src = (src['class_protos'], src['ood_protos'])
     if not isinstance(src, (tuple, list)) or len(src) != 2:
-        raise WoodInputError(where, f'is a {type(src).__name__}, not a (class prototypes, OoD centres) pair.', 'pass two (N, D) arrays, a mapping or an .npz path.')
+        raise WoodInputError(where, f'is a {type(src).__name__}, not a (class prototypes, OoD centres) pair.',
+                             'pass two (N, D) arrays, a mapping or an .npz path.')
     cp, op = as_protos(src[0], f'{where} (class prototypes)'), as_protos(src[1], f'{where} (OoD centres)')
     if cp.shape[1] != op.shape[1]:
-        raise WoodInputError(where, f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.', 'compute both with the same baseline.')
+        raise WoodInputError(where, f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.',
+                             'compute both with the same baseline.')
     return cp, op
 
 # %% ../nbs/09_wood.ipynb #47999f63
@@ -258,7 +296,8 @@ def _gt_selector(model, voc_root:Path, split:str, out:Path, scales, batch_size:i
     "An `on_epoch_end` that scores each epoch's CAMs on `split` against its masks and keeps the best weights."
     ds = VOCDataset(voc_root, split, transform=eval_transforms(model.mean, model.std), with_mask=False)
     state_f, best_f = out/'selection.json', out/'selected.pt'
-    state = json.loads(state_f.read_text()) if state_f.exists() else {'per_epoch': {}, 'best_epoch': None, 'best_miou': None}
+    state = json.loads(state_f.read_text()) if state_f.exists() else {'per_epoch': {}, 'best_epoch': None,
+                                                                      'best_miou': None}
     def on_epoch_end(epoch:int, logs:dict):
         cam_dir = out/'selection_cams'/f'epoch{epoch}'
         if is_main() and cam_dir.exists(): shutil.rmtree(cam_dir)
@@ -276,6 +315,21 @@ def _gt_selector(model, voc_root:Path, split:str, out:Path, scales, batch_size:i
     return on_epoch_end, state
 
 # %% ../nbs/09_wood.ipynb #63f9f009
+def _wood_loader(model, voc_root:Path, split:str, pool_root:Path, ood_list:str, n_classes:int, wcfg:WoodConfig,
+                 tcfg:TrainConfig):
+    "The fine-tuning loader: batches of `split`, paired with batches of the OoD list when the OoD term is on."
+    tf = lambda: train_transforms(tcfg.crop, tuple(tcfg.long_side), mean=model.mean, std=model.std)
+    ds = VOCDataset(voc_root, split, transform=tf(), with_mask=False)
+    loader = make_loader(ds, tcfg)
+    if wcfg.use_ood_term:
+        ood = OoDDataset(pool_root, ood_list, num_classes=n_classes, transform=tf())
+        if len(ood) < tcfg.batch_size:
+            raise WoodInputError(pool_root/ood_list,
+                                 f'lists {len(ood)} images, fewer than one batch of {tcfg.batch_size}.',
+                                 'curate more OoD images, or use a smaller batch size.')
+        loader = PairedLoader(loader, make_loader(ood, replace(tcfg, seed=tcfg.seed + 1)))
+    return loader
+
 def train_wood(baseline, # the baseline classifier file (`save_classifier`), e.g. `run/cls/model.pt`
                voc_root, # VOC-layout root
                split:str, # split to train on ('train_aug' for VOC)
@@ -301,25 +355,22 @@ def train_wood(baseline, # the baseline classifier file (`save_classifier`), e.g
     cp, op = prototype_pair(prototypes)
     if cp.shape != (model.num_classes, model.feat_dim) or op.shape[1] != model.feat_dim:
         raise WoodInputError('prototypes', f'have shapes {tuple(cp.shape)} and {tuple(op.shape)}, but the baseline has '
-                             f'{model.num_classes} classes and {model.feat_dim}-d features.', 'compute the prototypes with this baseline.')
+                             f'{model.num_classes} classes and {model.feat_dim}-d features.',
+                             'compute the prototypes with this baseline.')
     seed_everything(tcfg.seed)
-    tf = lambda: train_transforms(tcfg.crop, tuple(tcfg.long_side), mean=model.mean, std=model.std)
-    ds = VOCDataset(voc_root, split, transform=tf(), with_mask=False)
-    loader = make_loader(ds, tcfg)
-    if wcfg.use_ood_term:
-        ood = OoDDataset(pool_root, ood_list, num_classes=len(classes), transform=tf())
-        if len(ood) < tcfg.batch_size:
-            raise WoodInputError(pool_root/ood_list, f'lists {len(ood)} images, fewer than one batch of {tcfg.batch_size}.',
-                                 'curate more OoD images, or use a smaller batch size.')
-        loader = PairedLoader(loader, make_loader(ood, replace(tcfg, seed=tcfg.seed + 1)))
+    loader = _wood_loader(model, voc_root, split, pool_root, ood_list, len(classes), wcfg, tcfg)
     device = torch.device(device) if device is not None else init_distributed()
     on_epoch_end, sel = (None, None)
-    if select_by_gt_miou: on_epoch_end, sel = _gt_selector(model, voc_root, select_split, out, select_scales, tcfg.batch_size, device)
-    hist = fit(model, loader, wood_step(wcfg, cp, op), tcfg, out=out, resume=resume, device=device, on_epoch_end=on_epoch_end, desc='wood')
+    if select_by_gt_miou:
+        on_epoch_end, sel = _gt_selector(model, voc_root, select_split, out, select_scales, tcfg.batch_size, device)
+    hist = fit(model, loader, wood_step(wcfg, cp, op), tcfg, out=out, resume=resume, device=device,
+               on_epoch_end=on_epoch_end, desc='wood')
     selection = {'by': 'last_epoch', 'epoch': tcfg.epochs}
     if select_by_gt_miou:
         if not (out/'selected.pt').exists():
-            raise WoodInputError(out, 'holds a finished checkpoint from a run without select_by_gt_miou, so no epoch was scored.',
+            raise WoodInputError(out,
+                                 'holds a finished checkpoint from a run without select_by_gt_miou, '
+                                 'so no epoch was scored.',
                                  'use a fresh output folder for a run with select_by_gt_miou=True.')
         model.load_state_dict(load_weights(out/'selected.pt', map_location=device))
         selection = {'by': 'gt_miou', 'looks_at_ground_truth': True, 'split': select_split, 'epoch': sel['best_epoch'],
@@ -336,16 +387,19 @@ def train_wood(baseline, # the baseline classifier file (`save_classifier`), e.g
 
 # %% ../nbs/09_wood.ipynb #fb303bfd
 def plot_wood_history(history:list[dict], # `fit`'s history, or a `model.pt` meta's `history`
-                      keys=('loss', 'cls', 'metric', 'pull', 'push', 'ood', 'feat_norm', 'adv_gain', 'gt_miou'), # terms to draw (absent ones skipped)
+                      # terms to draw (absent ones skipped)
+                      keys=('loss', 'cls', 'metric', 'pull', 'push', 'ood', 'feat_norm', 'adv_gain', 'gt_miou'),
                       title:str|None=None):
     "One small panel per logged term, per epoch."
     import matplotlib.pyplot as plt
     keys = [k for k in keys if any(k in h for h in history)]
-    if not keys: raise WoodInputError('history', 'holds none of the terms asked for.', f'pass a history with some of {keys}.')
+    if not keys:
+        raise WoodInputError('history', 'holds none of the terms asked for.', f'pass a history with some of {keys}.')
     fig, axs = plt.subplots(1, len(keys), figsize=(2.2 * len(keys), 2.2), squeeze=False)
     for a, k in zip(axs[0], keys):
         pts = [(h['epoch'], h[k]) for h in history if k in h]
-        a.plot(*zip(*pts), marker='o'); a.set_title(k, fontsize=8); a.tick_params(labelsize=7); a.set_xlabel('epoch', fontsize=7)
+        a.plot(*zip(*pts), marker='o'); a.set_title(k, fontsize=8); a.tick_params(labelsize=7)
+        a.set_xlabel('epoch', fontsize=7)
     if title: fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
@@ -362,8 +416,11 @@ class Arm:
     def config(self, base:WoodConfig)->WoodConfig:
         "The arm's loss settings: `base` with the overrides."
         bad = set(self.overrides) - {f for f in WoodConfig.__dataclass_fields__}
-        if bad: raise WoodInputError(f'arm {self.name}', f'changes unknown WoodConfig fields {sorted(bad)}.', f'use fields of WoodConfig: {sorted(WoodConfig.__dataclass_fields__)}.')
-        if self.ood not in ('mined', 'random'): raise WoodInputError(f'arm {self.name}', f'ood={self.ood!r} is not a choice.', "use 'mined' or 'random'.")
+        if bad:
+            raise WoodInputError(f'arm {self.name}', f'changes unknown WoodConfig fields {sorted(bad)}.',
+                                 f'use fields of WoodConfig: {sorted(WoodConfig.__dataclass_fields__)}.')
+        if self.ood not in ('mined', 'random'):
+            raise WoodInputError(f'arm {self.name}', f'ood={self.ood!r} is not a choice.', "use 'mined' or 'random'.")
         return replace(base, **self.overrides)
 
 def ablation_arms(scaled_lam:float|None=None, # also run the scaled metric term (normalize=True) at this lambda
@@ -375,8 +432,10 @@ def ablation_arms(scaled_lam:float|None=None, # also run the scaled metric term 
             Arm('d_wood', 'full W-OoD'),
             Arm('e_wood_random', 'full W-OoD, random OoD images', ood='random')]
     if scaled_lam:
-        arms += [Arm('c2_metric_only_scaled', f'metric term only, scaled (lam {scaled_lam:g})', dict(use_ood_term=False, normalize=True, lam=scaled_lam)),
-                 Arm('d2_wood_scaled', f'full W-OoD, scaled metric (lam {scaled_lam:g})', dict(normalize=True, lam=scaled_lam))]
+        arms += [Arm('c2_metric_only_scaled', f'metric term only, scaled (lam {scaled_lam:g})',
+                     dict(use_ood_term=False, normalize=True, lam=scaled_lam)),
+                 Arm('d2_wood_scaled', f'full W-OoD, scaled metric (lam {scaled_lam:g})',
+                     dict(normalize=True, lam=scaled_lam))]
     return arms
 
 # %% ../nbs/09_wood.ipynb #9fdb9a0a
@@ -386,23 +445,30 @@ def random_ood_list(pool_root, # the pool folder
                     seed:int=0, list_file:str='ood_list.txt')->Path:
     "A seeded random sample of `n` pool images (no scoring, no curation), written as an OoD list."
     paths = read_ood_list(pool_root, list_file)
-    if not 0 < n <= len(paths): raise WoodInputError(Path(pool_root)/list_file, f'lists {len(paths)} images; {n} were asked for.', 'ask for at most the pool size.')
+    if not 0 < n <= len(paths):
+        raise WoodInputError(Path(pool_root)/list_file, f'lists {len(paths)} images; {n} were asked for.',
+                             'ask for at most the pool size.')
     pick = sorted(np.random.default_rng(seed).choice(len(paths), n, replace=False).tolist())
     if is_main(): write_text(out_file, ''.join(paths[i] + '\n' for i in pick))
     barrier()
     return Path(out_file)
 
 # %% ../nbs/09_wood.ipynb #ed7c9a1f
-def ablation_table(results:dict, # `{'baseline': seed block, 'arms': {name: seed block with its label}}` (the `arms` step's summary)
-                  )->str: # a Markdown table
+def ablation_table(
+        # `{'baseline': seed block, 'arms': {name: seed block with its label}}` (the `arms` step's summary)
+        results:dict,
+    )->str: # a Markdown table
     "Seed mIoU and cue activation of the baseline and every arm, with the changes against the baseline and arm (a)."
     base = results['baseline']; arms = results['arms']; ctrl = arms.get('a_continued')
     cue = 'cue_activation' in base
-    head = '| model | seed mIoU | threshold | ' + ('cue activation | ' if cue else '') + 'mIoU vs baseline | mIoU vs (a) |' + (' cue vs baseline |' if cue else '')
+    head = ('| model | seed mIoU | threshold | ' + ('cue activation | ' if cue else '')
+            + 'mIoU vs baseline | mIoU vs (a) |' + (' cue vs baseline |' if cue else ''))
     rows = [head, '|' + '---|' * (head.count('|') - 1)]
     def row(name, label, b):
-        r = f"| {label} (`{name}`) | {b['seed_miou']:.1f} | {b['seed_threshold']:.2f} | " + (f"{b['cue_activation']:.3f} | " if cue else '')
-        r += f"{b['seed_miou'] - base['seed_miou']:+.1f} | " + (f"{b['seed_miou'] - ctrl['seed_miou']:+.1f} |" if ctrl else '- |')
+        r = (f"| {label} (`{name}`) | {b['seed_miou']:.1f} | {b['seed_threshold']:.2f} | "
+             + (f"{b['cue_activation']:.3f} | " if cue else ''))
+        r += (f"{b['seed_miou'] - base['seed_miou']:+.1f} | "
+              + (f"{b['seed_miou'] - ctrl['seed_miou']:+.1f} |" if ctrl else '- |'))
         if cue: r += f" x{b['cue_activation'] / base['cue_activation']:.2f} |" if base['cue_activation'] else ' - |'
         return r
     rows.append(row('cls', 'baseline', base))
