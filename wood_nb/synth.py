@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .core import IGNORE_INDEX, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, save_weights, voc_palette, write_json, write_text
+from .core import (IGNORE_INDEX, VOC_CLASSES, WoodInputError, atomic_dir, save_mask, save_weights, voc_palette,
+                          write_json, write_text)
 
 # %% auto #0
 __all__ = ['SHAPES', 'CUES', 'CHANNEL_ORDERS', 'render_scene', 'sample_content', 'generate', 'plot_benchmark',
@@ -82,7 +83,8 @@ def _water(r, S, u, v, depth, tex):
     return base + tex*(wave > 0.55)[..., None]*np.array([90, 90, 45], np.float32)
 
 def _rails(r, S, u, v, depth, tex):
-    img = np.array([r.uniform(120, 150), r.uniform(110, 135), r.uniform(95, 115)], np.float32) + tex*r.normal(0, 22, (S, S, 1))
+    img = (np.array([r.uniform(120, 150), r.uniform(110, 135), r.uniform(95, 115)], np.float32)
+           + tex*r.normal(0, 22, (S, S, 1)))
     sleeper = ((u/r.uniform(0.09, 0.13) + r.uniform(0, 1)) % 1) < 0.35
     img = np.where(sleeper[..., None], img*(1-tex) + tex*np.array([105, 65, 35]), img)
     for c in (r.uniform(0.15, 0.3), r.uniform(0.45, 0.6)):  # rails at fractions of the band's depth
@@ -90,7 +92,8 @@ def _rails(r, S, u, v, depth, tex):
     return img
 
 def _branches(r, S, u, v, depth, tex):
-    img = np.broadcast_to(np.array([r.uniform(170, 205), r.uniform(185, 215), r.uniform(150, 180)], np.float32), (S, S, 3)).copy()
+    img = np.broadcast_to(np.array([r.uniform(170, 205), r.uniform(185, 215), r.uniform(150, 180)], np.float32),
+                          (S, S, 3)).copy()
     canvas = Image.new('L', (S, S), 0); d = ImageDraw.Draw(canvas)
     def grow(p, ang, ln, w, depth):
         q = (p[0] + ln*math.cos(ang), p[1] + ln*math.sin(ang))
@@ -104,7 +107,8 @@ def _branches(r, S, u, v, depth, tex):
 
 def _sky(r, S, u, v, depth, tex):
     vv = (v/depth)[..., None].clip(0, 1)
-    img = np.array([r.uniform(70, 110), r.uniform(140, 175), r.uniform(215, 250)], np.float32)*(1-vv) + np.array([185, 215, 245])*vv
+    img = (np.array([r.uniform(70, 110), r.uniform(140, 175), r.uniform(215, 250)], np.float32)*(1-vv)
+           + np.array([185, 215, 245])*vv)
     cl = Image.new('L', (S, S), 0); d = ImageDraw.Draw(cl)
     for _ in range(int(r.integers(3, 7))):
         cx, cy, w = r.uniform(0, S), r.uniform(0, S), r.uniform(0.1, 0.25)*S
@@ -115,7 +119,8 @@ def _sky(r, S, u, v, depth, tex):
 def _grass(r, S, u, v, depth, tex):
     img = np.array([r.uniform(50, 80), r.uniform(120, 160), r.uniform(35, 60)], np.float32)
     L = max(3, S//24)
-    seeds = r.choice(np.array([-1, 0, 1], np.float32), size=(S + max(8, L), S), p=[0.12, 0.76, 0.12])   # 8 spare rows up to 192 px
+    # 8 spare rows up to 192 px
+    seeds = r.choice(np.array([-1, 0, 1], np.float32), size=(S + max(8, L), S), p=[0.12, 0.76, 0.12])
     c = np.cumsum(seeds, 0)
     blades = (c[L:L + S] - c[:S]).clip(-1.5, 1.5)/1.5          # vertical strokes of length L
     return img + blades[..., None]*tex*np.array([35, 60, 25], np.float32)
@@ -128,7 +133,8 @@ def _keyboard(r, S, u, v, depth, tex):
 
 CUES = {'boat': ('water', _water, ('bottom',)), 'train': ('rails', _rails, ('bottom', 'top')),
         'bird': ('branches', _branches, ('top', 'left', 'right')), 'aeroplane': ('sky', _sky, ('top',)),
-        'sheep': ('grass', _grass, ('bottom', 'left', 'right')), 'tvmonitor': ('keyboard', _keyboard, ('bottom', 'left', 'right'))}
+        'sheep': ('grass', _grass, ('bottom', 'left', 'right')),
+        'tvmonitor': ('keyboard', _keyboard, ('bottom', 'left', 'right'))}
 
 # %% ../nbs/02_synth.ipynb #c6391534
 from .config import SYNTH_CLASSES, SynthConfig
@@ -153,7 +159,8 @@ def _assign_sides(r, cue_classes):
 
 # %% ../nbs/02_synth.ipynb #c12df31b
 def _draw_object(r, S, cls, size, shapes=None):
-    "Rasterise one instance of `cls` (drawn as in `shapes`, default `SHAPES`): returns (index map of its polygons, their shades)."
+    ("Rasterise one instance of `cls` (drawn as in `shapes`, default `SHAPES`): returns (index map of its polygons, "
+     "their shades).")
     fn, aspect = (shapes or SHAPES)[cls]
     prims = fn(r)
     aspect *= r.uniform(0.85, 1.15)
@@ -201,13 +208,15 @@ def _border(mask, width):
         e = a != b
         edge[:m.shape[0]-dy, :m.shape[1]-dx] |= e; edge[dy:, dx:] |= e
     for _ in range(width - 1):
-        grown = edge.copy(); grown[1:] |= edge[:-1]; grown[:-1] |= edge[1:]; grown[:, 1:] |= edge[:, :-1]; grown[:, :-1] |= edge[:, 1:]
+        grown = edge.copy(); grown[1:] |= edge[:-1]; grown[:-1] |= edge[1:]
+        grown[:, 1:] |= edge[:, :-1]; grown[:, :-1] |= edge[:, 1:]
         edge = grown
     out[edge] = IGNORE_INDEX
     return out
 
 # %% ../nbs/02_synth.ipynb #5ffa821f
-CHANNEL_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))  # the appearances of a cue (`cue_variants`)
+# the appearances of a cue (`cue_variants`)
+CHANNEL_ORDERS = ((0, 1, 2), (1, 2, 0), (2, 0, 1), (0, 2, 1), (2, 1, 0), (1, 0, 2))
 
 def render_scene(r:np.random.Generator, # the image's own random generator
                  cfg:SynthConfig, # benchmark knobs
@@ -220,7 +229,8 @@ def render_scene(r:np.random.Generator, # the image's own random generator
     S, classes = cfg.image_size, classes or cfg.classes
     img = _background(r, S, cfg.clutter)
     cue = np.zeros((S, S), np.uint8)
-    names = [classes[(k - 1) % cfg.cue_kinds if cfg.cue_kinds else k - 1] for k in cues]   # the cue kind each class draws
+    # the cue kind each class draws
+    names = [classes[(k - 1) % cfg.cue_kinds if cfg.cue_kinds else k - 1] for k in cues]
     for k, name, side in zip(cues, names, _assign_sides(r, names)):
         region, u, v = _cue_band(r, S, side, r.uniform(*cfg.cue_depth))
         tex = CUES[name][1](r, S, u, v, float(region.mean()) + 0.035, cfg.texture)
@@ -232,7 +242,8 @@ def render_scene(r:np.random.Generator, # the image's own random generator
             on = idx > 0
             if (on & (inst > 0)).sum() <= 0.2*min(on.sum(), max(1, (inst > 0).sum())): break
         n = int(on.sum())
-        img[on] = _hsv_colour(r)*shades[idx[on]][:, None] + cfg.object_texture*r.standard_normal((n, 1), dtype=np.float32)
+        img[on] = (_hsv_colour(r)*shades[idx[on]][:, None]
+                   + cfg.object_texture*r.standard_normal((n, 1), dtype=np.float32))
         mask[on] = k; inst[on] = i; cue[on] = 0
     boxes = []
     for i, k in enumerate(objects, 1):
@@ -250,7 +261,8 @@ def sample_content(r, cfg:SynthConfig, kind:str='in')->tuple[list, list]:
     C = len(cfg.classes)
     if kind == 'easy': return [], []
     if kind == 'hard':
-        return [], [int(k) for k in r.choice(np.arange(1, C + 1), size=1 + int(r.random() < 0.25 and C > 1), replace=False)]
+        return [], [int(k) for k in r.choice(np.arange(1, C + 1), size=1 + int(r.random() < 0.25 and C > 1),
+                                             replace=False)]
     n = 1 if kind == 'contaminated' else int(r.choice(np.arange(1, len(cfg.objects) + 1), p=cfg.objects))
     objects = [int(k) for k in r.integers(1, C + 1, n)]
     cues = [k for k in sorted(set(objects)) if r.random() < cfg.cue_rate]
@@ -261,15 +273,19 @@ def sample_content(r, cfg:SynthConfig, kind:str='in')->tuple[list, list]:
 # %% ../nbs/02_synth.ipynb #e8f0a79d
 _SPLITS = {'train': 0, 'val': 1, 'ood': 2}
 
-def _box(x0, y0, x1, y1)->str: return f"<bndbox><xmin>{x0+1}</xmin><ymin>{y0+1}</ymin><xmax>{x1+1}</xmax><ymax>{y1+1}</ymax></bndbox>"
+def _box(x0, y0, x1, y1)->str:
+    return f"<bndbox><xmin>{x0+1}</xmin><ymin>{y0+1}</ymin><xmax>{x1+1}</xmax><ymax>{y1+1}</ymax></bndbox>"
 
 def _voc_xml(img_id, S, boxes, classes, segmented:int=1, folder:str='synth')->str:
-    "A minimal PASCAL VOC annotation of a square image of side `S`, or of size `S=(W, H)`; a person gets a head <part>, as in VOC."
+    ("A minimal PASCAL VOC annotation of a square image of side `S`, or of size `S=(W, H)`; "
+     "a person gets a head <part>, as in VOC.")
     W, H = (S, S) if isinstance(S, int) else S
-    part = lambda k, x0, y0, x1, y1: (f"<part><name>head</name>{_box(x0 + (x1-x0)//4, y0, x1 - (x1-x0)//4, y0 + (y1-y0)//4)}</part>"
-                                      if classes[k-1] == 'person' else '')
+    part = lambda k, x0, y0, x1, y1: (
+        f"<part><name>head</name>{_box(x0 + (x1-x0)//4, y0, x1 - (x1-x0)//4, y0 + (y1-y0)//4)}</part>"
+        if classes[k-1] == 'person' else '')
     objs = ''.join(f"<object><name>{classes[k-1]}</name><pose>Unspecified</pose><truncated>0</truncated>"
-                   f"<difficult>0</difficult>{_box(x0, y0, x1, y1)}{part(k, x0, y0, x1, y1)}</object>" for k, x0, y0, x1, y1 in boxes)
+                   f"<difficult>0</difficult>{_box(x0, y0, x1, y1)}{part(k, x0, y0, x1, y1)}</object>"
+                   for k, x0, y0, x1, y1 in boxes)
     return (f"<annotation><folder>{folder}</folder><filename>{img_id}.jpg</filename><size><width>{W}</width>"
             f"<height>{H}</height><depth>3</depth></size><segmented>{segmented}</segmented>{objs}</annotation>\n")
 
@@ -280,7 +296,8 @@ def _write_in(args):
     "Render and write one in-distribution image (a process-pool worker)."
     root, cfg, seed, split, i = args
     img_id = f'{split}_{i:05d}'
-    sc = render_scene(np.random.default_rng([seed, _SPLITS[split], i]), cfg, *sample_content(np.random.default_rng([seed, _SPLITS[split], i, 1]), cfg))
+    sc = render_scene(np.random.default_rng([seed, _SPLITS[split], i]), cfg,
+                      *sample_content(np.random.default_rng([seed, _SPLITS[split], i, 1]), cfg))
     present = set(np.unique(sc['mask']).tolist())
     boxes = [b for b in sc['boxes'] if b[0] in present]
     _jpeg(sc['image'], root/'JPEGImages'/f'{img_id}.jpg', cfg.jpeg_quality)
@@ -290,9 +307,11 @@ def _write_in(args):
     return img_id
 
 def _ood_config(cfg:SynthConfig, kind:str)->SynthConfig:
-    "The knobs an OoD candidate of `kind` is drawn with: easy ones get twice the clutter, hard ones cue bands `ood_cue_scale` as deep."
+    ("The knobs an OoD candidate of `kind` is drawn with: easy ones get twice the clutter, "
+     "hard ones cue bands `ood_cue_scale` as deep.")
     if kind == 'easy': return SynthConfig(**{**asdict(cfg), 'clutter': 2*cfg.clutter})
-    if kind == 'hard' and cfg.ood_cue_scale != 1: return SynthConfig(**{**asdict(cfg), 'cue_depth': tuple(cfg.ood_cue_scale*d for d in cfg.cue_depth)})
+    if kind == 'hard' and cfg.ood_cue_scale != 1:
+        return SynthConfig(**{**asdict(cfg), 'cue_depth': tuple(cfg.ood_cue_scale*d for d in cfg.cue_depth)})
     return cfg
 
 def _write_ood(args):
@@ -314,7 +333,8 @@ def _pool_map(fn, jobs, workers):
 
 def _check_seed(seed):
     "Refuse a seed that is not an integer >= 0."
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0: raise WoodInputError('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise WoodInputError('seed', f'{seed!r} is not a seed.', 'use an integer >= 0.')
 
 def _write_pool_lists(ood:Path, rows:list, header:list):
     "Write an OoD pool's `ood_list.txt` (the first column of `rows`) and `ood_meta.csv` (`header`, then `rows`)."
@@ -333,9 +353,11 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
     cfg = cfg or SynthConfig()
     out = Path(out)
     _check_seed(seed)
-    with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:   # --overwrite replaces only a benchmark the kit wrote
+    # --overwrite replaces only a benchmark the kit wrote
+    with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:
         voc, ood = tmp/'voc', tmp/'ood'
-        for d in ('JPEGImages', 'SegmentationClass', 'SegmentationCue', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
+        for d in ('JPEGImages', 'SegmentationClass', 'SegmentationCue', 'Annotations', 'ImageSets/Segmentation'):
+            (voc/d).mkdir(parents=True)
         (ood/'images').mkdir(parents=True)
         write_text(voc/'classes.txt', '\n'.join(cfg.classes) + '\n')
         ids = {s: _pool_map(_write_in, [(voc, cfg, seed, s, i) for i in range(n)], workers)
@@ -343,12 +365,14 @@ def generate(out, # output folder: `out/voc` (VOC layout), `out/ood` (OoD pool),
         ids['trainval'] = ids['train'] + ids['val']
         for s, l in ids.items(): write_text(voc/'ImageSets'/'Segmentation'/f'{s}.txt', '\n'.join(l) + '\n')
         counts = np.floor(np.asarray(cfg.ood_mix)*cfg.n_ood).astype(int); counts[0] += cfg.n_ood - counts.sum()
-        kinds = np.random.default_rng([seed, _SPLITS['ood']]).permutation(np.repeat(['hard', 'easy', 'contaminated'], counts))
+        kinds = np.random.default_rng([seed, _SPLITS['ood']]).permutation(
+            np.repeat(['hard', 'easy', 'contaminated'], counts))
         rows = _pool_map(_write_ood, [(ood, cfg, seed, i, str(k)) for i, k in enumerate(kinds)], workers)
         _write_pool_lists(ood, rows, ['path', 'contains_foreground', 'kind', 'cues', 'objects'])
         write_json(tmp/'synth.json', {'generator': 'wood_nb.synth/1', 'seed': seed, 'config': asdict(cfg),
                                       'counts': {'train': cfg.n_train, 'val': cfg.n_val,
-                                                 **{f'ood_{k}': int(c) for k, c in zip(('hard', 'easy', 'contaminated'), counts)}},
+                                                 **{f'ood_{k}': int(c)
+                                                    for k, c in zip(('hard', 'easy', 'contaminated'), counts)}},
                                       'voc_root': 'voc', 'ood_root': 'ood', 'ood_list': 'ood_list.txt'})
     return out
 
@@ -364,20 +388,27 @@ def plot_benchmark(root, # a folder written by `generate`
     classes = (voc/'classes.txt').read_text().split()
     ids = (voc/'ImageSets'/'Segmentation'/f'{split}.txt').read_text().split()[:n]
     meta = list(csv.DictReader(open(root/'ood'/'ood_meta.csv')))
-    picks = [m for kind in ('hard', 'easy', 'contaminated') for m in [x for x in meta if x['kind'] == kind][:max(1, n_ood//3)]][:n_ood]
+    picks = [m for kind in ('hard', 'easy', 'contaminated')
+             for m in [x for x in meta if x['kind'] == kind][:max(1, n_ood//3)]][:n_ood]
     cols = max(n, len(picks))
     fig, axs = plt.subplots(4, cols, figsize=(1.6*cols, 6.8), squeeze=False)
     for a in axs.flat: a.axis('off')
     for j, i in enumerate(ids):
         img = np.asarray(Image.open(voc/'JPEGImages'/f'{i}.jpg'))
-        m = np.asarray(Image.open(voc/'SegmentationClass'/f'{i}.png')); c = np.asarray(Image.open(voc/'SegmentationCue'/f'{i}.png'))
+        m = np.asarray(Image.open(voc/'SegmentationClass'/f'{i}.png'))
+        c = np.asarray(Image.open(voc/'SegmentationCue'/f'{i}.png'))
         axs[0, j].imshow(img); axs[0, j].set_title(i, fontsize=7)
-        axs[1, j].imshow(pal[m]); axs[1, j].set_title(', '.join(classes[k-1] for k in np.unique(m) if 0 < k < 255), fontsize=7)
-        axs[2, j].imshow((0.45*img + 0.55*pal[c]).astype(np.uint8)); axs[2, j].set_title('cue: ' + (', '.join(classes[k-1] for k in np.unique(c) if k) or '-'), fontsize=7)
+        axs[1, j].imshow(pal[m])
+        axs[1, j].set_title(', '.join(classes[k-1] for k in np.unique(m) if 0 < k < 255), fontsize=7)
+        axs[2, j].imshow((0.45*img + 0.55*pal[c]).astype(np.uint8))
+        axs[2, j].set_title('cue: ' + (', '.join(classes[k-1] for k in np.unique(c) if k) or '-'), fontsize=7)
     for j, m in enumerate(picks):
-        axs[3, j].imshow(np.asarray(Image.open(root/'ood'/m['path']))); axs[3, j].set_title(f"OoD {m['kind']}", fontsize=7)
-    for r, t in enumerate(('image', 'SegmentationClass', 'SegmentationCue', 'OoD pool')): axs[r, 0].text(-0.08, 0.5, t, transform=axs[r, 0].transAxes, rotation=90, va='center', ha='right', fontsize=8)
-    fig.legend(handles=[Patch(color=pal[k]/255, label=f'{k} {c}') for k, c in enumerate(classes, 1)], loc='lower center', ncol=len(classes), fontsize=7, frameon=False)
+        axs[3, j].imshow(np.asarray(Image.open(root/'ood'/m['path'])))
+        axs[3, j].set_title(f"OoD {m['kind']}", fontsize=7)
+    for r, t in enumerate(('image', 'SegmentationClass', 'SegmentationCue', 'OoD pool')):
+        axs[r, 0].text(-0.08, 0.5, t, transform=axs[r, 0].transAxes, rotation=90, va='center', ha='right', fontsize=8)
+    fig.legend(handles=[Patch(color=pal[k]/255, label=f'{k} {c}') for k, c in enumerate(classes, 1)],
+               loc='lower center', ncol=len(classes), fontsize=7, frameon=False)
     fig.tight_layout(rect=(0.02, 0.03, 1, 1))
     return fig
 
@@ -387,12 +418,15 @@ def _generic_shape(i:int):
     def fn(r):
         body = _rect(0.04, 0.28, 0.96, 0.74) if i % 2 else _ellipse(0.04, 0.24, 0.96, 0.76)
         part = _ellipse(0.62, 0.02, 0.94, 0.36) if i % 3 else _rect(0.08, 0.04, 0.42, 0.32)
-        legs = [(_bar((x, 0.68), (x + r.uniform(-0.04, 0.04), 0.98), 0.07), 0.45) for x in np.linspace(0.18, 0.82, 2 + i % 3)]
+        legs = [(_bar((x, 0.68), (x + r.uniform(-0.04, 0.04), 0.98), 0.07), 0.45)
+                for x in np.linspace(0.18, 0.82, 2 + i % 3)]
         return [(body, 1.0), (part, 0.75)] + legs
     return fn, 0.6 + 0.2*(i % 5)
 
-_VOC_SHAPES = {c: SHAPES.get(c) or _generic_shape(i) for i, c in enumerate(VOC_CLASSES)}   # the drawing of each VOC class
-_CUED = tuple(VOC_CLASSES.index(c) + 1 for c in CUES)                                      # VOC indices of the classes with a cue
+# the drawing of each VOC class
+_VOC_SHAPES = {c: SHAPES.get(c) or _generic_shape(i) for i, c in enumerate(VOC_CLASSES)}
+# VOC indices of the classes with a cue
+_CUED = tuple(VOC_CLASSES.index(c) + 1 for c in CUES)
 
 def _voc_size(r, portrait:bool)->tuple[int, int]:
     "A VOC image size `(W, H)`: long side 500 (sometimes 400-499), short side mostly 333-375."
@@ -401,27 +435,31 @@ def _voc_size(r, portrait:bool)->tuple[int, int]:
     return (short, long) if portrait else (long, short)
 
 def _rehearsal_scene(r, W:int, H:int, objects:list, cues:list, band:int=2, clutter:int=6)->dict:
-    "A `W`x`H` scene of VOC classes (indices 1..20): drawn square at the long side, resized, its 255 band drawn at the final size."
+    ("A `W`x`H` scene of VOC classes (indices 1..20): drawn square at the long side, resized, "
+     "its 255 band drawn at the final size.")
     S, n = max(W, H), max(1, len(objects))
     hi = 0.6 - 0.06*(n - 1)                                          # smaller objects when there are more of them
-    sc = render_scene(r, SynthConfig(image_size=S, boundary=0, object_size=(hi - 0.2, hi), clutter=clutter), objects, cues,
-                      classes=VOC_CLASSES, shapes=_VOC_SHAPES)
+    sc = render_scene(r, SynthConfig(image_size=S, boundary=0, object_size=(hi - 0.2, hi), clutter=clutter),
+                      objects, cues, classes=VOC_CLASSES, shapes=_VOC_SHAPES)
     img = np.asarray(Image.fromarray(sc['image']).resize((W, H), Image.BILINEAR))
     mask = _border(np.asarray(Image.fromarray(sc['mask']).resize((W, H), Image.NEAREST)), band)
-    boxes = [(k, int(x0*W/S), int(y0*H/S), min(W - 1, int(x1*W/S)), min(H - 1, int(y1*H/S))) for k, x0, y0, x1, y1 in sc['boxes']]
+    boxes = [(k, int(x0*W/S), int(y0*H/S), min(W - 1, int(x1*W/S)), min(H - 1, int(y1*H/S)))
+             for k, x0, y0, x1, y1 in sc['boxes']]
     return dict(image=img, mask=mask, boxes=boxes)
 
 # %% ../nbs/02_synth.ipynb #e5040c0c
 _REHEARSAL = {'train': 10, 'sbd': 11, 'val': 12, 'ood': 13}   # the random streams of the groups
 
 def _rehearsal_content(r, need:tuple=())->tuple[list, list]:
-    "Object classes (VOC indices) of one image, `need` first, 1-3 in all (more when `need` asks); the cues of its cued classes (p 0.9)."
+    ("Object classes (VOC indices) of one image, `need` first, 1-3 in all (more when `need` asks); "
+     "the cues of its cued classes (p 0.9).")
     n = max(len(need), int(r.choice([1, 2, 3], p=[0.55, 0.3, 0.15])))
     objects = list(need) + [int(k) for k in r.integers(1, len(VOC_CLASSES) + 1, n - len(need))]
     return objects, [k for k in sorted(set(objects)) if k in _CUED and r.random() < 0.9]
 
 def _write_rehearsal_image(args)->list[int]:
-    "Render and write one VOC-sized image, its XML and (when `segmented`) its mask; returns the classes it holds (a process-pool worker)."
+    ("Render and write one VOC-sized image, its XML and (when `segmented`) its mask; "
+     "returns the classes it holds (a process-pool worker).")
     root, seed, group, i, img_id, need, segmented, quality = args
     for attempt in range(8):                                          # redraw while a class it must hold is hidden
         r = np.random.default_rng([seed, _REHEARSAL[group], i, attempt])
@@ -431,8 +469,10 @@ def _write_rehearsal_image(args)->list[int]:
         if set(need) <= present: break
     _jpeg(sc['image'], root/'JPEGImages'/f'{img_id}.jpg', quality)
     if segmented: save_mask(sc['mask'], root/'SegmentationClass'/f'{img_id}.png')
-    boxes = [b for b in sc['boxes'] if b[0] in present]                # the XML names what the mask holds (and no hidden instance)
-    write_text(root/'Annotations'/f'{img_id}.xml', _voc_xml(img_id, (W, H), boxes, VOC_CLASSES, int(segmented), 'VOC2012'))
+    # the XML names what the mask holds (and no hidden instance)
+    boxes = [b for b in sc['boxes'] if b[0] in present]
+    write_text(root/'Annotations'/f'{img_id}.xml',
+               _voc_xml(img_id, (W, H), boxes, VOC_CLASSES, int(segmented), 'VOC2012'))
     return sorted(k for k in present if 0 < k < IGNORE_INDEX)
 
 def _write_rehearsal_ood(args)->list:
@@ -441,7 +481,8 @@ def _write_rehearsal_ood(args)->list:
     r = np.random.default_rng([seed, _REHEARSAL['ood'], i])
     long = int(r.integers(320, 641)); short = int(long*r.uniform(0.55, 0.8))
     W, H = (short, long) if r.random() < 0.3 else (long, short)
-    if kind == 'hard': objects, cues = [], sorted(int(k) for k in r.choice(_CUED, 1 + int(r.random() < 0.25), replace=False))
+    if kind == 'hard':
+        objects, cues = [], sorted(int(k) for k in r.choice(_CUED, 1 + int(r.random() < 0.25), replace=False))
     elif kind == 'easy': objects, cues = [], []
     else: objects, cues = _rehearsal_content(r, (int(r.integers(1, len(VOC_CLASSES) + 1)),))[0][:1], []
     sc = _rehearsal_scene(r, W, H, objects, cues, clutter=12 if kind == 'easy' else 6)
@@ -451,38 +492,49 @@ def _write_rehearsal_ood(args)->list:
     return [rel, int(bool(objects)), kind, names(cues), names(objects)]
 
 # %% ../nbs/02_synth.ipynb #dc5e2d8e
-def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `out/sbd` (SBD's lists), `out/ood` (OoD pool)
-                           seed:int=0, # fixes every byte of the output
-                           n_train_aug:int=6, # train_aug images (train and the XML-only ones); at least 5, so that all 20 classes appear
-                           n_train:int=3, # of those, the ones with masks (VOC's `train`, the split seeds and masks are scored on)
-                           n_val:int=2, # validation images (with masks)
-                           n_ood:int=8, # OoD candidates
-                           workers:int=1, # processes to render with (0 or 1: in this process)
-                           overwrite:bool=False, # replace a set written earlier at `out`
-                          )->Path:
-    "A few images with VOC 2012's shapes and structure (20 classes, no classes.txt, XML-only train_aug ids, 255 bands) and an OoD pool."
+def generate_voc_rehearsal(
+        out, # output folder: `out/voc` (VOC 2012 layout), `out/sbd` (SBD's lists), `out/ood` (OoD pool)
+        seed:int=0, # fixes every byte of the output
+        n_train_aug:int=6, # train_aug images (train and the XML-only ones); at least 5, so that all 20 classes appear
+        n_train:int=3, # of those, the ones with masks (VOC's `train`, the split seeds and masks are scored on)
+        n_val:int=2, # validation images (with masks)
+        n_ood:int=8, # OoD candidates
+        workers:int=1, # processes to render with (0 or 1: in this process)
+        overwrite:bool=False, # replace a set written earlier at `out`
+       )->Path:
+    ("A few images with VOC 2012's shapes and structure (20 classes, no classes.txt, XML-only train_aug ids, "
+     "255 bands) and an OoD pool.")
     _check_seed(seed)                                                  # before anything else
     from wood_nb.data import build_train_aug
     C = len(VOC_CLASSES)
     def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
-    if n_train_aug * 4 < C: err('n_train_aug', f'{n_train_aug} images cannot hold all {C} VOC classes (4 objects an image at most).', 'use n_train_aug >= 5.')
-    if not 1 <= n_train <= n_train_aug: err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).', 'train is a non-empty part of train_aug.')
+    if n_train_aug * 4 < C:
+        err('n_train_aug', f'{n_train_aug} images cannot hold all {C} VOC classes (4 objects an image at most).',
+            'use n_train_aug >= 5.')
+    if not 1 <= n_train <= n_train_aug:
+        err('n_train', f'{n_train} is not in 1..n_train_aug ({n_train_aug}).',
+            'train is a non-empty part of train_aug.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
     out = Path(out)
-    m = min(4, -(-C // n_train_aug))                                   # classes each train_aug image must hold, round robin
+    # classes each train_aug image must hold, round robin
+    m = min(4, -(-C // n_train_aug))
     need = lambda j: tuple(sorted({(j*m + t) % C + 1 for t in range(m)}))
-    ids = {'train': [f'2007_{2*i:06d}' for i in range(n_train)], 'sbd': [f'2007_{2*i + 1:06d}' for i in range(n_train_aug - n_train)],
+    ids = {'train': [f'2007_{2*i:06d}' for i in range(n_train)],
+           'sbd': [f'2007_{2*i + 1:06d}' for i in range(n_train_aug - n_train)],
            'val': [f'2008_{i:06d}' for i in range(n_val)]}
     with atomic_dir(out, overwrite=overwrite, kind='benchmark') as tmp:
         voc, sbd, ood = tmp/'voc', tmp/'sbd', tmp/'ood'
-        for d in ('JPEGImages', 'SegmentationClass', 'Annotations', 'ImageSets/Segmentation'): (voc/d).mkdir(parents=True)
+        for d in ('JPEGImages', 'SegmentationClass', 'Annotations', 'ImageSets/Segmentation'):
+            (voc/d).mkdir(parents=True)
         sbd.mkdir(); (ood/'images').mkdir(parents=True)
         jobs = ([(voc, seed, 'train', i, x, need(i), True, 90) for i, x in enumerate(ids['train'])]
                 + [(voc, seed, 'sbd', i, x, need(n_train + i), False, 90) for i, x in enumerate(ids['sbd'])]
                 + [(voc, seed, 'val', i, x, (), True, 90) for i, x in enumerate(ids['val'])])
         held = _pool_map(_write_rehearsal_image, jobs, workers)
         lost = sorted(set(range(1, C + 1)) - set().union(*held[:n_train_aug]))
-        if lost: raise RuntimeError(f'seed {seed}: train_aug lost classes {[VOC_CLASSES[k-1] for k in lost]} (a drawing hid them 8 times).')
+        if lost:
+            raise RuntimeError(f'seed {seed}: train_aug lost classes {[VOC_CLASSES[k-1] for k in lost]} '
+                               '(a drawing hid them 8 times).')
         lists = {'train': ids['train'], 'val': ids['val'], 'trainval': sorted(ids['train'] + ids['val'])}
         for s, l in lists.items(): write_text(voc/'ImageSets'/'Segmentation'/f'{s}.txt', '\n'.join(l) + '\n')
         cut = len(ids['sbd']) - len(ids['sbd'])//3                       # SBD's lists overlap VOC's train and val
@@ -490,29 +542,36 @@ def generate_voc_rehearsal(out, # output folder: `out/voc` (VOC 2012 layout), `o
         write_text(sbd/'val.txt', '\n'.join(sorted(ids['sbd'][cut:] + ids['val'][:1])) + '\n')
         build_train_aug(voc, [sbd/'train.txt', sbd/'val.txt'])
         n_cont = max(1, round(0.1*n_ood)) if n_ood >= 3 else 0; n_easy = round(0.3*n_ood)
-        kinds = np.random.default_rng([seed, _REHEARSAL['ood']]).permutation(['contaminated']*n_cont + ['easy']*n_easy + ['hard']*(n_ood - n_cont - n_easy))
+        kinds = np.random.default_rng([seed, _REHEARSAL['ood']]).permutation(
+            ['contaminated']*n_cont + ['easy']*n_easy + ['hard']*(n_ood - n_cont - n_easy))
         rows = _pool_map(_write_rehearsal_ood, [(ood, seed, i, str(k), 90) for i, k in enumerate(kinds)], workers)
         _write_pool_lists(ood, rows, ['path', 'contains_foreground', 'kind', 'cues', 'objects'])
         write_json(tmp/'rehearsal.json', {'generator': 'wood_nb.synth.voc_rehearsal/1', 'seed': seed,
-                                          'counts': {'train_aug': n_train_aug, 'train': n_train, 'val': n_val, 'ood': n_ood},
-                                          'voc_root': 'voc', 'ood_root': 'ood', 'sbd_lists': ['sbd/train.txt', 'sbd/val.txt']})
+                                          'counts': {'train_aug': n_train_aug, 'train': n_train, 'val': n_val,
+                                                     'ood': n_ood},
+                                          'voc_root': 'voc', 'ood_root': 'ood',
+                                          'sbd_lists': ['sbd/train.txt', 'sbd/val.txt']})
     return out
 
 # %% ../nbs/02_synth.ipynb #cdf45d2c
 def write_standin_weights(out, # folder for the files, one per backbone (`resnet50.pth`, `resnet101.pth`)
                           seed:int=0, # fixes the random initialisation
-                         )->dict: # the file of each `weights.*` key of the `voc` preset: classifier, boundary, segmenter
-    "Randomly initialised stand-ins for the ImageNet backbone files of the `voc` preset's networks, in torchvision's format."
+                         # the file of each `weights.*` key of the `voc` preset: classifier, boundary, segmenter
+                         )->dict:
+    ("Randomly initialised stand-ins for the ImageNet backbone files of the `voc` preset's networks, "
+     "in torchvision's format.")
     import timm, torch
     from wood_nb.model import PRESETS
     from wood_nb.refine import BOUNDARY_PRESETS
     from wood_nb.segment import SEG_PRESETS
-    nets = {'classifier': PRESETS['voc']['backbone'], 'boundary': BOUNDARY_PRESETS['voc']['backbone'], 'segmenter': SEG_PRESETS['voc']['backbone']}
+    nets = {'classifier': PRESETS['voc']['backbone'], 'boundary': BOUNDARY_PRESETS['voc']['backbone'],
+            'segmenter': SEG_PRESETS['voc']['backbone']}
     out, files = Path(out), {}
     for name in dict.fromkeys(nets.values()):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed); sd = timm.create_model(name, pretrained=False).state_dict()
-        sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}   # torchvision's ImageNet files predate these counters
+        # torchvision's ImageNet files predate these counters
+        sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}
         files[name] = save_weights(sd, out/f'{name}.pth')
     return {k: files[v] for k, v in nets.items()}
 
@@ -520,7 +579,8 @@ def write_standin_weights(out, # folder for the files, one per backbone (`resnet
 _COCO_REHEARSAL = {'train': 20, 'val': 21, 'ood': 22}   # the random streams of the groups
 
 def _coco_size(r, long_side:int=640)->tuple[int, int]:
-    "A COCO image size `(W, H)`: long side 640 (now and then 480-639), short side 360-480, a quarter portrait (scaled to `long_side`)."
+    ("A COCO image size `(W, H)`: long side 640 (now and then 480-639), short side 360-480, "
+     "a quarter portrait (scaled to `long_side`).")
     long = long_side if r.random() < 0.8 else int(r.integers(round(0.75 * long_side), long_side))
     short = int(r.integers(round(0.5625 * long_side), round(0.75 * long_side) + 1))
     return (short, long) if r.random() < 0.25 else (long, short)
@@ -545,7 +605,8 @@ def _raster(polys, W:int, H:int)->np.ndarray:
     return np.asarray(im, bool)
 
 def _coco_objects(r, W:int, H:int, classes:list, tiny:bool=False)->list[dict]:
-    "One object per entry of `classes` (indices 1..80): outline(s), size (5-14 px when `tiny`, else log-uniform from 10 px), annotation form."
+    ("One object per entry of `classes` (indices 1..80): outline(s), size (5-14 px when `tiny`, "
+     "else log-uniform from 10 px), annotation form.")
     hi = 0.5 * min(W, H) * min(1.0, (4 / max(1, len(classes)))**0.5)          # smaller objects when there are many
     objs = []
     for k in classes:
@@ -553,18 +614,24 @@ def _coco_objects(r, W:int, H:int, classes:list, tiny:bool=False)->list[dict]:
         asp = r.uniform(0.6, 1.6); rx, ry = side/2*asp**0.5, side/2/asp**0.5
         cx, cy = r.uniform(rx, W - rx), r.uniform(ry, H - ry)
         polys = [_outline(r, cx, cy, rx, ry, W, H)]
-        if not tiny and r.random() < 0.15: polys.append(_outline(r, cx + 1.4*rx, cy, rx/3, ry/3, W, H))   # an object in two parts
-        objs.append(dict(k=int(k), polys=polys, form=str(r.choice(['polygon', 'rle', 'counts'], p=[0.8, 0.1, 0.1])), crowd=False))
+        if not tiny and r.random() < 0.15:
+            polys.append(_outline(r, cx + 1.4*rx, cy, rx/3, ry/3, W, H))   # an object in two parts
+        objs.append(dict(k=int(k), polys=polys, form=str(r.choice(['polygon', 'rle', 'counts'], p=[0.8, 0.1, 0.1])),
+                         crowd=False))
     return objs
 
 def _coco_crowd(r, W:int, H:int, k:int)->dict:
-    "A crowd region of class k: a cluster of 5-9 small outlines, stored as uncompressed RLE counts (as COCO stores crowds)."
-    cx, cy, s = r.uniform(0.2*W, 0.8*W), r.uniform(0.2*H, 0.8*H), r.uniform(min(20, 0.1*min(W, H)), 0.2*min(W, H))   # 20 px up, less on the smallest images
-    polys = [_outline(r, cx + r.normal(0, s), cy + r.normal(0, s/2), s/4, s/3, W, H) for _ in range(int(r.integers(5, 10)))]
+    ("A crowd region of class k: a cluster of 5-9 small outlines, "
+     "stored as uncompressed RLE counts (as COCO stores crowds).")
+    # 20 px up, less on the smallest images
+    cx, cy, s = r.uniform(0.2*W, 0.8*W), r.uniform(0.2*H, 0.8*H), r.uniform(min(20, 0.1*min(W, H)), 0.2*min(W, H))
+    polys = [_outline(r, cx + r.normal(0, s), cy + r.normal(0, s/2), s/4, s/3, W, H)
+             for _ in range(int(r.integers(5, 10)))]
     return dict(k=int(k), polys=polys, form='counts', crowd=True)
 
 def _coco_paint(r, W:int, H:int, objs:list)->tuple:
-    "The image, the semantic mask by the converter's rule (crowds first as 255, then the largest object first) and each object's pixels."
+    ("The image, the semantic mask by the converter's rule (crowds first as 255, then the largest object first) "
+     "and each object's pixels.")
     img = _background(r, max(W, H), 8)[:H, :W].copy()
     rasters = [_raster(o['polys'], W, H) for o in objs]
     sem = np.zeros((H, W), np.uint8)
@@ -579,13 +646,16 @@ def _coco_annotation(o:dict, m:np.ndarray, cat_ids:list)->dict:
     "The COCO annotation of one drawn object (without `id` and `image_id`)."
     from wood_nb.coco import rle_encode
     ys, xs = np.nonzero(m)
-    bbox = [float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)] if len(xs) else [0.0] * 4
+    bbox = ([float(xs.min()), float(ys.min()), float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)]
+            if len(xs) else [0.0] * 4)
     seg = ([[round(float(v), 2) for v in p.ravel()] for p in o['polys']] if o['form'] == 'polygon'
            else rle_encode(m, compressed=o['form'] == 'rle'))
-    return {'segmentation': seg, 'area': float(m.sum()), 'bbox': bbox, 'iscrowd': int(o['crowd']), 'category_id': cat_ids[o['k'] - 1]}
+    return {'segmentation': seg, 'area': float(m.sum()), 'bbox': bbox, 'iscrowd': int(o['crowd']),
+            'category_id': cat_ids[o['k'] - 1]}
 
 def _write_coco_image(args)->tuple:
-    "Render and write one COCO-sized image; returns its image entry, its annotations and the classes its mask holds (a process-pool worker)."
+    ("Render and write one COCO-sized image; returns its image entry, "
+     "its annotations and the classes its mask holds (a process-pool worker).")
     folder, seed, group, i, file_name, image_id, need, kind, quality, long_side = args
     from wood_nb.coco import COCO_CATEGORIES
     for attempt in range(8):                                        # redraw while a class it must hold is hidden
@@ -605,7 +675,8 @@ def _write_coco_image(args)->tuple:
             sorted(int(k) for k in np.flatnonzero(vis) if 0 < k < IGNORE_INDEX))
 
 def _write_coco_ood(args)->list:
-    "Render and write one OoD candidate at a COCO size (background and clutter, or one object when contaminated); returns its `ood_meta.csv` row."
+    ("Render and write one OoD candidate at a COCO size (background and clutter, or one object when contaminated); "
+     "returns its `ood_meta.csv` row.")
     root, seed, i, kind, quality, long_side = args
     from wood_nb.coco import COCO_CATEGORIES
     r = np.random.default_rng([seed, _COCO_REHEARSAL['ood'], i])
@@ -622,18 +693,23 @@ def generate_coco_rehearsal(out, # output folder: `out/coco` (COCO 2014's layout
                             n_train:int=3, # training images that hold the 80 classes between them (2 or more; plus one of tiny objects and one without annotations)
                             n_val:int=2, # validation images
                             n_ood:int=6, # OoD candidates (one contaminated when there are 3 or more)
-                            long_side:int=640, # the images' long side (COCO's: 640); the short side and the object sizes follow
+                            # the images' long side (COCO's: 640); the short side and the object sizes follow
+                            long_side:int=640,
                             workers:int=1, # processes to render with (0 or 1: in this process)
                             overwrite:bool=False, # replace a set written earlier at `out`
                            )->Path:
-    "A few images in MS-COCO 2014's own format (instances JSON with polygons, RLE and crowds; 640-px images) and an OoD pool."
+    ("A few images in MS-COCO 2014's own format (instances JSON with polygons, RLE and crowds; 640-px images) "
+     "and an OoD pool.")
     from wood_nb.coco import COCO_CATEGORIES
     C = len(COCO_CATEGORIES)
     def err(opt, prob, fix): raise WoodInputError(opt, prob, fix)
     _check_seed(seed)
-    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 2: err('n_train', f'{n_train!r} images cannot hold the {C} classes between them (at most 40 an image).', 'use 2 or more.')
+    if isinstance(n_train, bool) or not isinstance(n_train, int) or n_train < 2:
+        err('n_train', f'{n_train!r} images cannot hold the {C} classes between them (at most 40 an image).',
+            'use 2 or more.')
     if min(n_val, n_ood) < 1: err('n_val/n_ood', 'every count must be at least 1.', 'raise the count.')
-    if isinstance(long_side, bool) or not isinstance(long_side, int) or long_side < 160: err('long_side', f'{long_side!r} is too small.', 'use 160 or more pixels (COCO: 640).')
+    if isinstance(long_side, bool) or not isinstance(long_side, int) or long_side < 160:
+        err('long_side', f'{long_side!r} is too small.', 'use 160 or more pixels (COCO: 640).')
     out, per = Path(out), -(-C // n_train)
     need = lambda j: tuple(range(j*per + 1, min(C, (j + 1)*per) + 1))
     name = lambda s, iid: f'COCO_{s}_{iid:012d}.jpg'
@@ -642,16 +718,21 @@ def generate_coco_rehearsal(out, # output folder: `out/coco` (COCO 2014's layout
         for s in ('annotations', 'train2014', 'val2014'): (coco/s).mkdir(parents=True)
         (ood/'images').mkdir(parents=True)
         tr = coco/'train2014'
-        jobs = {'train2014': [(tr, seed, 'train', j, name('train2014', j + 1), j + 1, need(j), 'normal', 90, long_side) for j in range(n_train)]
-                             + [(tr, seed, 'train', n_train, name('train2014', n_train + 1), n_train + 1, (), 'tiny', 90, long_side),
-                                (tr, seed, 'train', n_train + 1, name('train2014', n_train + 2), n_train + 2, (), 'empty', 90, long_side)],
-                'val2014': [(coco/'val2014', seed, 'val', j, name('val2014', 500001 + j), 500001 + j, (), 'normal', 90, long_side) for j in range(n_val)]}
+        jobs = {'train2014': [(tr, seed, 'train', j, name('train2014', j + 1), j + 1, need(j), 'normal', 90, long_side)
+                              for j in range(n_train)]
+                             + [(tr, seed, 'train', n_train, name('train2014', n_train + 1), n_train + 1, (), 'tiny',
+                                 90, long_side),
+                                (tr, seed, 'train', n_train + 1, name('train2014', n_train + 2), n_train + 2, (),
+                                 'empty', 90, long_side)],
+                'val2014': [(coco/'val2014', seed, 'val', j, name('val2014', 500001 + j), 500001 + j, (), 'normal',
+                             90, long_side) for j in range(n_val)]}
         n_ann = 0
         for s, js in jobs.items():
             res = _pool_map(_write_coco_image, js, workers)
             if s == 'train2014':
                 lost = sorted(set(range(1, C + 1)) - set().union(*[h for _, _, h in res]))
-                if lost: raise RuntimeError(f'seed {seed}: train2014 lost classes {[COCO_CATEGORIES[k-1][1] for k in lost]} (a drawing hid them 8 times).')
+                if lost: raise RuntimeError(f'seed {seed}: train2014 lost classes '
+                                            f'{[COCO_CATEGORIES[k-1][1] for k in lost]} (a drawing hid them 8 times).')
             anns = []
             for im, a_list, _ in res:
                 for a in a_list: n_ann += 1; anns.append({'id': n_ann, 'image_id': im['id'], **a})
@@ -663,6 +744,7 @@ def generate_coco_rehearsal(out, # output folder: `out/coco` (COCO 2014's layout
         rows = _pool_map(_write_coco_ood, [(ood, seed, i, k, 90, long_side) for i, k in enumerate(kinds)], workers)
         _write_pool_lists(ood, rows, ['path', 'contains_foreground', 'kind', 'objects'])
         write_json(tmp/'rehearsal.json', {'generator': 'wood_nb.synth.coco_rehearsal/1', 'seed': seed,
-                                          'counts': {'train': n_train, 'val': n_val, 'ood': n_ood}, 'long_side': long_side,
-                                          'coco_root': 'coco', 'ood_root': 'ood', 'sets': ['train2014', 'val2014']})
+                                          'counts': {'train': n_train, 'val': n_val, 'ood': n_ood},
+                                          'long_side': long_side, 'coco_root': 'coco', 'ood_root': 'ood',
+                                          'sets': ['train2014', 'val2014']})
     return out
