@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #607ef905
 from __future__ import annotations
-import contextlib, functools, hashlib, json, os, pickle, random, secrets, shutil, tempfile, zipfile
+import contextlib, functools, hashlib, json, os, pickle, random, re, secrets, shutil, tempfile, textwrap, zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +12,30 @@ import torch
 from PIL import Image
 
 # %% auto #0
-__all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'read_classes', 'voc_palette', 'seed_everything', 'get_device', 'atomic_path',
-           'write_text', 'write_json', 'config_json', 'atomic_dir', 'save_mask', 'load_mask', 'save_npz', 'load_npz',
-           'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits', 'resolves_outside', 'is_inside',
-           'claim_dir', 'owned', 'covered_by', 'is_owned', 'own', 'child_path', 'tree_digest', 'channels_last_weights',
-           'WoodInputError']
+__all__ = ['VOC_CLASSES', 'IGNORE_INDEX', 'MARKER', 'readable', 'error_text', 'read_classes', 'voc_palette', 'seed_everything',
+           'get_device', 'atomic_path', 'write_text', 'write_json', 'config_json', 'atomic_dir', 'save_mask',
+           'load_mask', 'save_npz', 'load_npz', 'save_weights', 'load_weights', 'load_checkpoint', 'checkpoint_fits',
+           'resolves_outside', 'is_inside', 'claim_dir', 'owned', 'covered_by', 'is_owned', 'own', 'child_path',
+           'tree_digest', 'channels_last_weights', 'WoodInputError']
+
+# %% ../nbs/00_core.ipynb #4e6cfda2
+def readable(s, # a message, or anything whose `str` is one
+             width:int=100, # wrap each line at this many characters
+             tmp=None, # a folder to show as `TMP` (folders of `tempfile` are shown so anyway)
+            )->str:
+    "`s` wrapped for reading, line by line, with temporary folders shown as `TMP`."
+    s = str(s)
+    if tmp is not None: s = s.replace(str(tmp), 'TMP')
+    s = re.sub(re.escape(tempfile.gettempdir()) + r'/tmp\w+', 'TMP', s)
+    return '\n'.join(textwrap.fill(l, width, subsequent_indent='    ') for l in s.splitlines())
+
+def error_text(f:callable, # called without arguments; it must raise
+               tmp=None, # a folder to show as `TMP`
+               width:int=100)->str:
+    "The message of the exception `f()` raises, as `readable` shows it; an `AssertionError` when nothing is raised."
+    try: f()
+    except Exception as e: return readable(e, width, tmp)
+    raise AssertionError(f'{f!r} raised nothing')
 
 # %% ../nbs/00_core.ipynb #6b706c77
 VOC_CLASSES = ('aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat', 'chair', 'cow',
