@@ -51,12 +51,13 @@ def test_config_is_torch_free_and_shared():
 def test_print_config_leaves_torch_unimported(tmp_path):
     "`wood run --print-config` resolves and prints the settings without importing torch (nor numpy, PIL, ...), and prints what `run_config` gives."
     from wood_nb.runconfig import config_dict, run_config
-    for preset in ('synthetic', 'voc'):
+    for preset, more in (('synthetic', {}), ('voc', {}), ('synthetic', {'seg.init': 'classifier'})):   # the demo's seg.init too
+        sets = [x for k, v in more.items() for x in ('--set', f'{k}={v}')]
         r = subprocess.run([sys.executable, '-X', 'importtime', '-m', 'wood_nb.cli', 'run', '--out', str(tmp_path/'r'), '--preset', preset,
-                            '--set', 'cls.epochs=2', '--num-workers', '1', '--print-config'], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+                            '--set', 'cls.epochs=2', *sets, '--num-workers', '1', '--print-config'], capture_output=True, text=True, timeout=120, cwd=tmp_path)
         assert r.returncode == 0, r.stderr[-2000:]
         imported = [l.rsplit('|', 1)[-1].strip() for l in r.stderr.splitlines() if l.startswith('import time:')]
         assert 'wood_nb.runconfig' in imported                                   # -X importtime did list the imports
         assert not [m for m in imported if m.split('.')[0] in HEAVY], [m for m in imported if m.split('.')[0] in HEAVY]
-        assert json.loads(r.stdout) == json.loads(json.dumps(config_dict(run_config(preset, {'cls.epochs': '2', 'num_workers': 1}))))
+        assert json.loads(r.stdout) == json.loads(json.dumps(config_dict(run_config(preset, {'cls.epochs': '2', **more, 'num_workers': 1}))))
         assert not (tmp_path/'r').exists()                                       # printing writes nothing

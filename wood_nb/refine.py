@@ -20,19 +20,19 @@ from .core import (config_json, IGNORE_INDEX, WoodInputError, load_mask, child_p
                           load_checkpoint, checkpoint_fits, read_classes, save_mask, save_weights, seed_everything,
                           write_json)
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import PACKAGE_WEIGHTS, backbone_head_groups, backbone_state, fit_state_dict, save_checkpoint
-from .config import BOUNDARY_TRAIN_PRESETS, boundary_train_config
-_all_ = ['boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
+from .model import backbone_head_groups, backbone_state, fit_state_dict, save_checkpoint
+from .config import BOUNDARY_PRESETS, BOUNDARY_TRAIN_PRESETS, PACKAGE_WEIGHTS, boundary_train_config
+_all_ = ['BOUNDARY_PRESETS', 'boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
 from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
 from .cam import load_cam_record, normalize_cams, strided_size
 from .metrics import eval_label_dir, seed_from_cams
 
 # %% auto #0
-__all__ = ['CRF_FIX', 'BOUNDARY_FORMAT', 'BOUNDARY_PRESETS', 'confident_labels', 'crf_available', 'dense_crf', 'crf_labels',
-           'pair_offsets', 'strided_labels', 'pair_labels', 'segment_points', 'pair_affinities', 'affinity_loss',
-           'BoundaryNet', 'save_boundary_net', 'load_boundary_net', 'boundary_step', 'make_confident_labels',
-           'ConfidentLabelDataset', 'make_boundary_net', 'train_boundary', 'transition_matrix', 'propagate',
-           'random_walk', 'make_pseudo_masks', 'eval_mask_dir', 'boundary_train_config']
+__all__ = ['CRF_FIX', 'BOUNDARY_FORMAT', 'confident_labels', 'crf_available', 'dense_crf', 'crf_labels', 'pair_offsets',
+           'strided_labels', 'pair_labels', 'segment_points', 'pair_affinities', 'affinity_loss', 'BoundaryNet',
+           'save_boundary_net', 'load_boundary_net', 'boundary_step', 'make_confident_labels', 'ConfidentLabelDataset',
+           'make_boundary_net', 'train_boundary', 'transition_matrix', 'propagate', 'random_walk', 'make_pseudo_masks',
+           'eval_mask_dir', 'BOUNDARY_PRESETS', 'boundary_train_config']
 
 # %% ../nbs/10_refine.ipynb #77834713
 def _table(keys)->np.ndarray:
@@ -442,20 +442,7 @@ class ConfidentLabelDataset(torch.utils.data.Dataset):
         return {'id': id, 'image': s['image'], 'mask': s['mask']}
 
 # %% ../nbs/10_refine.ipynb #c953ffef
-# network, pair radius, training settings and random-walk settings of each recipe
-# (training: `config.BOUNDARY_TRAIN_PRESETS`)
-BOUNDARY_PRESETS = {
-    'voc': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
-                train=BOUNDARY_TRAIN_PRESETS['voc'],
-                walk=dict(radius=5, logt=8)),
-    'coco': dict(backbone='resnet50', pretrained=None, freeze_backbone=True, radius=10, needs_pretrained=True,
-                 train=BOUNDARY_TRAIN_PRESETS['coco'],
-                 # IRN's network, radius and walk, as COCO's WSSS code runs them (method.md)
-                 walk=dict(radius=5, logt=8)),
-    'synthetic': dict(backbone='tf_efficientnet_lite0', pretrained=PACKAGE_WEIGHTS, freeze_backbone=True, radius=5,
-                      needs_pretrained=True, train=BOUNDARY_TRAIN_PRESETS['synthetic'],
-                      walk=dict(radius=3, logt=6)),
-}
+# the network, pair radius, training and random-walk settings of each recipe: `wood_nb.config.BOUNDARY_PRESETS`
 _NET_KEYS = ('backbone', 'pretrained', 'freeze_backbone', 'levels', 'width')
 
 def _preset(preset:str)->dict:

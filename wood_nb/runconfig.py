@@ -7,7 +7,8 @@ from __future__ import annotations
 import hashlib, json, math, re
 from dataclasses import asdict, replace, dataclass, field, fields, is_dataclass
 
-from .config import CURATION_MODES, DEFAULT_SCALES, PLANE_MODES, RUN_PRESETS, SEG_INITS, STEPS, WoodInputError
+from .config import (CLASSIFIER_PRESETS, CURATION_MODES, DEFAULT_SCALES, PLANE_MODES, RUN_PRESETS, SEG_INITS,
+                            SEG_PRESETS, STEPS, WoodInputError)
 from .config import (TrainConfig, WoodConfig, WoodTrainConfig, boundary_train_config, check_train_config,
                             seg_train_config)
 
@@ -215,10 +216,8 @@ def _check_seg(cfg:RunConfig):
                                             and not isinstance(cfg.seg.dropout, bool) and 0 <= cfg.seg.dropout < 1):
         _bad('seg.dropout', cfg.seg.dropout, 'a probability in [0, 1), e.g. 0.5 (or null)')
     if cfg.seg.init not in SEG_INITS: _bad('seg.init', cfg.seg.init, f'one of {SEG_INITS}')
-    if cfg.seg.init == 'classifier':                  # the networks' presets: imported here, the rest needs no torch
-        from wood_nb.model import PRESETS
-        from wood_nb.segment import SEG_PRESETS
-        seg_bb, cls_bb = SEG_PRESETS[cfg.preset]['backbone'], PRESETS[cfg.preset]['backbone']
+    if cfg.seg.init == 'classifier':
+        seg_bb, cls_bb = SEG_PRESETS[cfg.preset]['backbone'], CLASSIFIER_PRESETS[cfg.preset]['backbone']
         if seg_bb != cls_bb:
             _bad('seg.init', cfg.seg.init,
                  f"'imagenet' with the {cfg.preset} preset, whose segmenter ({seg_bb}) "

@@ -18,19 +18,19 @@ from .core import (config_json, IGNORE_INDEX, WoodInputError, channels_last_weig
                           load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything,
                           voc_palette)
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import (PACKAGE_WEIGHTS, backbone_head_groups, check_image_batch, create_backbone, backbone_state,
-                           fit_state_dict, preset_kwargs, save_checkpoint)
-from .config import SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
-_all_ = ['SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
+from .model import (backbone_head_groups, check_image_batch, create_backbone, backbone_state, fit_state_dict,
+                           preset_kwargs, save_checkpoint)
+from .config import PACKAGE_WEIGHTS, SEG_PRESETS, SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
+_all_ = ['SEG_PRESETS', 'SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
 from .train import (TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader,
                            reduce_over_processes, shard, size_groups, unwrap)
 from .metrics import eval_label_dir
 
 # %% auto #0
-__all__ = ['SEG_PRESETS', 'SEG_FORMAT', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config', 'save_segmenter',
-           'load_segmenter', 'balance_power', 'seg_loss', 'seg_step', 'CachedFeatures', 'backbone_features',
-           'resolve_mask_dir', 'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'crf_postprocess',
-           'eval_seg_dir', 'plot_segmentation', 'SEG_TEST_SCALES', 'seg_train_config']
+__all__ = ['SEG_FORMAT', 'ASPP', 'DeepLabV2', 'make_segmenter', 'segmenter_config', 'save_segmenter', 'load_segmenter',
+           'balance_power', 'seg_loss', 'seg_step', 'CachedFeatures', 'backbone_features', 'resolve_mask_dir',
+           'train_segmenter', 'predict', 'SplitImages', 'predict_split', 'crf_postprocess', 'eval_seg_dir',
+           'plot_segmentation', 'SEG_PRESETS', 'SEG_TEST_SCALES', 'seg_train_config']
 
 # %% ../nbs/11_segment.ipynb #797d5011
 class ASPP(nn.Module):
@@ -143,14 +143,7 @@ class DeepLabV2(nn.Module):
                 f'pretrained={self.pretrained!r}')
 
 # %% ../nbs/11_segment.ipynb #560a75ee
-SEG_PRESETS = {  # model settings only; the optimiser and data settings are `seg_train_config`
-    'voc': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True,
-                needs_pretrained=True),
-    'coco': dict(backbone='resnet101', output_stride=8, rates=(6, 12, 18, 24), pretrained=None, freeze_bn=True,
-                 needs_pretrained=True),
-    'synthetic': dict(backbone='tf_efficientnet_lite0', output_stride=8, rates=(6, 12, 18, 24),
-                      pretrained=PACKAGE_WEIGHTS, freeze_bn=True, needs_pretrained=True),
-}
+# DeepLab-v2's network of each recipe: `wood_nb.config.SEG_PRESETS`; the optimiser and data settings: `seg_train_config`
 _SEG_KEYS = ('backbone', 'output_stride', 'pretrained', 'rates', 'freeze_bn', 'classes', 'dropout')
 
 def make_segmenter(preset:str, # a key of SEG_PRESETS

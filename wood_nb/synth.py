@@ -561,10 +561,8 @@ def write_standin_weights(out, # folder for the files, one per backbone (`resnet
     ("Randomly initialised stand-ins for the ImageNet backbone files of the `voc` preset's networks, "
      "in torchvision's format.")
     import timm, torch
-    from wood_nb.model import PRESETS
-    from wood_nb.refine import BOUNDARY_PRESETS
-    from wood_nb.segment import SEG_PRESETS
-    nets = {'classifier': PRESETS['voc']['backbone'], 'boundary': BOUNDARY_PRESETS['voc']['backbone'],
+    from wood_nb.config import BOUNDARY_PRESETS, CLASSIFIER_PRESETS, SEG_PRESETS
+    nets = {'classifier': CLASSIFIER_PRESETS['voc']['backbone'], 'boundary': BOUNDARY_PRESETS['voc']['backbone'],
             'segmenter': SEG_PRESETS['voc']['backbone']}
     out, files = Path(out), {}
     for name in dict.fromkeys(nets.values()):
