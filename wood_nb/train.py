@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from .core import config_json, WoodInputError, atomic_path, get_device, load_weights, seed_everything
+from .core import config_json, WoodInputError, atomic_path, get_device, load_weights, save_weights, seed_everything
 
 # %% auto #0
 __all__ = ['poly_lambda', 'make_optimizer', 'dist_info', 'init_distributed', 'is_main', 'barrier', 'distributed', 'main_result',
@@ -314,10 +314,9 @@ def fit(model:nn.Module, # the model (its `param_groups(lr, head_mult)` gives th
             bar.set_postfix(loss=f"{logs['loss']:.4f}", refresh=False)
         history.append({'epoch': epoch + 1, **{k: v/max(n, 1) for k, v in sums.items()}})
         if ckpt is not None and rank == 0:
-            with atomic_path(ckpt) as t:
-                torch.save({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
-                            'epoch': epoch + 1, 'total_steps': total, 'history': history, 'rng': rng_state(),
-                            'config': asdict(cfg)}, t)
+            save_weights({'model': model.state_dict(), 'optimizer': opt.state_dict(), 'scheduler': sched.state_dict(),
+                          'epoch': epoch + 1, 'total_steps': total, 'history': history, 'rng': rng_state(),
+                          'config': asdict(cfg)}, ckpt)
             write_history(Path(out), history, desc)
         barrier()
         if on_epoch_end is not None: on_epoch_end(epoch + 1, history[-1])
