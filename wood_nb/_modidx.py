@@ -395,6 +395,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                                'wood_nb.model._undilate_resnet': ('model.html#_undilate_resnet', 'wood_nb/model.py'),
                                'wood_nb.model.backbone_head_groups': ('model.html#backbone_head_groups', 'wood_nb/model.py'),
                                'wood_nb.model.backbone_state': ('model.html#backbone_state', 'wood_nb/model.py'),
+                               'wood_nb.model.check_checkpoint_classes': ('model.html#check_checkpoint_classes', 'wood_nb/model.py'),
                                'wood_nb.model.check_image_batch': ('model.html#check_image_batch', 'wood_nb/model.py'),
                                'wood_nb.model.check_meta': ('model.html#check_meta', 'wood_nb/model.py'),
                                'wood_nb.model.classifier_config': ('model.html#classifier_config', 'wood_nb/model.py'),

@@ -20,8 +20,8 @@ _all_ = ['PACKAGE_WEIGHTS']   # re-exported: still part of `from wood_nb.model i
 __all__ = ['CKPT_FORMAT', 'LITE0_DEPTHS', 'CHECKPOINT_FORMATS', 'PRESETS', 'measure_stride', 'create_backbone',
            'lite0_package_path', 'lite0_to_timm', 'state_dict_in', 'package_weights', 'backbone_state',
            'fit_state_dict', 'load_backbone_weights', 'CAMClassifier', 'check_image_batch', 'backbone_head_groups',
-           'check_meta', 'classifier_config', 'save_checkpoint', 'save_classifier', 'load_classifier', 'preset_kwargs',
-           'make_classifier', 'time_train_step', 'PACKAGE_WEIGHTS']
+           'check_meta', 'classifier_config', 'save_checkpoint', 'save_classifier', 'load_classifier',
+           'check_checkpoint_classes', 'preset_kwargs', 'make_classifier', 'time_train_step', 'PACKAGE_WEIGHTS']
 
 # %% ../nbs/03_model.ipynb #c065972e
 def _strided_first(block:nn.Module)->list[tuple[nn.Module, str, nn.Module]]:
@@ -426,15 +426,23 @@ def load_classifier(path, # a file written by `save_classifier`
     with checkpoint_fits(path, 'CAM classifier checkpoint'):
         return _build_classifier(path, ck, num_classes, classes, output_stride)
 
-def _build_classifier(path, ck:dict, num_classes, classes, output_stride)->CAMClassifier:
-    cfg = dict(ck['config'])
+def check_checkpoint_classes(path, # the checkpoint, for the error
+                             cfg:dict, # its `config` (`num_classes`, `classes`)
+                             num_classes:int|None, # the class count asked for (None: any)
+                             classes:list|None, # the class names asked for (None: any)
+                             net:str='classifier', # what it holds, for the error
+                            ):
+    "Refuse a checkpoint whose class count or class names are not those asked for."
     if num_classes is not None and cfg['num_classes'] != num_classes:
-        raise WoodInputError(path,
-                             f"holds a classifier for {cfg['num_classes']} classes, but {num_classes} were asked for.",
+        raise WoodInputError(path, f"holds a {net} for {cfg['num_classes']} classes, but {num_classes} were asked for.",
                              'use the checkpoint trained on this dataset, or retrain.')
     if classes is not None and cfg['classes'] is not None and list(classes) != list(cfg['classes']):
         raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.",
                              'use the checkpoint trained on this dataset.')
+
+def _build_classifier(path, ck:dict, num_classes, classes, output_stride)->CAMClassifier:
+    cfg = dict(ck['config'])
+    check_checkpoint_classes(path, cfg, num_classes, classes, 'classifier')
     model = CAMClassifier(backbone=cfg['backbone'], num_classes=cfg['num_classes'],
                           output_stride=output_stride or cfg['output_stride'], freeze_stages=cfg['freeze_stages'],
                           freeze_bn=cfg['freeze_bn'], dilate=cfg['dilate'], classes=cfg['classes'])

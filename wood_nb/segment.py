@@ -18,8 +18,8 @@ from .core import (config_json, IGNORE_INDEX, WoodInputError, channels_last_weig
                           load_weights, load_checkpoint, checkpoint_fits, read_classes, save_mask, seed_everything,
                           voc_palette)
 from .data import VOCDataset, eval_transforms, read_image, read_split, train_transforms
-from .model import (backbone_head_groups, check_image_batch, create_backbone, backbone_state, fit_state_dict,
-                           preset_kwargs, save_checkpoint)
+from .model import (backbone_head_groups, check_checkpoint_classes, check_image_batch, create_backbone,
+                           backbone_state, fit_state_dict, preset_kwargs, save_checkpoint)
 from .config import PACKAGE_WEIGHTS, SEG_PRESETS, SEG_TEST_SCALES, SEG_TRAIN_PRESETS, seg_train_config
 _all_ = ['SEG_PRESETS', 'SEG_TEST_SCALES', 'seg_train_config']   # re-exported: still part of `from wood_nb.segment import *`
 from .train import (TrainConfig, barrier, dist_info, fit, init_distributed, is_main, make_loader,
@@ -183,13 +183,7 @@ def load_segmenter(path, # a file written by `save_segmenter`
 
 def _build_segmenter(path, ck:dict, num_classes, classes)->DeepLabV2:
     cfg = ck['config']
-    if num_classes is not None and cfg['num_classes'] != num_classes:
-        raise WoodInputError(path,
-                             f"holds a segmenter for {cfg['num_classes']} classes, but {num_classes} were asked for.",
-                             'use the checkpoint trained on this dataset, or retrain.')
-    if classes is not None and cfg['classes'] is not None and list(classes) != list(cfg['classes']):
-        raise WoodInputError(path, f"was trained on classes {cfg['classes']}, not {list(classes)}.",
-                             'use the checkpoint trained on this dataset.')
+    check_checkpoint_classes(path, cfg, num_classes, classes, 'segmenter')
     model = DeepLabV2(cfg['backbone'], cfg['num_classes'], output_stride=cfg['output_stride'],
                       rates=tuple(cfg['rates']), freeze_bn=cfg['freeze_bn'], classes=cfg['classes'],
                       dropout=cfg.get('dropout', 0.0))
