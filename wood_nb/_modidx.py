@@ -684,6 +684,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '', 'doc_host': '', 'git_url
                               'wood_nb.wood.ood_threshold': ('wood.html#ood_threshold', 'wood_nb/wood.py'),
                               'wood_nb.wood.ood_zero_loss': ('wood.html#ood_zero_loss', 'wood_nb/wood.py'),
                               'wood_nb.wood.plot_wood_history': ('wood.html#plot_wood_history', 'wood_nb/wood.py'),
+                              'wood_nb.wood.proto_pair_checked': ('wood.html#proto_pair_checked', 'wood_nb/wood.py'),
                               'wood_nb.wood.prototype_pair': ('wood.html#prototype_pair', 'wood_nb/wood.py'),
                               'wood_nb.wood.random_ood_list': ('wood.html#random_ood_list', 'wood_nb/wood.py'),
                               'wood_nb.wood.train_wood': ('wood.html#train_wood', 'wood_nb/wood.py'),

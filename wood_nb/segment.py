@@ -362,7 +362,7 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
                              f'{tuple(cfg.long_side)} is a range, but a frozen backbone sees each image once, '
                              'at one size.',
                              'give one size twice, e.g. long_side=(192, 192).')
-    balance_power(balanced)                                             # checked before any work
+    step = seg_step(balanced)                                           # `balanced` checked before any work
     seed_everything(cfg.seed)
     model = make_segmenter(preset, len(classes), classes=classes, **(model_kw or {}))
     if freeze_backbone:
@@ -370,12 +370,12 @@ def train_segmenter(voc_root, # VOC-layout root (images, split lists, classes.tx
         for p in model.backbone.parameters(): p.requires_grad_(False)
         ds = backbone_features(model.to(dev), root, split, masks, int(cfg.long_side[0]),
                                progress=cfg.progress and is_main(), label_scale=4)
-        hist = fit(model.aspp, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=dev,
+        hist = fit(model.aspp, make_loader(ds, cfg), step, cfg, out=out, resume=resume, device=dev,
                    groups=model.param_groups(cfg.lr, cfg.head_mult, cfg.weight_decay), desc='segmenter head')
     else:
         ds = VOCDataset(root, split, mask_dir=str(masks), with_mask=True, label_source='mask',
                         transform=train_transforms(cfg.crop, tuple(cfg.long_side), mean=model.mean, std=model.std))
-        hist = fit(model, make_loader(ds, cfg), seg_step(balanced), cfg, out=out, resume=resume, device=device,
+        hist = fit(model, make_loader(ds, cfg), step, cfg, out=out, resume=resume, device=device,
                    desc='segmenter')
     if is_main():
         save_segmenter(model.cpu(), out/'model.pt',

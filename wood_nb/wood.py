@@ -26,9 +26,9 @@ from .prototypes import load_prototypes
 
 # %% auto #0
 __all__ = ['centre_distances', 'ood_threshold', 'metric_loss_code', 'n_near', 'metric_loss_paper', 'ood_zero_loss',
-           'drop_top_class_mask', 'anti_adversarial', 'as_protos', 'wood_step', 'prototype_pair', 'train_wood',
-           'plot_wood_history', 'Arm', 'ablation_arms', 'random_ood_list', 'ablation_table', 'METRIC_FORMS',
-           'WoodConfig']
+           'drop_top_class_mask', 'anti_adversarial', 'as_protos', 'proto_pair_checked', 'wood_step', 'prototype_pair',
+           'train_wood', 'plot_wood_history', 'Arm', 'ablation_arms', 'random_ood_list', 'ablation_table',
+           'METRIC_FORMS', 'WoodConfig']
 
 # %% ../nbs/09_wood.ipynb #3a9b7680
 def centre_distances(feat:torch.Tensor, # `(B, D)` image features
@@ -188,6 +188,16 @@ def as_protos(x, name:str)->torch.Tensor:
                              'recompute the prototypes (an empty k-means cluster gives NaN centres).')
     return t
 
+def proto_pair_checked(class_protos, ood_protos, # arrays or tensors, `(C, D)` and `(K, D)`
+                       where='prototypes', # the file or argument they came from, for errors
+                      )->tuple[torch.Tensor, torch.Tensor]:
+    "Class prototypes and OoD centres as checked `(N, D)` float32 tensors of the same width."
+    cp, op = as_protos(class_protos, f'{where} (class prototypes)'), as_protos(ood_protos, f'{where} (OoD centres)')
+    if cp.shape[1] != op.shape[1]:
+        raise WoodInputError(where, f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.',
+                             'compute both with the same baseline.')
+    return cp, op
+
 def _step_protos(cfg:WoodConfig, class_protos, ood_protos)->tuple:
     "`(class prototypes, OoD centres)` as checked tensors for `wood_step`; `(None, None)` when either is missing."
     has_protos = class_protos is not None and ood_protos is not None
@@ -195,11 +205,7 @@ def _step_protos(cfg:WoodConfig, class_protos, ood_protos)->tuple:
         raise WoodInputError('prototypes', 'the metric term needs class prototypes and OoD centres.',
                              'pass both, or set use_metric_term=False.')
     if not has_protos: return None, None
-    cp, op = as_protos(class_protos, 'class prototypes'), as_protos(ood_protos, 'OoD prototypes')
-    if cp.shape[1] != op.shape[1]:
-        raise WoodInputError('prototypes', f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.',
-                             'compute both with the same baseline.')
-    return cp, op
+    return proto_pair_checked(class_protos, ood_protos)
 
 def _wood_forward(model:nn.Module, x:torch.Tensor, xo:torch.Tensor, joint:bool|None)->tuple[dict, torch.Tensor]:
     "`(model(x, all=True), OoD logits)` from one pass over `x` and `xo`, or two (`joint`; None: no live BatchNorm)."
@@ -285,11 +291,7 @@ def prototype_pair(src, # (class, ood) pair of arrays/tensors, a mapping, or an 
     if not isinstance(src, (tuple, list)) or len(src) != 2:
         raise WoodInputError(where, f'is a {type(src).__name__}, not a (class prototypes, OoD centres) pair.',
                              'pass two (N, D) arrays, a mapping or an .npz path.')
-    cp, op = as_protos(src[0], f'{where} (class prototypes)'), as_protos(src[1], f'{where} (OoD centres)')
-    if cp.shape[1] != op.shape[1]:
-        raise WoodInputError(where, f'class prototypes are {cp.shape[1]}-d but OoD centres {op.shape[1]}-d.',
-                             'compute both with the same baseline.')
-    return cp, op
+    return proto_pair_checked(src[0], src[1], where)
 
 # %% ../nbs/09_wood.ipynb #47999f63
 def _gt_selector(model, voc_root:Path, split:str, out:Path, scales, batch_size:int, device)->tuple[Callable, dict]:
