@@ -209,7 +209,8 @@ def _step_protos(cfg:WoodConfig, class_protos, ood_protos)->tuple:
 
 def _wood_forward(model:nn.Module, x:torch.Tensor, xo:torch.Tensor, joint:bool|None)->tuple[dict, torch.Tensor]:
     "`(model(x, all=True), OoD logits)` from one pass over `x` and `xo`, or two (`joint`; None: no live BatchNorm)."
-    if not (joint if joint is not None else not _bn_live(model)): return model(x, all=True), model(xo)
+    if joint is None: joint = not _bn_live(model)
+    if not joint: return model(x, all=True), model(xo)
     both = model(torch.cat([x, xo]), all=True); n = x.shape[0]
     return {'logits': both['logits'][:n], 'feat': both['feat'][:n]}, both['logits'][n:]
 
