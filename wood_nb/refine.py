@@ -23,7 +23,8 @@ from .data import VOCDataset, eval_transforms, read_image, read_split, train_tra
 from .model import backbone_head_groups, backbone_state, fit_state_dict, save_checkpoint
 from .config import BOUNDARY_PRESETS, BOUNDARY_TRAIN_PRESETS, PACKAGE_WEIGHTS, boundary_train_config
 _all_ = ['BOUNDARY_PRESETS', 'boundary_train_config']   # re-exported: still part of `from wood_nb.refine import *`
-from .train import TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, unwrap
+from .train import (TrainConfig, barrier, dist_info, fit, is_main, make_loader, reduce_over_processes, shard,
+                           unwrap)
 from .cam import load_cam_record, normalize_cams, strided_size
 from .metrics import eval_label_dir, seed_from_cams
 
@@ -370,9 +371,9 @@ def _claim_dir(d:Path, params:dict):
     barrier()
 
 def _my_ids(ids:list, out:Path, skip_existing:bool)->list:
-    "This process's share of `ids` (every W-th from its rank) whose `<id>.png` is not written yet."
-    rank, world, _ = dist_info()
-    return [i for i in ids[rank::world] if not (skip_existing and (out/f'{i}.png').exists())]
+    "This process's share of `ids` (`wood_nb.train.shard`) whose `<id>.png` is not written yet."
+    done = (lambda k: (out/f'{ids[k]}.png').exists()) if skip_existing else None
+    return [ids[k] for k in shard(len(ids), done)]
 
 def _rgb(path)->np.ndarray:
     "An image file as an `(H, W, 3)` uint8 array."
